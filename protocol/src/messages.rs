@@ -1,0 +1,352 @@
+//! Typed messages. Each message names its direction and its precondition.
+//!
+//! Compatibility rules (postcard carries no schema): an enum's existing variants keep their
+//! order and shape; new variants are appended; a struct never changes shape within a
+//! protocol version. [`Hello`] and the first variant of each envelope are frozen forever,
+//! because they are read before a version has been agreed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::version::VersionRange;
+
+/// Everything an agent sends to a coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentMessage {
+    /// First frame on every stream. Frozen: must stay variant 0 with this shape.
+    Hello(Hello),
+    /// Bootstrap, on a connection without a client certificate: trade a join token and a
+    /// CSR for a node certificate. Precondition: `HelloAck` received.
+    Enroll(EnrollRequest),
+    /// Announce the node. Precondition: `HelloAck` received on an mTLS connection.
+    Register(Registration),
+    /// Periodic and on-change capacity. Precondition: `Registered` received.
+    Capacity(CapacityReport),
+    /// Phases of the replicas the agent runs. Precondition: `Registered` received.
+    RuntimeStatus(RuntimeStatusReport),
+    /// Acknowledges a coordinator message.
+    Ack(Ack),
+    /// The agent refuses something the coordinator sent.
+    Error(ErrorMessage),
+}
+
+/// Everything a coordinator sends to an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    /// Answer to `Hello`: the agreed version. Frozen: must stay variant 0 with this shape.
+    HelloAck(HelloAck),
+    /// Answer to `Enroll`: the signed node certificate.
+    Enrolled(EnrollResponse),
+    /// Answer to `Register`.
+    Registered(RegisterAck),
+    /// The full, generation-numbered set of replicas this node should run.
+    DesiredState(DesiredState),
+    /// Acknowledges an agent message.
+    Ack(Ack),
+    /// The coordinator refuses the session or a message; it usually closes afterwards.
+    Error(ErrorMessage),
+}
+
+/// Opening message of a session. Frozen shape (read before a version is agreed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the agent speaks.
+    pub versions: VersionRange,
+    /// The agent's software version, for logs and the registry.
+    pub agent_version: String,
+    /// The node name the agent runs as.
+    pub node_name: String,
+}
+
+/// Reply to [`Hello`]. Frozen shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// The version both sides speak from now on.
+    pub version: u16,
+    /// The coordinator's software version.
+    pub coordinator_version: String,
+}
+
+/// Join request: a token and a certificate signing request. The private key never leaves
+/// the node; only the CSR travels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// The join token as printed by `pyxis token create` (`ID.SECRET`).
+    pub token: String,
+    /// Node name to be certified.
+    pub node_name: String,
+    /// PKCS#10 CSR in PEM.
+    pub csr_pem: String,
+}
+
+/// Signed node identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// Node certificate (PEM), signed by the cluster CA.
+    pub certificate_pem: String,
+    /// The cluster CA certificate (PEM); its SHA-256 matches the pinned hash.
+    pub ca_pem: String,
+}
+
+/// Node facts sent on registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Static node facts.
+    pub node: NodeInfo,
+    /// Current capacity at registration time.
+    pub capacity: CapacityReport,
+}
+
+/// Static facts about a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node name (matches the certificate).
+    pub name: String,
+    /// Host name.
+    pub hostname: String,
+    /// Operating system name and version.
+    pub os: String,
+    /// Kernel version.
+    pub kernel: String,
+    /// CPU brand string.
+    pub cpu_model: String,
+    /// Logical CPUs.
+    pub cpu_cores: u32,
+    /// Total memory.
+    pub memory_bytes: u64,
+    /// Agent software version.
+    pub agent_version: String,
+    /// Accelerators found (real or simulated).
+    pub accelerators: Vec<Accelerator>,
+    /// Runtime kinds this node can launch.
+    pub runtimes: Vec<String>,
+}
+
+/// Accelerator vendor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Vendor {
+    /// NVIDIA GPU.
+    Nvidia,
+    /// AMD GPU.
+    Amd,
+    /// Google TPU.
+    Google,
+    /// Anything else.
+    Other,
+}
+
+impl Vendor {
+    /// Lower-case name used in JSON and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Vendor::Nvidia => "nvidia",
+            Vendor::Amd => "amd",
+            Vendor::Google => "google",
+            Vendor::Other => "other",
+        }
+    }
+}
+
+/// Device health tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Health {
+    /// Fully usable.
+    Healthy,
+    /// Usable, but with recent errors.
+    Degraded,
+    /// Not to be used.
+    Unhealthy,
+}
+
+impl Health {
+    /// Lower-case name used in JSON and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One accelerator device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accelerator {
+    /// Index on the node.
+    pub index: u32,
+    /// Vendor.
+    pub vendor: Vendor,
+    /// Model name as the driver reports it.
+    pub model: String,
+    /// UUID or serial.
+    pub uuid: String,
+    /// Total device memory.
+    pub memory_bytes: u64,
+    /// Hardware class (for example `H100-80GB`).
+    pub hardware_class: String,
+    /// Health tier.
+    pub health: Health,
+    /// Why the health is what it is (empty when healthy).
+    pub health_reason: String,
+    /// True for `--simulate` devices; never mixed up with real ones.
+    pub simulated: bool,
+}
+
+/// Capacity at a point in time. Sent periodically and whenever it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapacityReport {
+    /// Monotonic per-connection sequence number, echoed in the [`Ack`].
+    pub seq: u64,
+    /// Agent wall clock at send time, milliseconds since the Unix epoch.
+    pub sent_at_unix_ms: u64,
+    /// Host memory available.
+    pub memory_available_bytes: u64,
+    /// Per-device usage, in the order of [`NodeInfo::accelerators`].
+    pub devices: Vec<DeviceUsage>,
+}
+
+/// Per-device usage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceUsage {
+    /// Device UUID.
+    pub uuid: String,
+    /// Memory in use.
+    pub memory_used_bytes: u64,
+    /// Utilization, 0-100.
+    pub utilization_percent: u8,
+    /// Current health tier.
+    pub health: Health,
+    /// Reason for the tier (empty when healthy).
+    pub health_reason: String,
+}
+
+/// Phase of a replica on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicaPhase {
+    /// Accepted, not started.
+    Pending,
+    /// Process started, not yet ready.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Running but failing its liveness checks.
+    Unhealthy,
+    /// Restarting repeatedly.
+    CrashLoop,
+    /// Being stopped.
+    Stopping,
+    /// Gave up.
+    Failed,
+}
+
+/// Observed state of one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Replica name.
+    pub name: String,
+    /// Current phase.
+    pub phase: ReplicaPhase,
+    /// Why it is in that phase.
+    pub reason: String,
+    /// Version the runtime reports, when known.
+    pub runtime_version: Option<String>,
+    /// OpenAI-compatible base URL, when serving.
+    pub endpoint: Option<String>,
+}
+
+/// Replica phases, reported on change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeStatusReport {
+    /// Sequence number, echoed in the [`Ack`].
+    pub seq: u64,
+    /// Every replica the agent runs or is stopping.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// The full set of replicas a node should run. Declarative and idempotent: applying the
+/// same generation twice changes nothing, and a replica absent from the set is stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Increases with every change; an agent ignores a generation older than one it applied.
+    pub generation: u64,
+    /// Replicas to run.
+    pub replicas: Vec<ReplicaSpec>,
+}
+
+/// What to run for one replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSpec {
+    /// Unique replica name.
+    pub name: String,
+    /// Owning deployment.
+    pub deployment: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Model name.
+    pub model_name: String,
+    /// Model version.
+    pub model_version: String,
+    /// Model source (path or URI).
+    pub model_source: String,
+    /// Runtime kind (`vllm`, `llama-cpp`, ...).
+    pub runtime_kind: String,
+    /// Extra runtime arguments.
+    pub runtime_args: Vec<String>,
+    /// Assigned device UUIDs.
+    pub gpus: Vec<String>,
+}
+
+/// What an [`Ack`] acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckOf {
+    /// A capacity report, by sequence number.
+    Capacity(u64),
+    /// A runtime status report, by sequence number.
+    RuntimeStatus(u64),
+    /// A desired state, by generation (applied).
+    DesiredState(u64),
+}
+
+/// Acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The acknowledged message.
+    pub of: AckOf,
+}
+
+/// Machine-readable reason of an [`ErrorMessage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// No protocol version in common.
+    IncompatibleVersion,
+    /// The join token is unknown, expired or used up.
+    InvalidToken,
+    /// The node has been revoked.
+    Revoked,
+    /// The connection is not allowed to send this message (for example `Register`
+    /// without a client certificate).
+    Unauthorized,
+    /// A message arrived out of order.
+    UnexpectedMessage,
+    /// A message was well-formed but its content is invalid.
+    BadRequest,
+    /// The coordinator failed internally; retry later.
+    Internal,
+}
+
+/// A refusal with a human-readable reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// What went wrong and what to do, for the operator.
+    pub message: String,
+}
+
+/// Answer to [`Registration`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterAck {
+    /// The node name the coordinator registered (from the certificate).
+    pub node_name: String,
+    /// How often the coordinator wants capacity reports, in milliseconds.
+    pub report_interval_ms: u64,
+}

@@ -1,0 +1,1 @@
+//! Whole-binary smoke tests live in `tests/`; this library is empty on purpose.
