@@ -1,1 +1,315 @@
+//! The Pyxis node agent.
+//!
+//! Entry point: [`Agent::start`] with a validated [`config::AgentConfig`]. The agent dials
+//! out to the coordinator ([`link`]), joins once with a token ([`identity`]), reports its
+//! host ([`host`]) and accelerators ([`devices`]), and serves `/metrics` and `/healthz`
+//! ([`http`]). Runtime supervision arrives with the runtime issue; for now the agent
+//! records and acknowledges the desired state it is sent.
 
+pub mod backoff;
+pub mod config;
+pub mod daemon;
+pub mod devices;
+pub mod host;
+pub mod http;
+pub mod identity;
+pub mod link;
+pub mod prom;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use pyxis_protocol::{AckOf, CapacityReport, DesiredState, Health, NodeInfo};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// This agent's software version.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runtime kinds an agent can be configured to launch.
+pub const RUNTIME_KINDS: &[&str] = &[
+    "vllm",
+    "tgi",
+    "sglang",
+    "triton",
+    "trtllm",
+    "ollama",
+    "llama-cpp",
+    "custom",
+];
+
+/// What the agent's link looks like now (watched by tests, dev mode and `/healthz`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// Registered with a coordinator right now.
+    pub connected: bool,
+    /// Which coordinator.
+    pub coordinator: Option<SocketAddr>,
+    /// Highest capacity-report sequence acknowledged in this session.
+    pub acked_capacity_seq: u64,
+    /// Generation of the last desired state applied.
+    pub desired_generation: u64,
+    /// Last link error, for operators.
+    pub last_error: Option<String>,
+    /// Completed registrations since start.
+    pub sessions: u64,
+}
+
+/// State shared by the agent's tasks.
+#[derive(Debug)]
+pub struct AgentShared {
+    /// Validated configuration.
+    pub config: config::AgentConfig,
+    host: host::HostFacts,
+    devices: Mutex<Vec<devices::Device>>,
+    /// Signalled when a device changes, to send a report at once.
+    pub devices_changed: Notify,
+    desired: Mutex<Option<DesiredState>>,
+    system: Mutex<Option<sysinfo::System>>,
+    state: watch::Sender<LinkState>,
+    /// Capacity reports sent.
+    pub reports_sent: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl AgentShared {
+    /// Static node facts for registration.
+    pub fn node_info(&self) -> NodeInfo {
+        let devices = self
+            .devices
+            .lock()
+            .map(|d| d.iter().map(|d| d.to_wire()).collect())
+            .unwrap_or_default();
+        NodeInfo {
+            name: self.config.name.clone(),
+            hostname: self.host.hostname.clone(),
+            os: self.host.os.clone(),
+            kernel: self.host.kernel.clone(),
+            cpu_model: self.host.cpu_model.clone(),
+            cpu_cores: self.host.cpu_cores,
+            memory_bytes: self.host.memory_bytes,
+            agent_version: AGENT_VERSION.to_string(),
+            accelerators: devices,
+            runtimes: self.config.runtimes.keys().cloned().collect(),
+        }
+    }
+
+    /// A capacity report now.
+    pub fn capacity(&self, seq: u64) -> CapacityReport {
+        let devices = self
+            .devices
+            .lock()
+            .map(|d| d.iter().map(|d| d.usage()).collect())
+            .unwrap_or_default();
+        let memory_available_bytes = self
+            .system
+            .lock()
+            .map(|mut s| host::memory_available_bytes(&mut s))
+            .unwrap_or(0);
+        CapacityReport {
+            seq,
+            sent_at_unix_ms: unix_ms(),
+            memory_available_bytes,
+            devices,
+        }
+    }
+
+    /// Devices as reported now.
+    pub fn devices(&self) -> Vec<devices::Device> {
+        self.devices.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Changes one device's health (simulated devices; real probes later) and reports at once.
+    pub fn set_device_health(&self, index: u32, health: Health, reason: &str) {
+        if let Ok(mut devices) = self.devices.lock() {
+            if let Some(device) = devices.iter_mut().find(|d| d.index == index) {
+                device.health = health;
+                device.health_reason = reason.to_string();
+            }
+        }
+        self.devices_changed.notify_one();
+    }
+
+    /// Records a desired state; returns whether it was newer than the applied one.
+    pub fn apply_desired(&self, desired: DesiredState) -> bool {
+        let Ok(mut current) = self.desired.lock() else {
+            return false;
+        };
+        if current
+            .as_ref()
+            .is_some_and(|c| c.generation >= desired.generation)
+        {
+            return false;
+        }
+        let generation = desired.generation;
+        *current = Some(desired);
+        self.state
+            .send_modify(|s| s.desired_generation = generation);
+        true
+    }
+
+    fn record_ack(&self, of: AckOf) {
+        if let AckOf::Capacity(seq) = of {
+            self.state
+                .send_modify(|s| s.acked_capacity_seq = s.acked_capacity_seq.max(seq));
+        }
+    }
+
+    fn set_connected(&self, connected: bool, coordinator: Option<SocketAddr>) {
+        self.state.send_modify(|s| {
+            if connected && !s.connected {
+                s.sessions += 1;
+                s.last_error = None;
+            }
+            s.connected = connected;
+            s.coordinator = coordinator;
+            if !connected {
+                s.acked_capacity_seq = 0;
+            }
+        });
+    }
+
+    fn record_error(&self, error: &link::SessionError) {
+        let text = error.to_string();
+        self.state.send_modify(|s| s.last_error = Some(text));
+    }
+
+    /// Current link state.
+    pub fn link_state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// `--simulate` was invalid.
+    #[error(transparent)]
+    Simulate(#[from] devices::SimulateError),
+    /// The metrics listener could not bind.
+    #[error("cannot bind the metrics listener on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The data directory is unusable.
+    #[error("data directory {path} is unusable: {source}")]
+    DataDir {
+        /// Path.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The stored identity is unusable.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    /// Shared state (devices, link state).
+    pub shared: Arc<AgentShared>,
+    /// Bound metrics address, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Starts the agent's tasks. Returns once the metrics listener is bound.
+    pub async fn start(config: config::AgentConfig) -> Result<Self, AgentError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let stored = identity::Identity::load(&config.data_dir)?;
+        let devices = match &config.simulate {
+            Some(spec) => devices::parse_simulate(spec, &config.name)?,
+            None => Vec::new(),
+        };
+        if devices.is_empty() {
+            tracing::info!("no accelerators reported (real probing is not enabled in this build; use --simulate for demos)");
+        } else {
+            tracing::info!(count = devices.len(), "reporting simulated accelerators");
+        }
+        if stored.is_some() {
+            tracing::info!(dir = %identity::Identity::dir(&config.data_dir).display(), "using the stored node identity");
+        }
+        let (state, _) = watch::channel(LinkState::default());
+        let shared = Arc::new(AgentShared {
+            host: host::probe_host(),
+            config,
+            devices: Mutex::new(devices),
+            devices_changed: Notify::new(),
+            desired: Mutex::new(None),
+            system: Mutex::new(sysinfo::System::new().ok()),
+            state,
+            reports_sent: AtomicU64::new(0),
+        });
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut metrics_addr = None;
+        if let Some(addr) = shared.config.metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AgentError::Bind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| AgentError::Bind { addr, source })?;
+            tracing::info!(addr = %bound, "serving /metrics and /healthz");
+            metrics_addr = Some(bound);
+            tasks.push(tokio::spawn(http::serve(
+                listener,
+                shared.clone(),
+                shutdown.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(link::run(shared.clone(), shutdown.clone())));
+        Ok(Self {
+            shared,
+            metrics_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Watches the link state.
+    pub fn watch(&self) -> watch::Receiver<LinkState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Graceful stop: closes the link and waits for the tasks.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Abrupt stop, as a crash would: tasks are aborted, nothing is sent.
+    pub fn kill(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
+    /// Capacity reports sent so far.
+    pub fn reports_sent(&self) -> u64 {
+        self.shared.reports_sent.load(Ordering::Relaxed)
+    }
+}

@@ -1,1 +1,139 @@
-fn main() {}
+//! `pyxis-agent`: the Pyxis node agent daemon.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use pyxis_agent::{config, daemon, Agent};
+
+/// Pyxis node agent: reports this host's accelerators to the coordinator over QUIC with
+/// mutual TLS, and (in later releases) supervises inference runtimes.
+///
+/// First start joins the cluster with a token from `pyxis token create`:
+///
+///   pyxis-agent --coordinator 10.0.0.5:7443 --join-token abcdef.0123456789abcdef \
+///               --ca-hash sha256:... --data-dir /var/lib/pyxis-agent
+///
+/// The node key is generated locally and never leaves the node; later starts need only
+/// --coordinator and --data-dir. Flags override the config file.
+#[derive(Debug, Parser)]
+#[command(name = "pyxis-agent", version, verbatim_doc_comment)]
+struct Flags {
+    /// TOML config file; flags override its keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Coordinator QUIC address HOST:PORT (default port 7443). Repeat, or separate with
+    /// commas, to give fallbacks tried in order. [config: coordinators]
+    #[arg(long = "coordinator", value_name = "HOST:PORT")]
+    coordinators: Vec<String>,
+    /// Join token from `pyxis token create` (first start only). [config: join_token]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PYXIS_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    join_token: Option<String>,
+    /// SHA-256 of the cluster CA, as printed by `pyxis token create` (first start only).
+    /// The agent trusts only that CA. [config: ca_hash]
+    #[arg(long, value_name = "sha256:HEX")]
+    ca_hash: Option<String>,
+    /// Directory for the node identity and state. [config: data_dir]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Node name (default: host name). [config: name]
+    #[arg(long, value_name = "NODE")]
+    name: Option<String>,
+    /// Address for /metrics and /healthz, or "off" (default 0.0.0.0:9464). [config: metrics_addr]
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// Simulated accelerators for demos and tests, for example 2xH100-80GB,1xMI300X-192GB
+    /// or 4xTPU-v5e. Always reported as simulated. [config: simulate]
+    #[arg(long, value_name = "SPEC")]
+    simulate: Option<String>,
+    /// Capacity report interval (default 1s). [config: report_interval]
+    #[arg(long, value_name = "DURATION")]
+    report_interval: Option<String>,
+    /// Longest reconnect backoff (default 30s). [config: max_backoff]
+    #[arg(long, value_name = "DURATION")]
+    max_backoff: Option<String>,
+    /// How to launch a runtime kind, KIND=COMMAND (repeatable), for example
+    /// vllm="/opt/vllm/bin/vllm serve". [config: [runtimes] table]
+    #[arg(long = "runtime", value_name = "KIND=COMMAND")]
+    runtimes: Vec<String>,
+}
+
+fn main() {
+    let flags = Flags::parse();
+    daemon::init_tracing();
+    let file = match &flags.config {
+        Some(path) => match config::read_file(path) {
+            Ok(file) => file,
+            Err(e) => bad_config(e),
+        },
+        None => config::FileConfig::default(),
+    };
+    let hostname = pyxis_agent::host::probe_host().hostname.to_lowercase();
+    let flag_config = config::FlagConfig {
+        coordinators: flags.coordinators,
+        join_token: flags.join_token,
+        ca_hash: flags.ca_hash,
+        data_dir: flags.data_dir,
+        name: flags.name,
+        metrics_addr: flags.metrics_addr,
+        simulate: flags.simulate,
+        report_interval: flags.report_interval,
+        max_backoff: flags.max_backoff,
+        runtimes: flags.runtimes,
+    };
+    let config = match config::AgentConfig::resolve(file, flag_config, &hostname) {
+        Ok(config) => config,
+        Err(e) => bad_config(e),
+    };
+    match pyxis_agent::identity::Identity::load(&config.data_dir) {
+        Ok(Some(_)) => {}
+        Ok(None) if config.join_token.is_some() && config.ca_hash.is_some() => {}
+        Ok(None) => bad_config(config::ConfigError::Missing {
+            key: "join_token",
+            hint: "this node has not joined yet: pass --join-token and --ca-hash as printed by `pyxis token create`",
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "stored identity is unusable");
+            eprintln!("pyxis-agent: {e}");
+            std::process::exit(daemon::EXIT_BAD_CONFIG);
+        }
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        tracing::info!(node = %config.name, coordinators = ?config.coordinators, version = pyxis_agent::AGENT_VERSION, "starting pyxis-agent");
+        let agent = match Agent::start(config).await {
+            Ok(agent) => agent,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return 1;
+            }
+        };
+        let watchdog = tokio_util::sync::CancellationToken::new();
+        daemon::notify_ready("reporting to the coordinator", watchdog.clone());
+        daemon::wait_for_signal().await;
+        daemon::notify_stopping();
+        watchdog.cancel();
+        if tokio::time::timeout(std::time::Duration::from_secs(10), agent.stop()).await.is_err() {
+            tracing::warn!("shutdown took longer than 10s; exiting anyway");
+        }
+        tracing::info!("stopped");
+        0
+    });
+    std::process::exit(code);
+}
+
+fn bad_config(error: config::ConfigError) -> ! {
+    tracing::error!(error = %error, "bad configuration");
+    eprintln!("pyxis-agent: bad configuration: {error}");
+    std::process::exit(daemon::EXIT_BAD_CONFIG);
+}

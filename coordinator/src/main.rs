@@ -1,1 +1,142 @@
-fn main() {}
+//! `pyxis-coordinator`: the Pyxis control plane daemon.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use pyxis_agent::daemon;
+use pyxis_coordinator::{config, dev, server::Coordinator};
+
+/// Pyxis coordinator: node registry, desired state and placement for LLM serving fleets.
+///
+/// Agents connect over QUIC with mutual TLS (default UDP 7443); operators use the `pyxis`
+/// CLI against the admin API (default TCP 7080). On first start the coordinator creates a
+/// CA and an admin token in its data dir; `pyxis token create` then gives agents a join
+/// token. Try everything in one process with `pyxis-coordinator --dev`.
+#[derive(Debug, Parser)]
+#[command(name = "pyxis-coordinator", version, verbatim_doc_comment)]
+struct Flags {
+    /// TOML config file; flags override its keys.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Dev mode: coordinator, an in-process agent and a simulated mixed fleet in one
+    /// process, state in a temporary directory. Prints the admin token and commands to try.
+    #[arg(long)]
+    dev: bool,
+    /// Data directory: store, CA, admin token (default /var/lib/pyxis-coordinator).
+    /// [config: data_dir]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// QUIC agent-link address (default 0.0.0.0:7443). [config: quic_addr]
+    #[arg(long, value_name = "ADDR")]
+    quic_addr: Option<String>,
+    /// Admin API address (default 0.0.0.0:7080). [config: api_addr]
+    #[arg(long, value_name = "ADDR")]
+    api_addr: Option<String>,
+    /// OpenAI-compatible gateway address (default 0.0.0.0:8080; served from the gateway
+    /// release on). [config: gateway_addr]
+    #[arg(long, value_name = "ADDR")]
+    gateway_addr: Option<String>,
+    /// A node that has not reported for this long is NotReady (default 10s).
+    /// [config: liveness_timeout]
+    #[arg(long, value_name = "DURATION")]
+    liveness_timeout: Option<String>,
+    /// Capacity report interval asked of agents (default 1s). [config: report_interval]
+    #[arg(long, value_name = "DURATION")]
+    report_interval: Option<String>,
+    /// Cluster name, shown in the CA subject (default pyxis). [config: cluster_name]
+    #[arg(long, value_name = "NAME")]
+    cluster_name: Option<String>,
+    /// Use this CA certificate (PEM) instead of generating one. [config: tls.ca_cert]
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// Key of --ca-cert (PKCS#8 PEM). [config: tls.ca_key]
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+}
+
+fn main() {
+    let flags = Flags::parse();
+    daemon::init_tracing();
+    let file = match &flags.config {
+        Some(path) => match config::read_file(path) {
+            Ok(file) => file,
+            Err(e) => bad_config(e),
+        },
+        None => config::FileConfig::default(),
+    };
+    let dev_mode = flags.dev;
+    let flag_config = config::FlagConfig {
+        data_dir: flags.data_dir,
+        quic_addr: flags.quic_addr,
+        api_addr: flags.api_addr,
+        gateway_addr: flags.gateway_addr,
+        liveness_timeout: flags.liveness_timeout,
+        report_interval: flags.report_interval,
+        cluster_name: flags.cluster_name,
+        ca_cert: flags.ca_cert,
+        ca_key: flags.ca_key,
+    };
+    let config = if dev_mode {
+        match dev::dev_config(file, flag_config) {
+            Ok(config) => config,
+            Err(e) => bad_config(e),
+        }
+    } else {
+        match config::CoordinatorConfig::resolve(file, flag_config) {
+            Ok(config) => config,
+            Err(e) => bad_config(e),
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        tracing::info!(version = pyxis_coordinator::VERSION, data_dir = %config.data_dir.display(), "starting pyxis-coordinator");
+        let coordinator = match Coordinator::start(config).await {
+            Ok(coordinator) => coordinator,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return 1;
+            }
+        };
+        let dev_fleet = if dev_mode {
+            match dev::start_fleet(&coordinator).await {
+                Ok(fleet) => Some(fleet),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the dev fleet");
+                    coordinator.stop().await;
+                    return 1;
+                }
+            }
+        } else {
+            None
+        };
+        let watchdog = tokio_util::sync::CancellationToken::new();
+        daemon::notify_ready("serving", watchdog.clone());
+        daemon::wait_for_signal().await;
+        daemon::notify_stopping();
+        watchdog.cancel();
+        let drain = async {
+            if let Some(fleet) = dev_fleet {
+                fleet.stop().await;
+            }
+            coordinator.stop().await;
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(15), drain).await.is_err() {
+            tracing::warn!("shutdown took longer than 15s; exiting anyway");
+        }
+        tracing::info!("stopped");
+        0
+    });
+    std::process::exit(code);
+}
+
+fn bad_config(error: config::ConfigError) -> ! {
+    tracing::error!(error = %error, "bad configuration");
+    eprintln!("pyxis-coordinator: bad configuration: {error}");
+    std::process::exit(daemon::EXIT_BAD_CONFIG);
+}

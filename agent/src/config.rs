@@ -1,0 +1,385 @@
+//! Agent configuration: a TOML file and command-line flags, merged (flags win) and
+//! validated into [`AgentConfig`] before anything is bound or dialled.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// Default agent metrics/health address.
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
+/// Default coordinator QUIC port.
+pub const DEFAULT_COORDINATOR_PORT: u16 = 7443;
+
+/// Why a configuration was refused. Each names the key and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {reason}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// Parser message (names the key and line).
+        reason: String,
+    },
+    /// A key has an invalid value.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// Config key (flag names are given in the reason).
+        key: &'static str,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// A required key is missing.
+    #[error("missing `{key}`: {hint}")]
+    Missing {
+        /// Config key.
+        key: &'static str,
+        /// How to provide it.
+        hint: &'static str,
+    },
+}
+
+/// The agent's TOML file. Every key mirrors a flag.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Coordinator addresses (`--coordinator`), tried in order.
+    pub coordinators: Option<Vec<String>>,
+    /// Join token (`--join-token`), needed only for the first start.
+    pub join_token: Option<String>,
+    /// Pinned CA hash (`--ca-hash`), needed only for the first start.
+    pub ca_hash: Option<String>,
+    /// Data directory (`--data-dir`).
+    pub data_dir: Option<PathBuf>,
+    /// Node name (`--name`).
+    pub name: Option<String>,
+    /// Metrics address (`--metrics-addr`).
+    pub metrics_addr: Option<String>,
+    /// Simulated devices (`--simulate`).
+    pub simulate: Option<String>,
+    /// Capacity report interval (`--report-interval`), for example `1s`.
+    pub report_interval: Option<String>,
+    /// Longest reconnect backoff (`--max-backoff`), for example `30s`.
+    pub max_backoff: Option<String>,
+    /// Runtime launch commands by kind (`--runtime KIND=COMMAND`).
+    pub runtimes: Option<BTreeMap<String, String>>,
+}
+
+/// Validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Coordinator QUIC addresses, in order of preference.
+    pub coordinators: Vec<String>,
+    /// Join token for enrollment (only needed without a stored identity).
+    pub join_token: Option<String>,
+    /// Pinned CA hash (only needed without a stored identity).
+    pub ca_hash: Option<[u8; 32]>,
+    /// Data directory (identity, state).
+    pub data_dir: PathBuf,
+    /// Node name.
+    pub name: String,
+    /// Metrics and health listener; `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `--simulate` specification.
+    pub simulate: Option<String>,
+    /// Capacity report interval.
+    pub report_interval: Duration,
+    /// Shortest reconnect backoff.
+    pub min_backoff: Duration,
+    /// Longest reconnect backoff.
+    pub max_backoff: Duration,
+    /// Runtime launch commands by kind.
+    pub runtimes: BTreeMap<String, String>,
+}
+
+/// Flag values (all optional: the file or defaults fill the rest).
+#[derive(Debug, Default, Clone)]
+pub struct FlagConfig {
+    /// `--coordinator` (repeatable, or comma separated).
+    pub coordinators: Vec<String>,
+    /// `--join-token`.
+    pub join_token: Option<String>,
+    /// `--ca-hash`.
+    pub ca_hash: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--name`.
+    pub name: Option<String>,
+    /// `--metrics-addr`.
+    pub metrics_addr: Option<String>,
+    /// `--simulate`.
+    pub simulate: Option<String>,
+    /// `--report-interval`.
+    pub report_interval: Option<String>,
+    /// `--max-backoff`.
+    pub max_backoff: Option<String>,
+    /// `--runtime KIND=COMMAND`.
+    pub runtimes: Vec<String>,
+}
+
+/// Parses a duration such as `1s`, `500ms`, `2m`.
+pub fn parse_duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| ConfigError::Invalid {
+        key,
+        reason: format!("{text:?} is not a duration like 1s or 500ms ({e})"),
+    })
+}
+
+/// Reads and parses a TOML config file.
+pub fn read_file(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_file(path, &text)
+}
+
+/// Parses TOML text (injectable, for tests).
+pub fn parse_file(path: &std::path::Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+impl AgentConfig {
+    /// Merges flags over the file and validates everything. `hostname` is the default name.
+    pub fn resolve(
+        file: FileConfig,
+        flags: FlagConfig,
+        hostname: &str,
+    ) -> Result<Self, ConfigError> {
+        let mut coordinators: Vec<String> = if flags.coordinators.is_empty() {
+            file.coordinators.unwrap_or_default()
+        } else {
+            flags.coordinators
+        };
+        coordinators = coordinators
+            .iter()
+            .flat_map(|c| c.split(','))
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                if c.contains(':') {
+                    c
+                } else {
+                    format!("{c}:{DEFAULT_COORDINATOR_PORT}")
+                }
+            })
+            .collect();
+        if coordinators.is_empty() {
+            return Err(ConfigError::Missing {
+                key: "coordinators",
+                hint: "pass --coordinator HOST:7443 (repeatable) or set coordinators = [\"HOST:7443\"] in the config file",
+            });
+        }
+        let data_dir = flags.data_dir.or(file.data_dir).ok_or(ConfigError::Missing {
+            key: "data_dir",
+            hint: "pass --data-dir DIR (for example /var/lib/pyxis-agent) or set data_dir in the config file",
+        })?;
+        let name = flags
+            .name
+            .or(file.name)
+            .unwrap_or_else(|| hostname.to_string());
+        validate_node_name(&name)?;
+        let ca_hash = match flags.ca_hash.or(file.ca_hash) {
+            Some(text) => Some(pyxis_transport::pki::parse_ca_hash(&text).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "ca_hash",
+                    reason: e.to_string(),
+                }
+            })?),
+            None => None,
+        };
+        let join_token = flags
+            .join_token
+            .or(file.join_token)
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let metrics_addr = match flags.metrics_addr.or(file.metrics_addr).as_deref() {
+            Some("" | "off" | "none") => None,
+            Some(text) => Some(text.parse().map_err(|e| ConfigError::Invalid {
+                key: "metrics_addr",
+                reason: format!(
+                    "{text:?} is not an address like 0.0.0.0:9464 ({e}); use \"off\" to disable"
+                ),
+            })?),
+            None => Some(
+                DEFAULT_METRICS_ADDR
+                    .parse()
+                    .map_err(|_| ConfigError::Invalid {
+                        key: "metrics_addr",
+                        reason: "built-in default does not parse".into(),
+                    })?,
+            ),
+        };
+        let report_interval = match flags.report_interval.or(file.report_interval) {
+            Some(text) => parse_duration("report_interval", &text)?,
+            None => Duration::from_secs(1),
+        };
+        if report_interval < Duration::from_millis(50) || report_interval > Duration::from_secs(60)
+        {
+            return Err(ConfigError::Invalid {
+                key: "report_interval",
+                reason: format!("{report_interval:?} is outside 50ms..=60s"),
+            });
+        }
+        let max_backoff = match flags.max_backoff.or(file.max_backoff) {
+            Some(text) => parse_duration("max_backoff", &text)?,
+            None => Duration::from_secs(30),
+        };
+        let min_backoff = Duration::from_millis(200).min(max_backoff);
+        let simulate = flags
+            .simulate
+            .or(file.simulate)
+            .filter(|s| !s.trim().is_empty());
+        if let Some(spec) = &simulate {
+            crate::devices::parse_simulate(spec, &name).map_err(|e| ConfigError::Invalid {
+                key: "simulate",
+                reason: e.to_string(),
+            })?;
+        }
+        let mut runtimes = file.runtimes.unwrap_or_default();
+        for entry in flags.runtimes {
+            let (kind, command) = entry.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                key: "runtimes",
+                reason: format!(
+                    "--runtime {entry:?} is not KIND=COMMAND (for example vllm=/opt/vllm/bin/vllm)"
+                ),
+            })?;
+            runtimes.insert(kind.trim().to_string(), command.trim().to_string());
+        }
+        for (kind, command) in &runtimes {
+            if !crate::RUNTIME_KINDS.contains(&kind.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: "runtimes",
+                    reason: format!(
+                        "unknown runtime kind {kind:?}; known: {}",
+                        crate::RUNTIME_KINDS.join(", ")
+                    ),
+                });
+            }
+            if command.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "runtimes",
+                    reason: format!("empty command for {kind}"),
+                });
+            }
+        }
+        Ok(Self {
+            coordinators,
+            join_token,
+            ca_hash,
+            data_dir,
+            name,
+            metrics_addr,
+            simulate,
+            report_interval,
+            min_backoff,
+            max_backoff,
+            runtimes,
+        })
+    }
+}
+
+/// Node names follow DNS label rules (lower-case letters, digits, `-`, `.`), 1-253 chars.
+pub fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            key: "name",
+            reason: format!(
+                "{name:?} is not a valid node name: use lower-case letters, digits, '-' and '.', at most 253 characters (pass --name)"
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> FlagConfig {
+        FlagConfig {
+            coordinators: vec!["10.0.0.1:7443,10.0.0.2".into()],
+            data_dir: Some("/tmp/agent".into()),
+            ..FlagConfig::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_file_and_defaults_apply() {
+        let file = parse_file(
+            "a.toml".as_ref(),
+            "coordinators = [\"file:7443\"]\nname = \"from-file\"\nreport_interval = \"2s\"\n[runtimes]\nvllm = \"/opt/vllm\"\n",
+        )
+        .unwrap();
+        let config = AgentConfig::resolve(file, flags(), "host-1").unwrap();
+        assert_eq!(config.coordinators, vec!["10.0.0.1:7443", "10.0.0.2:7443"]);
+        assert_eq!(config.name, "from-file");
+        assert_eq!(config.report_interval, Duration::from_secs(2));
+        assert_eq!(
+            config.runtimes.get("vllm").map(String::as_str),
+            Some("/opt/vllm")
+        );
+        assert_eq!(config.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = parse_file("a.toml".as_ref(), "coordinator = \"x\"").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `coordinator`"),
+            "{err}"
+        );
+        let mut f = flags();
+        f.ca_hash = Some("md5:abc".into());
+        let err = AgentConfig::resolve(FileConfig::default(), f, "h").unwrap_err();
+        assert!(err.to_string().contains("ca_hash"), "{err}");
+        let mut f = flags();
+        f.name = Some("Bad_Name".into());
+        assert!(AgentConfig::resolve(FileConfig::default(), f, "h")
+            .unwrap_err()
+            .to_string()
+            .contains("name"));
+        let mut f = flags();
+        f.runtimes = vec!["nonsense".into()];
+        assert!(AgentConfig::resolve(FileConfig::default(), f, "h")
+            .unwrap_err()
+            .to_string()
+            .contains("KIND=COMMAND"));
+        let mut f = flags();
+        f.simulate = Some("3xFOO".into());
+        assert!(AgentConfig::resolve(FileConfig::default(), f, "h")
+            .unwrap_err()
+            .to_string()
+            .contains("simulate"));
+        let f = FlagConfig {
+            data_dir: Some("/x".into()),
+            ..FlagConfig::default()
+        };
+        assert!(matches!(
+            AgentConfig::resolve(FileConfig::default(), f, "h"),
+            Err(ConfigError::Missing {
+                key: "coordinators",
+                ..
+            })
+        ));
+    }
+}

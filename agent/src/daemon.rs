@@ -1,0 +1,88 @@
+//! Process plumbing shared by the daemons: logging, systemd notification, signals.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad configuration (sysexits `EX_USAGE`).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// Installs the tracing subscriber: `RUST_LOG` or `info`, to stderr.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Tells systemd (when run under `Type=notify`) that the daemon is ready, and keeps the
+/// watchdog fed at half its interval until `shutdown`. Outside systemd this does nothing.
+pub fn notify_ready(status: &str, shutdown: CancellationToken) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(status),
+    ]) {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        let period = (interval / 2).max(Duration::from_millis(100));
+        tracing::info!(?period, "feeding the systemd watchdog");
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticker.tick() => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
+                }
+            }
+        });
+    }
+}
+
+/// Tells systemd the daemon is stopping.
+pub fn notify_stopping() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT. A second signal exits the process at once.
+pub async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let first = async {
+        match term.as_mut() {
+            Some(term) => {
+                tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = tokio::signal::ctrl_c() => "SIGINT",
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    };
+    let name = first.await;
+    tracing::info!(
+        signal = name,
+        "shutting down gracefully; send another signal to stop at once"
+    );
+    tokio::spawn(async move {
+        if let Some(term) = term.as_mut() {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::warn!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+}

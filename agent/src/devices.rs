@@ -1,0 +1,220 @@
+//! Accelerators as the agent sees them, and `--simulate` fleets.
+//!
+//! Real probing (NVML, ROCm SMI, TPU) plugs in here; simulated devices are always marked
+//! `simulated` so that nothing downstream can mistake them for real hardware.
+
+use pyxis_protocol::{Accelerator, DeviceUsage, Health, Vendor};
+
+/// One accelerator and its current state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    /// Index on the node.
+    pub index: u32,
+    /// Vendor.
+    pub vendor: Vendor,
+    /// Model name.
+    pub model: String,
+    /// UUID or serial.
+    pub uuid: String,
+    /// Total memory.
+    pub memory_bytes: u64,
+    /// Memory in use.
+    pub memory_used_bytes: u64,
+    /// Utilization 0-100.
+    pub utilization_percent: u8,
+    /// Hardware class.
+    pub hardware_class: String,
+    /// Health tier.
+    pub health: Health,
+    /// Reason for the tier.
+    pub health_reason: String,
+    /// Whether this device is simulated.
+    pub simulated: bool,
+}
+
+impl Device {
+    /// Static description on the wire.
+    pub fn to_wire(&self) -> Accelerator {
+        Accelerator {
+            index: self.index,
+            vendor: self.vendor,
+            model: self.model.clone(),
+            uuid: self.uuid.clone(),
+            memory_bytes: self.memory_bytes,
+            hardware_class: self.hardware_class.clone(),
+            health: self.health,
+            health_reason: self.health_reason.clone(),
+            simulated: self.simulated,
+        }
+    }
+
+    /// Current usage on the wire.
+    pub fn usage(&self) -> DeviceUsage {
+        DeviceUsage {
+            uuid: self.uuid.clone(),
+            memory_used_bytes: self.memory_used_bytes,
+            utilization_percent: self.utilization_percent,
+            health: self.health,
+            health_reason: self.health_reason.clone(),
+        }
+    }
+}
+
+/// Why a `--simulate` specification was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimulateError {
+    /// An entry is not `COUNTxCLASS`.
+    #[error("--simulate entry {entry:?} is not COUNTxCLASS (for example 2xH100-80GB,1xMI300X-192GB or 4xTPU-v5e)")]
+    BadEntry {
+        /// The offending entry.
+        entry: String,
+    },
+    /// The class is not one the simulator knows.
+    #[error("--simulate class {class:?} is unknown; known classes: {known}")]
+    UnknownClass {
+        /// The offending class.
+        class: String,
+        /// Known classes, comma separated.
+        known: String,
+    },
+    /// Too many devices for one node.
+    #[error("--simulate asks for {count} devices; at most 64 per node")]
+    TooMany {
+        /// Requested total.
+        count: u64,
+    },
+}
+
+/// Simulated hardware classes: class name, vendor, model string as a driver would report it,
+/// memory in GiB.
+const SIMULATED_CLASSES: &[(&str, Vendor, &str, u64)] = &[
+    ("H100-80GB", Vendor::Nvidia, "NVIDIA H100 80GB HBM3", 80),
+    ("H200-141GB", Vendor::Nvidia, "NVIDIA H200", 141),
+    ("A100-80GB", Vendor::Nvidia, "NVIDIA A100-SXM4-80GB", 80),
+    ("A100-40GB", Vendor::Nvidia, "NVIDIA A100-SXM4-40GB", 40),
+    ("L40S-48GB", Vendor::Nvidia, "NVIDIA L40S", 48),
+    ("L4-24GB", Vendor::Nvidia, "NVIDIA L4", 24),
+    ("B200-192GB", Vendor::Nvidia, "NVIDIA B200", 192),
+    ("MI300X-192GB", Vendor::Amd, "AMD Instinct MI300X", 192),
+    ("MI250X-128GB", Vendor::Amd, "AMD Instinct MI250X", 128),
+    ("TPU-v5e", Vendor::Google, "TPU v5 lite", 16),
+    ("TPU-v5p", Vendor::Google, "TPU v5p", 95),
+    ("TPU-v4", Vendor::Google, "TPU v4", 32),
+];
+
+/// Parses `2xH100-80GB,1xMI300X-192GB` into simulated devices. UUIDs are derived from the
+/// node name and index, so a restarted agent reports the same devices.
+pub fn parse_simulate(spec: &str, node_name: &str) -> Result<Vec<Device>, SimulateError> {
+    let mut devices = Vec::new();
+    let mut total: u64 = 0;
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (count, class) = entry
+            .split_once(['x', 'X'])
+            .and_then(|(n, c)| n.trim().parse::<u64>().ok().map(|n| (n, c.trim())))
+            .ok_or_else(|| SimulateError::BadEntry {
+                entry: entry.to_string(),
+            })?;
+        if count == 0 || class.is_empty() {
+            return Err(SimulateError::BadEntry {
+                entry: entry.to_string(),
+            });
+        }
+        total = total.saturating_add(count);
+        if total > 64 {
+            return Err(SimulateError::TooMany { count: total });
+        }
+        let (name, vendor, model, gib) = SIMULATED_CLASSES
+            .iter()
+            .find(|(name, ..)| name.eq_ignore_ascii_case(class))
+            .ok_or_else(|| SimulateError::UnknownClass {
+                class: class.to_string(),
+                known: SIMULATED_CLASSES
+                    .iter()
+                    .map(|c| c.0)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        for _ in 0..count {
+            let index = devices.len() as u32;
+            devices.push(Device {
+                index,
+                vendor: *vendor,
+                model: (*model).to_string(),
+                uuid: simulated_uuid(node_name, index),
+                memory_bytes: gib << 30,
+                memory_used_bytes: 0,
+                utilization_percent: 0,
+                hardware_class: (*name).to_string(),
+                health: Health::Healthy,
+                health_reason: String::new(),
+                simulated: true,
+            });
+        }
+    }
+    Ok(devices)
+}
+
+fn simulated_uuid(node_name: &str, index: u32) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{node_name}/{index}").as_bytes(),
+    );
+    let h = hex::encode(&digest.as_ref()[..16]);
+    format!(
+        "SIM-{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mixed_fleet() {
+        let devices = parse_simulate("2xH100-80GB, 1xMI300X-192GB,4xTPU-v5e", "n1").unwrap();
+        assert_eq!(devices.len(), 7);
+        assert_eq!(devices[0].hardware_class, "H100-80GB");
+        assert_eq!(devices[0].memory_bytes, 80 << 30);
+        assert_eq!(devices[2].vendor, Vendor::Amd);
+        assert_eq!(devices[6].vendor, Vendor::Google);
+        assert!(devices.iter().all(|d| d.simulated));
+        assert_eq!(
+            devices.iter().map(|d| d.index).collect::<Vec<_>>(),
+            (0..7).collect::<Vec<_>>()
+        );
+        // Stable and distinct UUIDs.
+        assert_eq!(
+            devices[0].uuid,
+            parse_simulate("1xH100-80GB", "n1").unwrap()[0].uuid
+        );
+        assert_ne!(devices[0].uuid, devices[1].uuid);
+        assert_ne!(
+            devices[0].uuid,
+            parse_simulate("1xH100-80GB", "n2").unwrap()[0].uuid
+        );
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_reasons() {
+        assert!(matches!(
+            parse_simulate("H100", "n"),
+            Err(SimulateError::BadEntry { .. })
+        ));
+        assert!(matches!(
+            parse_simulate("0xH100-80GB", "n"),
+            Err(SimulateError::BadEntry { .. })
+        ));
+        let err = parse_simulate("2xGTX-1080", "n").unwrap_err();
+        assert!(err.to_string().contains("H100-80GB"), "{err}");
+        assert!(matches!(
+            parse_simulate("65xL4-24GB", "n"),
+            Err(SimulateError::TooMany { count: 65 })
+        ));
+        assert_eq!(parse_simulate("", "n").unwrap(), vec![]);
+    }
+}

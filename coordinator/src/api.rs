@@ -1,0 +1,293 @@
+//! The admin REST API (`/api/v1/...`) behind the bearer admin token, plus the open
+//! `/metrics`, `/healthz` and `/readyz`.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{rejection::JsonRejection, Path, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api_types::{ErrorBody, ErrorDetail, EventView, List, NodeDetail, TokenRequest},
+    registry::{NodeAction, RegistryError},
+    server::Shared,
+    time::rfc3339_ms,
+};
+
+/// Longest join-token lifetime.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %error, "admin API internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error: {error}"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            _ => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+        }
+    }
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = axum::serve(listener, router(shared))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "admin API failed");
+    }
+}
+
+/// The full router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let admin = Router::new()
+        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/nodes", get(list_nodes))
+        .route("/api/v1/nodes/{name}", get(get_node))
+        .route("/api/v1/nodes/{name}/{action}", post(node_action))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_admin,
+        ));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .with_state(shared)
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no such endpoint: {} {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn require_admin(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    match presented {
+        Some(token) if shared.check_admin_token(token) => Ok(next.run(request).await),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin token is wrong; it is in DATA_DIR/admin-token on the coordinator host",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing 'Authorization: Bearer <admin token>'; the token is in DATA_DIR/admin-token on the coordinator host",
+        )),
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.ready.load(Ordering::Relaxed) {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not ready"})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, pyxis_agent::prom::CONTENT_TYPE)],
+        crate::metrics::render(&shared),
+    )
+        .into_response()
+}
+
+async fn create_token(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let ttl = match request.ttl.as_deref() {
+        None => Duration::from_secs(3600),
+        Some(text) => humantime::parse_duration(text).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("ttl {text:?} is not a duration like 1h or 30m ({e})"),
+            )
+        })?,
+    };
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "ttl must be more than 0 and at most 720h",
+        ));
+    }
+    let uses = request.uses.unwrap_or(1);
+    if uses == 0 || uses > 100_000 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "uses must be between 1 and 100000",
+        ));
+    }
+    let shared2 = shared.clone();
+    let created = tokio::task::spawn_blocking(move || shared2.create_join_token(ttl, uses))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn list_nodes(State(shared): State<Arc<Shared>>) -> Json<List<crate::api_types::NodeView>> {
+    let items = shared
+        .registry()
+        .views(Instant::now(), shared.config.liveness_timeout);
+    Json(List { items })
+}
+
+async fn get_node(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<NodeDetail>, ApiError> {
+    let view = shared
+        .registry()
+        .view(&name, Instant::now(), shared.config.liveness_timeout)
+        .ok_or_else(|| ApiError::from(RegistryError::NotFound(name.clone())))?;
+    let events = shared
+        .store
+        .events(&format!("node/{name}"), 20)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|e| EventView {
+            time: rfc3339_ms(e.at_ms),
+            kind: e.kind,
+            reason: e.reason,
+            message: e.message,
+        })
+        .collect();
+    Ok(Json(NodeDetail { node: view, events }))
+}
+
+async fn node_action(
+    State(shared): State<Arc<Shared>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<crate::api_types::NodeView>, ApiError> {
+    let action = NodeAction::parse(&action).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown node action {action:?}; use cordon, uncordon, drain or revoke"),
+        )
+    })?;
+    let (row, close) = shared.registry().act(&name, action)?;
+    let shared2 = shared.clone();
+    tokio::task::spawn_blocking(move || shared2.store.upsert_node(&row))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let (reason, message) = match action {
+        NodeAction::Cordon => ("Cordoned", "cordoned by an operator"),
+        NodeAction::Uncordon => ("Uncordoned", "uncordoned by an operator"),
+        NodeAction::Drain => ("Draining", "drain requested by an operator"),
+        NodeAction::Revoke => (
+            "Revoked",
+            "revoked by an operator: certificate refused, connection dropped",
+        ),
+    };
+    if let Some(connection) = close {
+        connection.close(
+            quinn::VarInt::from_u32(pyxis_agent::link::close_code::REVOKED),
+            format!("node {name} is revoked").as_bytes(),
+        );
+    }
+    tracing::warn!(node = %name, action = reason, "{message}");
+    shared.event(
+        &format!("node/{name}"),
+        if action == NodeAction::Revoke {
+            "Warning"
+        } else {
+            "Normal"
+        },
+        reason,
+        message,
+    );
+    let view = shared
+        .registry()
+        .view(&name, Instant::now(), shared.config.liveness_timeout)
+        .ok_or_else(|| ApiError::from(RegistryError::NotFound(name.clone())))?;
+    Ok(Json(view))
+}

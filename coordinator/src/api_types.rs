@@ -1,0 +1,150 @@
+//! JSON shapes of the admin API, shared by the server and the `pyxis` CLI. These are a
+//! public, documented contract (`docs/api.md`): add fields, never rename or remove them.
+
+use serde::{Deserialize, Serialize};
+
+/// `{"items": [...]}` list wrapper.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct List<T> {
+    /// Items.
+    pub items: Vec<T>,
+}
+
+/// A node as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Node name.
+    pub name: String,
+    /// `Ready`, `NotReady`, `Cordoned` or `Draining`.
+    pub status: String,
+    /// Why the node has that status.
+    pub reason: String,
+    /// Whether new replicas may be placed here.
+    pub schedulable: bool,
+    /// Cordoned by an operator.
+    pub cordoned: bool,
+    /// Being drained.
+    pub draining: bool,
+    /// Revoked: its certificate is refused.
+    pub revoked: bool,
+    /// An agent connection is open now.
+    pub connected: bool,
+    /// Agent's address as seen by the coordinator.
+    pub address: Option<String>,
+    /// Agent version.
+    pub agent_version: String,
+    /// Host name.
+    pub hostname: String,
+    /// OS.
+    pub os: String,
+    /// Kernel.
+    pub kernel: String,
+    /// CPU model.
+    pub cpu_model: String,
+    /// Logical CPUs.
+    pub cpu_cores: u32,
+    /// Host memory.
+    pub memory_bytes: u64,
+    /// Host memory available at the last report.
+    pub memory_available_bytes: u64,
+    /// Runtime kinds the node can launch.
+    pub runtimes: Vec<String>,
+    /// Last report (RFC 3339), or null if never.
+    pub last_seen: Option<String>,
+    /// When the node joined (RFC 3339).
+    pub joined_at: String,
+    /// Accelerators.
+    pub accelerators: Vec<AcceleratorView>,
+}
+
+/// An accelerator as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcceleratorView {
+    /// Index on the node.
+    pub index: u32,
+    /// `nvidia`, `amd`, `google`, `other`.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// UUID or serial.
+    pub uuid: String,
+    /// Total memory.
+    pub memory_bytes: u64,
+    /// Memory in use at the last report.
+    pub memory_used_bytes: u64,
+    /// Utilization at the last report, 0-100.
+    pub utilization_percent: u8,
+    /// Hardware class.
+    pub hardware_class: String,
+    /// `healthy`, `degraded`, `unhealthy`.
+    pub health: String,
+    /// Why (empty when healthy).
+    pub health_reason: String,
+    /// Simulated device.
+    pub simulated: bool,
+}
+
+/// `describe node`: the node plus its recent events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeDetail {
+    /// The node.
+    #[serde(flatten)]
+    pub node: NodeView,
+    /// Recent events, oldest first.
+    pub events: Vec<EventView>,
+}
+
+/// An event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventView {
+    /// RFC 3339 time.
+    pub time: String,
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short reason.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+}
+
+/// `POST /api/v1/tokens` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Time to live, for example `1h` (default `1h`, at most `720h`).
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Enrollments allowed (default 1).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// A created join token (`pyxis token create -o json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// `ID.SECRET`, shown once.
+    pub token: String,
+    /// CA hash to pin, `sha256:HEX`.
+    pub ca_hash: String,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
+    /// Enrollments allowed.
+    pub uses: u32,
+}
+
+/// Error body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Error detail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`unauthorized`, `not_found`, `bad_request`, ...).
+    pub code: String,
+    /// What went wrong and what to do.
+    pub message: String,
+}

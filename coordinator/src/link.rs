@@ -1,0 +1,576 @@
+//! The coordinator's side of the agent link: accepts QUIC connections and runs one
+//! session task per connection.
+//!
+//! A connection with a node certificate may `Register` and report; a connection without
+//! one may only `Enroll` with a join token. Every refusal is logged with the peer address
+//! and the reason, answered with a typed `Error` where a stream is open, and never
+//! affects other connections.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use pyxis_agent::link::close_code;
+use pyxis_protocol::{
+    negotiate, Ack, AckOf, AgentMessage, CapacityReport, CoordinatorMessage, DesiredState,
+    ErrorCode, ErrorMessage, HelloAck, NodeInfo, RegisterAck, MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
+};
+use pyxis_transport::{
+    framed::{FrameReader, FrameWriter, LinkError},
+    pki::fingerprint,
+    tls::peer_certificates,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    metrics::Refusal,
+    registry::{Capacity, ConnectionHandle, DeviceFacts, DeviceState, NodeFacts, RegistryError},
+    server::Shared,
+    time::now_ms,
+    tokens,
+};
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections without a certificate (enrollment) allowed at once; more wait.
+const MAX_CONCURRENT_ENROLLMENTS: usize = 256;
+
+/// Accepts connections until `shutdown`.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let enrollments = Arc::new(Semaphore::new(MAX_CONCURRENT_ENROLLMENTS));
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let shared = shared.clone();
+        let enrollments = enrollments.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(e) => {
+                    shared.metrics.refused(Refusal::Handshake);
+                    tracing::warn!(peer = %remote, error = %e, "refused agent connection: TLS handshake failed (certificate from another CA, or not a Pyxis agent)");
+                    return;
+                }
+            };
+            handle_connection(connection, remote, shared, enrollments).await;
+        });
+    }
+}
+
+fn refuse(connection: &quinn::Connection, reason: &str) {
+    connection.close(
+        quinn::VarInt::from_u32(close_code::REFUSED),
+        reason.as_bytes(),
+    );
+}
+
+async fn handle_connection(
+    connection: quinn::Connection,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    enrollments: Arc<Semaphore>,
+) {
+    let node = match peer_certificates(&connection)
+        .and_then(|chain| chain.first().map(|c| fingerprint(c.as_ref())))
+    {
+        Some(fp) => match shared.registry().identify(&fp) {
+            Ok(name) => Some(name),
+            Err(RegistryError::Revoked(name)) => {
+                shared.metrics.refused(Refusal::Revoked);
+                tracing::warn!(peer = %remote, node = %name, "refused connection: node is revoked");
+                connection.close(
+                    quinn::VarInt::from_u32(close_code::REVOKED),
+                    format!("node {name} is revoked").as_bytes(),
+                );
+                return;
+            }
+            Err(e) => {
+                shared.metrics.refused(Refusal::UnknownCertificate);
+                tracing::warn!(peer = %remote, error = %e, "refused connection");
+                refuse(&connection, &e.to_string());
+                return;
+            }
+        },
+        None => None,
+    };
+    let _permit = match node {
+        Some(_) => None,
+        None => match enrollments.acquire_owned().await {
+            Ok(permit) => Some(permit),
+            Err(_) => return,
+        },
+    };
+    let stream = tokio::time::timeout(STEP_TIMEOUT, connection.accept_bi()).await;
+    let (send, recv) = match stream {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            refuse(&connection, "no stream opened in time");
+            return;
+        }
+    };
+    let mut session = Session {
+        connection: connection.clone(),
+        remote,
+        shared: shared.clone(),
+        writer: FrameWriter::new(send, SUPPORTED_VERSIONS.max, MAX_FRAME_BYTES),
+        reader: FrameReader::new(recv, MAX_FRAME_BYTES),
+    };
+    let result = match node {
+        Some(name) => session.run_node(name).await,
+        None => session.run_enrollment().await,
+    };
+    if let Err(refusal) = result {
+        shared.metrics.refused(refusal.metric);
+        tracing::warn!(peer = %remote, node = refusal.node.as_deref().unwrap_or("-"), reason = %refusal.message, "refused agent");
+        if let Some(code) = refusal.code {
+            let _ = session
+                .writer
+                .send(&CoordinatorMessage::Error(ErrorMessage {
+                    code,
+                    message: refusal.message.clone(),
+                }))
+                .await;
+            session.writer.finish();
+            // Give the agent a moment to read the error before the close.
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+        }
+        refuse(&connection, &refusal.message);
+    }
+}
+
+/// A refusal: what to count, what to tell the agent, what to log.
+#[derive(Debug)]
+struct Refused {
+    metric: Refusal,
+    code: Option<ErrorCode>,
+    node: Option<String>,
+    message: String,
+}
+
+impl Refused {
+    fn new(
+        metric: Refusal,
+        code: ErrorCode,
+        node: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            metric,
+            code: Some(code),
+            node: node.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    fn link(node: Option<&str>, error: &LinkError) -> Self {
+        // A frame we cannot read: tell the agent (it may still read) and close.
+        Self {
+            metric: Refusal::Protocol,
+            code: Some(ErrorCode::BadRequest),
+            node: node.map(str::to_string),
+            message: error.to_string(),
+        }
+    }
+}
+
+struct Session {
+    connection: quinn::Connection,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    writer: FrameWriter,
+    reader: FrameReader,
+}
+
+fn agent_message_name(message: &AgentMessage) -> &'static str {
+    match message {
+        AgentMessage::Hello(_) => "Hello",
+        AgentMessage::Enroll(_) => "Enroll",
+        AgentMessage::Register(_) => "Register",
+        AgentMessage::Capacity(_) => "Capacity",
+        AgentMessage::RuntimeStatus(_) => "RuntimeStatus",
+        AgentMessage::Ack(_) => "Ack",
+        AgentMessage::Error(_) => "Error",
+    }
+}
+
+impl Session {
+    /// Reads one message within the step timeout. `Ok(None)`: the agent went away.
+    async fn next(&mut self, node: Option<&str>) -> Result<Option<AgentMessage>, Refused> {
+        match tokio::time::timeout(STEP_TIMEOUT, self.reader.recv::<AgentMessage>()).await {
+            Err(_) => Err(Refused {
+                metric: Refusal::Protocol,
+                code: Some(ErrorCode::UnexpectedMessage),
+                node: node.map(str::to_string),
+                message: format!("no message within {STEP_TIMEOUT:?}"),
+            }),
+            Ok(Ok(Some((_, message)))) => Ok(Some(message)),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(LinkError::Read(_))) | Ok(Err(LinkError::ClosedMidFrame)) => Ok(None),
+            Ok(Err(e)) => Err(Refused::link(node, &e)),
+        }
+    }
+
+    async fn send(&mut self, message: &CoordinatorMessage) -> Result<(), Refused> {
+        // A failed write means the agent is gone; the caller ends the session quietly.
+        self.writer.send(message).await.map_err(|e| Refused {
+            metric: Refusal::Protocol,
+            code: None,
+            node: None,
+            message: format!("write failed: {e}"),
+        })
+    }
+
+    /// Reads `Hello`, negotiates, answers `HelloAck`.
+    async fn hello(&mut self, node: Option<&str>) -> Result<bool, Refused> {
+        let hello = match self.next(node).await? {
+            None => return Ok(false),
+            Some(AgentMessage::Hello(hello)) => hello,
+            Some(other) => {
+                return Err(Refused::new(
+                    Refusal::Protocol,
+                    ErrorCode::UnexpectedMessage,
+                    node,
+                    format!("expected Hello first, got {}", agent_message_name(&other)),
+                ))
+            }
+        };
+        let version = negotiate(hello.versions, SUPPORTED_VERSIONS).map_err(|e| {
+            Refused::new(
+                Refusal::Version,
+                ErrorCode::IncompatibleVersion,
+                node.or(Some(&hello.node_name)),
+                e.to_string(),
+            )
+        })?;
+        self.writer.version = version;
+        self.reader.version = Some(version);
+        self.send(&CoordinatorMessage::HelloAck(HelloAck {
+            version,
+            coordinator_version: crate::VERSION.to_string(),
+        }))
+        .await?;
+        Ok(true)
+    }
+
+    async fn run_enrollment(&mut self) -> Result<(), Refused> {
+        if !self.hello(None).await? {
+            return Ok(());
+        }
+        let request = match self.next(None).await? {
+            None => return Ok(()),
+            Some(AgentMessage::Enroll(request)) => request,
+            Some(AgentMessage::Register(_)) => return Err(Refused::new(
+                Refusal::UnknownCertificate,
+                ErrorCode::Unauthorized,
+                None,
+                "registration needs a node certificate; join first with --join-token and --ca-hash",
+            )),
+            Some(other) => {
+                return Err(Refused::new(
+                    Refusal::Protocol,
+                    ErrorCode::UnexpectedMessage,
+                    None,
+                    format!("expected Enroll, got {}", agent_message_name(&other)),
+                ))
+            }
+        };
+        let name = request.node_name.clone();
+        let node = Some(name.as_str());
+        pyxis_agent::config::validate_node_name(&name).map_err(|e| {
+            Refused::new(
+                Refusal::Protocol,
+                ErrorCode::BadRequest,
+                node,
+                e.to_string(),
+            )
+        })?;
+        let (id, secret) = tokens::parse(&request.token).map_err(|e| {
+            Refused::new(Refusal::Token, ErrorCode::InvalidToken, node, e.to_string())
+        })?;
+        let shared = self.shared.clone();
+        let row = shared.store.token(id).map_err(|e| internal(node, &e))?;
+        tokens::check(row.as_ref(), id, secret, now_ms()).map_err(|e| {
+            Refused::new(Refusal::Token, ErrorCode::InvalidToken, node, e.to_string())
+        })?;
+        shared
+            .registry()
+            .can_enroll(&name)
+            .map_err(|e| Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()))?;
+        let certificate_pem = shared
+            .ca
+            .sign_node_csr(&request.csr_pem, &name, 365)
+            .map_err(|e| {
+                Refused::new(
+                    Refusal::Protocol,
+                    ErrorCode::BadRequest,
+                    node,
+                    e.to_string(),
+                )
+            })?;
+        let uses_left = shared
+            .store
+            .consume_token(id)
+            .map_err(|e| internal(node, &e))?
+            .ok_or_else(|| {
+                Refused::new(
+                    Refusal::Token,
+                    ErrorCode::InvalidToken,
+                    node,
+                    tokens::TokenError::UsedUp { id: id.to_string() }.to_string(),
+                )
+            })?;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(certificate_pem.as_bytes())
+            .map_err(|e| internal(node, &e))?;
+        let (row, old) = shared
+            .registry()
+            .enroll(&name, &fingerprint(der.as_ref()), now_ms())
+            .map_err(|e| Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()))?;
+        if let Some(old) = old {
+            old.close(
+                quinn::VarInt::from_u32(close_code::REPLACED),
+                b"node re-joined with a new certificate",
+            );
+        }
+        shared
+            .store
+            .upsert_node(&row)
+            .map_err(|e| internal(node, &e))?;
+        shared
+            .metrics
+            .enrollments
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(peer = %self.remote, node = %name, token_id = id, uses_left, "node joined: certificate issued");
+        shared.event(
+            &format!("node/{name}"),
+            "Normal",
+            "Joined",
+            &format!("joined from {} with token {id}", self.remote),
+        );
+        self.send(&CoordinatorMessage::Enrolled(
+            pyxis_protocol::EnrollResponse {
+                certificate_pem,
+                ca_pem: shared.ca.cert_pem().to_string(),
+            },
+        ))
+        .await?;
+        self.writer.finish();
+        let _ = tokio::time::timeout(STEP_TIMEOUT, self.connection.closed()).await;
+        Ok(())
+    }
+
+    async fn run_node(&mut self, name: String) -> Result<(), Refused> {
+        let node = Some(name.as_str());
+        if !self.hello(node).await? {
+            return Ok(());
+        }
+        let registration = match self.next(node).await? {
+            None => return Ok(()),
+            Some(AgentMessage::Register(registration)) => registration,
+            Some(other) => {
+                return Err(Refused::new(
+                    Refusal::Protocol,
+                    ErrorCode::UnexpectedMessage,
+                    node,
+                    format!("expected Register, got {}", agent_message_name(&other)),
+                ))
+            }
+        };
+        if registration.node.name != name {
+            return Err(Refused::new(
+                Refusal::Protocol,
+                ErrorCode::BadRequest,
+                node,
+                format!(
+                    "registration names node {:?} but the certificate is for {name:?}",
+                    registration.node.name
+                ),
+            ));
+        }
+        let connection_id = self.shared.connection_id();
+        let handle = ConnectionHandle {
+            id: connection_id,
+            remote: self.remote,
+            connection: self.connection.clone(),
+        };
+        let facts = facts_from_wire(&registration.node);
+        let devices = facts.devices.len();
+        let capacity = capacity_from_wire(&registration.capacity);
+        let (row, old) = self
+            .shared
+            .registry()
+            .register(&name, facts, capacity, handle, Instant::now(), now_ms())
+            .map_err(|e| Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()))?;
+        if let Some(old) = old {
+            old.close(
+                quinn::VarInt::from_u32(close_code::REPLACED),
+                b"replaced by a newer connection of the same node",
+            );
+        }
+        let shared = self.shared.clone();
+        let persisted = tokio::task::spawn_blocking(move || shared.store.upsert_node(&row)).await;
+        if let Ok(Err(e)) = persisted {
+            tracing::warn!(node = %name, error = %e, "cannot persist node facts");
+        }
+        tracing::info!(peer = %self.remote, node = %name, accelerators = devices, agent_version = %registration.node.agent_version, "node registered");
+        let interval_ms = self.shared.config.report_interval.as_millis() as u64;
+        let result = async {
+            self.send(&CoordinatorMessage::Registered(RegisterAck {
+                node_name: name.clone(),
+                report_interval_ms: interval_ms,
+            }))
+            .await?;
+            self.send(&CoordinatorMessage::DesiredState(DesiredState {
+                generation: 1,
+                replicas: Vec::new(),
+            }))
+            .await?;
+            self.report_loop(&name, connection_id).await
+        }
+        .await;
+        self.shared.registry().disconnected(&name, connection_id);
+        match result {
+            Err(Refused { code: None, .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn report_loop(&mut self, name: &str, connection_id: u64) -> Result<(), Refused> {
+        let node = Some(name);
+        loop {
+            // Between reports the agent may be idle for a whole interval: no step timeout
+            // here; a silent agent is caught by liveness and the QUIC idle timeout.
+            let message = match self.reader.recv::<AgentMessage>().await {
+                Ok(Some((_, message))) => message,
+                Ok(None) | Err(LinkError::Read(_)) | Err(LinkError::ClosedMidFrame) => {
+                    return Ok(())
+                }
+                Err(e) => return Err(Refused::link(node, &e)),
+            };
+            match message {
+                AgentMessage::Capacity(report) => {
+                    let lag_ms = now_ms()
+                        .saturating_sub(report.sent_at_unix_ms as i64)
+                        .max(0);
+                    let accepted = self.shared.registry().report(
+                        name,
+                        connection_id,
+                        capacity_from_wire(&report),
+                        Instant::now(),
+                        now_ms(),
+                    );
+                    if !accepted {
+                        // Replaced or revoked meanwhile; the connection is being closed.
+                        return Ok(());
+                    }
+                    self.shared
+                        .metrics
+                        .capacity_reports
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.shared
+                        .metrics
+                        .report_lag
+                        .observe(lag_ms as f64 / 1000.0);
+                    self.send(&CoordinatorMessage::Ack(Ack {
+                        of: AckOf::Capacity(report.seq),
+                    }))
+                    .await?;
+                }
+                AgentMessage::RuntimeStatus(status) => {
+                    self.send(&CoordinatorMessage::Ack(Ack {
+                        of: AckOf::RuntimeStatus(status.seq),
+                    }))
+                    .await?;
+                }
+                AgentMessage::Ack(ack) => tracing::debug!(node = %name, ?ack, "agent acknowledged"),
+                AgentMessage::Error(e) => {
+                    tracing::warn!(node = %name, code = ?e.code, message = %e.message, "agent reported an error")
+                }
+                other => {
+                    return Err(Refused::new(
+                        Refusal::Protocol,
+                        ErrorCode::UnexpectedMessage,
+                        node,
+                        format!(
+                            "unexpected {} after registration",
+                            agent_message_name(&other)
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn internal(node: Option<&str>, error: &dyn std::fmt::Display) -> Refused {
+    tracing::error!(error = %error, "internal error during enrollment");
+    Refused::new(
+        Refusal::Protocol,
+        ErrorCode::Internal,
+        node,
+        format!("internal error: {error}; retry later"),
+    )
+}
+
+use rustls_pki_types::pem::PemObject;
+
+/// Wire -> internal, at the edge.
+fn facts_from_wire(info: &NodeInfo) -> NodeFacts {
+    NodeFacts {
+        hostname: info.hostname.clone(),
+        os: info.os.clone(),
+        kernel: info.kernel.clone(),
+        cpu_model: info.cpu_model.clone(),
+        cpu_cores: info.cpu_cores,
+        memory_bytes: info.memory_bytes,
+        agent_version: info.agent_version.clone(),
+        runtimes: info.runtimes.clone(),
+        devices: info
+            .accelerators
+            .iter()
+            .map(|a| DeviceFacts {
+                index: a.index,
+                vendor: a.vendor.as_str().to_string(),
+                model: a.model.clone(),
+                uuid: a.uuid.clone(),
+                memory_bytes: a.memory_bytes,
+                hardware_class: a.hardware_class.clone(),
+                simulated: a.simulated,
+            })
+            .collect(),
+    }
+}
+
+fn capacity_from_wire(report: &CapacityReport) -> Capacity {
+    Capacity {
+        memory_available_bytes: report.memory_available_bytes,
+        devices: report
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.uuid.clone(),
+                    DeviceState {
+                        memory_used_bytes: d.memory_used_bytes,
+                        utilization_percent: d.utilization_percent,
+                        health: d.health.as_str(),
+                        health_reason: d.health_reason.clone(),
+                    },
+                )
+            })
+            .collect::<HashMap<_, _>>(),
+    }
+}

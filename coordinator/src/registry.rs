@@ -1,0 +1,656 @@
+//! The node registry: the in-memory truth about every node, with durable parts mirrored
+//! into the store by the caller.
+//!
+//! Sans-IO: every method takes `now` (an `Instant` for liveness, ms since the epoch for
+//! display and persistence); the registry never reads a clock, a socket or a file. It
+//! holds each node's live connection handle only so that revocation and replacement can
+//! close it.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    api_types::{AcceleratorView, NodeView},
+    store::NodeRow,
+    time::rfc3339_ms,
+};
+
+/// Static node facts (internal; converted from the wire at the link edge).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    /// Host name.
+    pub hostname: String,
+    /// OS.
+    pub os: String,
+    /// Kernel.
+    pub kernel: String,
+    /// CPU model.
+    pub cpu_model: String,
+    /// Logical CPUs.
+    pub cpu_cores: u32,
+    /// Host memory.
+    pub memory_bytes: u64,
+    /// Agent version.
+    pub agent_version: String,
+    /// Runtime kinds.
+    pub runtimes: Vec<String>,
+    /// Devices.
+    pub devices: Vec<DeviceFacts>,
+}
+
+/// Static device facts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceFacts {
+    /// Index.
+    pub index: u32,
+    /// Vendor name.
+    pub vendor: String,
+    /// Model.
+    pub model: String,
+    /// UUID.
+    pub uuid: String,
+    /// Memory.
+    pub memory_bytes: u64,
+    /// Hardware class.
+    pub hardware_class: String,
+    /// Simulated.
+    pub simulated: bool,
+}
+
+/// Live device state from the last report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceState {
+    /// Memory in use.
+    pub memory_used_bytes: u64,
+    /// Utilization 0-100.
+    pub utilization_percent: u8,
+    /// `healthy` / `degraded` / `unhealthy`.
+    pub health: &'static str,
+    /// Reason.
+    pub health_reason: String,
+}
+
+/// Capacity from a report (internal form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    /// Host memory available.
+    pub memory_available_bytes: u64,
+    /// Device states by UUID.
+    pub devices: HashMap<String, DeviceState>,
+}
+
+/// Node status as users see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeStatus {
+    /// Reporting and schedulable.
+    Ready,
+    /// Not reporting within the liveness timeout, or revoked.
+    NotReady,
+    /// Reporting, cordoned by an operator.
+    Cordoned,
+    /// Reporting, being drained.
+    Draining,
+}
+
+impl NodeStatus {
+    /// The name used in JSON and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "Ready",
+            NodeStatus::NotReady => "NotReady",
+            NodeStatus::Cordoned => "Cordoned",
+            NodeStatus::Draining => "Draining",
+        }
+    }
+
+    /// Every status, for metrics.
+    pub const ALL: [NodeStatus; 4] = [
+        NodeStatus::Ready,
+        NodeStatus::NotReady,
+        NodeStatus::Cordoned,
+        NodeStatus::Draining,
+    ];
+}
+
+/// A live connection of a node.
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    /// Unique per connection.
+    pub id: u64,
+    /// Peer address.
+    pub remote: SocketAddr,
+    /// The QUIC connection (to close on revoke or replacement).
+    pub connection: quinn::Connection,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    fingerprint: String,
+    facts: Option<NodeFacts>,
+    capacity: Option<Capacity>,
+    cordoned: bool,
+    draining: bool,
+    revoked: bool,
+    joined_at_ms: i64,
+    last_report: Option<Instant>,
+    last_seen_ms: Option<i64>,
+    last_seen_dirty: bool,
+    connection: Option<ConnectionHandle>,
+    status: NodeStatus,
+}
+
+/// A status change found by [`Registry::sweep`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// Node.
+    pub node: String,
+    /// Before.
+    pub from: NodeStatus,
+    /// After.
+    pub to: NodeStatus,
+    /// Why.
+    pub reason: String,
+}
+
+/// Why an operation on the registry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// No such node.
+    #[error("node {0:?} not found (see `pyxis get nodes`)")]
+    NotFound(String),
+    /// The node is revoked.
+    #[error("node {0:?} is revoked; its certificate is refused")]
+    Revoked(String),
+    /// The certificate does not belong to any known node.
+    #[error("the client certificate belongs to no registered node (was the node removed?); join again with a new token")]
+    UnknownCertificate,
+}
+
+/// Operator actions on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAction {
+    /// Stop placing new replicas.
+    Cordon,
+    /// Allow placement again (also ends a drain).
+    Uncordon,
+    /// Cordon and move replicas away.
+    Drain,
+    /// Refuse the node's certificate from now on and drop its connection.
+    Revoke,
+}
+
+impl NodeAction {
+    /// Parses the action name used in the API path.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cordon" => Some(Self::Cordon),
+            "uncordon" => Some(Self::Uncordon),
+            "drain" => Some(Self::Drain),
+            "revoke" => Some(Self::Revoke),
+            _ => None,
+        }
+    }
+}
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Registry {
+    nodes: HashMap<String, Node>,
+    by_fingerprint: HashMap<String, String>,
+}
+
+fn derive_status(node: &Node, now: Instant, timeout: Duration) -> (NodeStatus, String) {
+    if node.revoked {
+        return (
+            NodeStatus::NotReady,
+            "revoked: the node's certificate is refused".into(),
+        );
+    }
+    let alive = match node.last_report {
+        None => {
+            return (
+                NodeStatus::NotReady,
+                if node.facts.is_some() {
+                    "no report since the coordinator started".into()
+                } else {
+                    "joined, never registered".into()
+                },
+            )
+        }
+        Some(at) => now.saturating_duration_since(at),
+    };
+    if alive > timeout {
+        return (
+            NodeStatus::NotReady,
+            format!(
+                "no capacity report for {:.1}s (timeout {:?})",
+                alive.as_secs_f64(),
+                timeout
+            ),
+        );
+    }
+    if node.draining {
+        (
+            NodeStatus::Draining,
+            "draining: no new replicas; existing ones are moved away".into(),
+        )
+    } else if node.cordoned {
+        (
+            NodeStatus::Cordoned,
+            "cordoned by an operator: no new replicas".into(),
+        )
+    } else {
+        (NodeStatus::Ready, "reporting".into())
+    }
+}
+
+impl Registry {
+    /// Builds the registry from stored rows. Nodes start `NotReady` until they report.
+    pub fn load(rows: Vec<NodeRow>) -> Result<Self, serde_json::Error> {
+        let mut registry = Registry::default();
+        for row in rows {
+            let facts = match &row.facts_json {
+                Some(json) => Some(serde_json::from_str::<NodeFacts>(json)?),
+                None => None,
+            };
+            registry
+                .by_fingerprint
+                .insert(row.cert_fingerprint.clone(), row.name.clone());
+            registry.nodes.insert(
+                row.name.clone(),
+                Node {
+                    fingerprint: row.cert_fingerprint,
+                    facts,
+                    capacity: None,
+                    cordoned: row.cordoned,
+                    draining: row.draining,
+                    revoked: row.revoked,
+                    joined_at_ms: row.joined_at_ms,
+                    last_report: None,
+                    last_seen_ms: row.last_seen_ms,
+                    last_seen_dirty: false,
+                    connection: None,
+                    status: NodeStatus::NotReady,
+                },
+            );
+        }
+        Ok(registry)
+    }
+
+    fn row(name: &str, node: &Node) -> NodeRow {
+        NodeRow {
+            name: name.to_string(),
+            cert_fingerprint: node.fingerprint.clone(),
+            facts_json: node
+                .facts
+                .as_ref()
+                .and_then(|f| serde_json::to_string(f).ok()),
+            cordoned: node.cordoned,
+            draining: node.draining,
+            revoked: node.revoked,
+            joined_at_ms: node.joined_at_ms,
+            last_seen_ms: node.last_seen_ms,
+        }
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Whether a node may (re-)enroll under `name`.
+    pub fn can_enroll(&self, name: &str) -> Result<(), RegistryError> {
+        match self.nodes.get(name) {
+            Some(node) if node.revoked => Err(RegistryError::Revoked(name.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a newly issued certificate for `name`; returns the row to persist and the
+    /// connection of a previous identity to close.
+    pub fn enroll(
+        &mut self,
+        name: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<(NodeRow, Option<quinn::Connection>), RegistryError> {
+        self.can_enroll(name)?;
+        let node = self.nodes.entry(name.to_string()).or_insert_with(|| Node {
+            fingerprint: String::new(),
+            facts: None,
+            capacity: None,
+            cordoned: false,
+            draining: false,
+            revoked: false,
+            joined_at_ms: now_ms,
+            last_report: None,
+            last_seen_ms: None,
+            last_seen_dirty: false,
+            connection: None,
+            status: NodeStatus::NotReady,
+        });
+        if !node.fingerprint.is_empty() {
+            self.by_fingerprint.remove(&node.fingerprint);
+        }
+        node.fingerprint = fingerprint.to_string();
+        node.joined_at_ms = now_ms;
+        let old = node.connection.take().map(|c| c.connection);
+        self.by_fingerprint
+            .insert(fingerprint.to_string(), name.to_string());
+        Ok((Self::row(name, node), old))
+    }
+
+    /// Which node a certificate fingerprint belongs to; refuses revoked nodes.
+    pub fn identify(&self, fingerprint: &str) -> Result<String, RegistryError> {
+        let name = self
+            .by_fingerprint
+            .get(fingerprint)
+            .ok_or(RegistryError::UnknownCertificate)?;
+        match self.nodes.get(name) {
+            Some(node) if node.revoked => Err(RegistryError::Revoked(name.clone())),
+            Some(_) => Ok(name.clone()),
+            None => Err(RegistryError::UnknownCertificate),
+        }
+    }
+
+    /// A node registered on `connection`. Returns the row to persist and a replaced
+    /// older connection to close.
+    pub fn register(
+        &mut self,
+        name: &str,
+        facts: NodeFacts,
+        capacity: Capacity,
+        connection: ConnectionHandle,
+        now: Instant,
+        now_ms: i64,
+    ) -> Result<(NodeRow, Option<quinn::Connection>), RegistryError> {
+        let node = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        if node.revoked {
+            return Err(RegistryError::Revoked(name.to_string()));
+        }
+        node.facts = Some(facts);
+        node.capacity = Some(capacity);
+        node.last_report = Some(now);
+        node.last_seen_ms = Some(now_ms);
+        node.last_seen_dirty = false;
+        let old = node.connection.replace(connection).map(|c| c.connection);
+        Ok((Self::row(name, node), old))
+    }
+
+    /// A capacity report on connection `connection_id`. Returns false if that connection
+    /// is no longer the node's current one (the report is then ignored).
+    pub fn report(
+        &mut self,
+        name: &str,
+        connection_id: u64,
+        capacity: Capacity,
+        now: Instant,
+        now_ms: i64,
+    ) -> bool {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return false;
+        };
+        if node.revoked || node.connection.as_ref().map(|c| c.id) != Some(connection_id) {
+            return false;
+        }
+        node.capacity = Some(capacity);
+        node.last_report = Some(now);
+        node.last_seen_ms = Some(now_ms);
+        node.last_seen_dirty = true;
+        true
+    }
+
+    /// The connection `connection_id` of `name` ended.
+    pub fn disconnected(&mut self, name: &str, connection_id: u64) {
+        if let Some(node) = self.nodes.get_mut(name) {
+            if node.connection.as_ref().map(|c| c.id) == Some(connection_id) {
+                node.connection = None;
+            }
+        }
+    }
+
+    /// Applies an operator action. Returns the row to persist and, for revoke, the live
+    /// connection to close at once.
+    pub fn act(
+        &mut self,
+        name: &str,
+        action: NodeAction,
+    ) -> Result<(NodeRow, Option<quinn::Connection>), RegistryError> {
+        let node = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let mut close = None;
+        match action {
+            NodeAction::Cordon => node.cordoned = true,
+            NodeAction::Uncordon => {
+                node.cordoned = false;
+                node.draining = false;
+            }
+            NodeAction::Drain => {
+                node.cordoned = true;
+                node.draining = true;
+            }
+            NodeAction::Revoke => {
+                node.revoked = true;
+                close = node.connection.take().map(|c| c.connection);
+            }
+        }
+        Ok((Self::row(name, node), close))
+    }
+
+    /// Recomputes every status; returns the changes since the last sweep.
+    pub fn sweep(&mut self, now: Instant, timeout: Duration) -> Vec<Transition> {
+        let mut changes = Vec::new();
+        for (name, node) in &mut self.nodes {
+            let (status, reason) = derive_status(node, now, timeout);
+            if status != node.status {
+                changes.push(Transition {
+                    node: name.clone(),
+                    from: node.status,
+                    to: status,
+                    reason,
+                });
+                node.status = status;
+            }
+        }
+        changes.sort_by(|a, b| a.node.cmp(&b.node));
+        changes
+    }
+
+    /// Last-seen times changed since the previous call, to flush to the store.
+    pub fn take_dirty_last_seen(&mut self) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        for (name, node) in &mut self.nodes {
+            if node.last_seen_dirty {
+                node.last_seen_dirty = false;
+                if let Some(at) = node.last_seen_ms {
+                    out.push((name.clone(), at));
+                }
+            }
+        }
+        out
+    }
+
+    /// Count of nodes per status, as of `now`.
+    pub fn status_counts(&self, now: Instant, timeout: Duration) -> HashMap<NodeStatus, usize> {
+        let mut counts = HashMap::new();
+        for node in self.nodes.values() {
+            *counts
+                .entry(derive_status(node, now, timeout).0)
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Open agent connections.
+    pub fn connected(&self) -> usize {
+        self.nodes
+            .values()
+            .filter(|n| n.connection.is_some())
+            .count()
+    }
+
+    /// API views of all nodes, sorted by name.
+    pub fn views(&self, now: Instant, timeout: Duration) -> Vec<NodeView> {
+        let mut names: Vec<&String> = self.nodes.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|name| self.view(name, now, timeout))
+            .collect()
+    }
+
+    /// API view of one node.
+    pub fn view(&self, name: &str, now: Instant, timeout: Duration) -> Option<NodeView> {
+        let node = self.nodes.get(name)?;
+        let (status, reason) = derive_status(node, now, timeout);
+        let facts = node.facts.clone().unwrap_or_default();
+        let capacity = node.capacity.as_ref();
+        let accelerators = facts
+            .devices
+            .iter()
+            .map(|d| {
+                let state = capacity.and_then(|c| c.devices.get(&d.uuid));
+                AcceleratorView {
+                    index: d.index,
+                    vendor: d.vendor.clone(),
+                    model: d.model.clone(),
+                    uuid: d.uuid.clone(),
+                    memory_bytes: d.memory_bytes,
+                    memory_used_bytes: state.map(|s| s.memory_used_bytes).unwrap_or(0),
+                    utilization_percent: state.map(|s| s.utilization_percent).unwrap_or(0),
+                    hardware_class: d.hardware_class.clone(),
+                    health: state.map(|s| s.health).unwrap_or("healthy").to_string(),
+                    health_reason: state.map(|s| s.health_reason.clone()).unwrap_or_default(),
+                    simulated: d.simulated,
+                }
+            })
+            .collect();
+        Some(NodeView {
+            name: name.to_string(),
+            status: status.as_str().to_string(),
+            reason,
+            schedulable: status == NodeStatus::Ready,
+            cordoned: node.cordoned,
+            draining: node.draining,
+            revoked: node.revoked,
+            connected: node.connection.is_some(),
+            address: node.connection.as_ref().map(|c| c.remote.to_string()),
+            agent_version: facts.agent_version,
+            hostname: facts.hostname,
+            os: facts.os,
+            kernel: facts.kernel,
+            cpu_model: facts.cpu_model,
+            cpu_cores: facts.cpu_cores,
+            memory_bytes: facts.memory_bytes,
+            memory_available_bytes: capacity.map(|c| c.memory_available_bytes).unwrap_or(0),
+            runtimes: facts.runtimes,
+            last_seen: node.last_seen_ms.map(rfc3339_ms),
+            joined_at: rfc3339_ms(node.joined_at_ms),
+            accelerators,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacity() -> Capacity {
+        Capacity {
+            memory_available_bytes: 1,
+            devices: HashMap::new(),
+        }
+    }
+
+    /// Liveness is a pure function of the last report and `now`.
+    #[test]
+    fn liveness_transitions_follow_reports() {
+        let mut registry = Registry::default();
+        registry.enroll("n1", "fp1", 0).unwrap();
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(10);
+        assert_eq!(registry.sweep(t0, timeout), vec![]); // NotReady from the start
+                                                         // Registration needs a connection handle, which needs a live QUIC connection; the
+                                                         // link tests cover that path. Here we drive reports through a fake-free path:
+        let node = registry.nodes.get_mut("n1").unwrap();
+        node.last_report = Some(t0);
+        node.facts = Some(NodeFacts::default());
+        let changes = registry.sweep(t0, timeout);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(
+            (changes[0].from, changes[0].to),
+            (NodeStatus::NotReady, NodeStatus::Ready)
+        );
+        assert_eq!(
+            registry.sweep(t0 + Duration::from_secs(10), timeout),
+            vec![]
+        );
+        let changes = registry.sweep(t0 + Duration::from_millis(10_001), timeout);
+        assert_eq!(changes[0].to, NodeStatus::NotReady);
+        assert!(
+            changes[0].reason.contains("no capacity report"),
+            "{}",
+            changes[0].reason
+        );
+        // A report on a connection that is not the current one is ignored.
+        assert!(!registry.report("n1", 7, capacity(), t0, 0));
+    }
+
+    #[test]
+    fn operator_actions_and_revocation() {
+        let mut registry = Registry::default();
+        registry.enroll("n1", "fp1", 0).unwrap();
+        let now = Instant::now();
+        registry.nodes.get_mut("n1").unwrap().last_report = Some(now);
+        let timeout = Duration::from_secs(10);
+        registry.act("n1", NodeAction::Cordon).unwrap();
+        assert_eq!(
+            registry.view("n1", now, timeout).unwrap().status,
+            "Cordoned"
+        );
+        registry.act("n1", NodeAction::Drain).unwrap();
+        assert_eq!(
+            registry.view("n1", now, timeout).unwrap().status,
+            "Draining"
+        );
+        registry.act("n1", NodeAction::Uncordon).unwrap();
+        assert_eq!(registry.view("n1", now, timeout).unwrap().status, "Ready");
+        assert_eq!(registry.identify("fp1"), Ok("n1".into()));
+        registry.act("n1", NodeAction::Revoke).unwrap();
+        assert_eq!(
+            registry.identify("fp1"),
+            Err(RegistryError::Revoked("n1".into()))
+        );
+        assert_eq!(
+            registry.view("n1", now, timeout).unwrap().status,
+            "NotReady"
+        );
+        assert_eq!(
+            registry.can_enroll("n1"),
+            Err(RegistryError::Revoked("n1".into()))
+        );
+        assert_eq!(
+            registry.identify("nope"),
+            Err(RegistryError::UnknownCertificate)
+        );
+        assert!(matches!(
+            registry.act("ghost", NodeAction::Cordon),
+            Err(RegistryError::NotFound(_))
+        ));
+    }
+}

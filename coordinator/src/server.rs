@@ -1,0 +1,386 @@
+//! Wiring: opens the store and the CA, binds the QUIC link and the admin API, and runs
+//! the liveness sweeper. [`Coordinator::start`] is the library entry point used by the
+//! binary, dev mode and the tests.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use pyxis_agent::identity::write_private;
+use pyxis_transport::pki::{self, CertificateAuthority};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api_types::TokenResponse,
+    config::CoordinatorConfig,
+    metrics::Metrics,
+    registry::Registry,
+    store::{EventRow, Store},
+    time::{now_ms, rfc3339_ms},
+    tokens,
+};
+
+/// Why the coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory is unusable.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// Path.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Stored node facts are unreadable.
+    #[error("stored node facts are corrupt: {0}")]
+    Registry(#[from] serde_json::Error),
+    /// CA files unreadable or invalid.
+    #[error("CA {path}: {reason}")]
+    Ca {
+        /// Which file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// TLS configuration failed.
+    #[error(transparent)]
+    Tls(#[from] pyxis_transport::tls::TlsConfigError),
+    /// Certificate generation failed.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// A listener could not bind.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Writing a secret file failed.
+    #[error(transparent)]
+    Secret(#[from] pyxis_agent::identity::IdentityError),
+}
+
+/// State shared by the coordinator's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    /// Configuration.
+    pub config: CoordinatorConfig,
+    /// Durable store.
+    pub store: Store,
+    registry: Mutex<Registry>,
+    /// Cluster CA.
+    pub ca: CertificateAuthority,
+    admin_token_sha256: String,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+    next_connection_id: AtomicU64,
+    /// False while starting and once shutting down (`/readyz`).
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    /// Locks the registry (recovering from a poisoned lock: the registry's invariants
+    /// hold between method calls).
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A fresh connection id.
+    pub fn connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `token` is the admin token.
+    pub fn check_admin_token(&self, token: &str) -> bool {
+        tokens::sha256_hex(token.trim()) == self.admin_token_sha256
+    }
+
+    /// Records an event (best effort: a failing store is logged, not fatal).
+    pub fn event(&self, object: &str, kind: &str, reason: &str, message: &str) {
+        let row = EventRow {
+            at_ms: now_ms(),
+            object: object.to_string(),
+            kind: kind.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+        };
+        if let Err(e) = self.store.add_event(&row) {
+            tracing::warn!(error = %e, object, reason, "cannot record event");
+        }
+    }
+
+    /// Creates a join token.
+    pub fn create_join_token(
+        &self,
+        ttl: Duration,
+        uses: u32,
+    ) -> Result<TokenResponse, crate::store::StoreError> {
+        let now = now_ms();
+        let expires_at_ms = now.saturating_add(ttl.as_millis() as i64);
+        let new = tokens::create(expires_at_ms, uses);
+        self.store.insert_token(&new.row, now)?;
+        let _ = self.store.prune_tokens(now);
+        tracing::info!(token_id = %new.row.id, uses, expires_at = %rfc3339_ms(expires_at_ms), "join token created");
+        Ok(TokenResponse {
+            token: new.token,
+            ca_hash: self.ca.hash(),
+            expires_at: rfc3339_ms(expires_at_ms),
+            uses,
+        })
+    }
+}
+
+/// A running coordinator.
+#[derive(Debug)]
+pub struct Coordinator {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Bound QUIC address.
+    pub quic_addr: SocketAddr,
+    /// Bound admin API address.
+    pub api_addr: SocketAddr,
+    /// The admin token, when it is known to this process (created now or read from the
+    /// data dir).
+    pub admin_token: Option<String>,
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn load_or_create_ca(config: &CoordinatorConfig) -> Result<CertificateAuthority, StartError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| StartError::Ca {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    };
+    let (cert_path, key_path) = match &config.ca_files {
+        Some((cert, key)) => (cert.clone(), key.clone()),
+        None => (
+            config.data_dir.join("ca.pem"),
+            config.data_dir.join("ca.key"),
+        ),
+    };
+    if config.ca_files.is_none() && !cert_path.exists() {
+        let material = pki::generate_ca(&config.cluster_name)?;
+        write_private(&key_path, &material.key_pem)?;
+        write_private(&cert_path, &material.cert_pem)?;
+        tracing::info!(cert = %cert_path.display(), "created the cluster CA (key stored 0600 beside it)");
+    }
+    let ca =
+        CertificateAuthority::from_pem(&read(&cert_path)?, &read(&key_path)?).map_err(|e| {
+            StartError::Ca {
+                path: cert_path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+    Ok(ca)
+}
+
+/// Loads the admin-token hash, creating the token on first start. Returns the hash and the
+/// token text if this process knows it.
+fn admin_token(store: &Store, data_dir: &Path) -> Result<(String, Option<String>), StartError> {
+    let path = data_dir.join("admin-token");
+    if let Some(hash) = store.meta("admin_token_sha256")? {
+        let known = std::fs::read_to_string(&path)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| tokens::sha256_hex(t) == hash);
+        match &known {
+            Some(_) => {
+                tracing::info!(path = %path.display(), "admin token is in this file (mode 0600)")
+            }
+            None => {
+                tracing::warn!(path = %path.display(), "admin token file is missing or changed; the token created on first start still applies")
+            }
+        }
+        return Ok((hash, known));
+    }
+    let mut bytes = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
+        StartError::Ca {
+            path: path.clone(),
+            reason: "system random generator failed".into(),
+        }
+    })?;
+    let token = format!("pyxis-admin-{}", hex::encode(bytes));
+    write_private(&path, &format!("{token}\n"))?;
+    let hash = tokens::sha256_hex(&token);
+    store.set_meta("admin_token_sha256", &hash)?;
+    tracing::info!(path = %path.display(), "created the admin token (stored hashed; the file is mode 0600); use it with `pyxis --token` or PYXIS_TOKEN");
+    Ok((hash, Some(token)))
+}
+
+impl Coordinator {
+    /// Opens state, binds listeners and spawns the tasks.
+    pub async fn start(config: CoordinatorConfig) -> Result<Self, StartError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let store = Store::open(&data_dir.join("pyxis.db"))?;
+        let registry = Registry::load(store.nodes()?)?;
+        let ca = load_or_create_ca(&config)?;
+        let (admin_token_sha256, admin_token) = admin_token(&store, &data_dir)?;
+        tracing::info!(ca_hash = %ca.hash(), nodes = registry.len(), "state loaded");
+
+        let (server_cert, server_key) = ca.issue_server_cert()?;
+        let server_config =
+            pyxis_transport::tls::server_config(ca.cert_der().clone(), server_cert, server_key)?;
+        let endpoint =
+            quinn::Endpoint::server(server_config, config.quic_addr).map_err(|source| {
+                StartError::Bind {
+                    what: "the QUIC agent link",
+                    addr: config.quic_addr,
+                    source,
+                }
+            })?;
+        let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            what: "the QUIC agent link",
+            addr: config.quic_addr,
+            source,
+        })?;
+        let api_listener = tokio::net::TcpListener::bind(config.api_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "the admin API",
+                addr: config.api_addr,
+                source,
+            })?;
+        let api_addr = api_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "the admin API",
+                addr: config.api_addr,
+                source,
+            })?;
+
+        let shared = Arc::new(Shared {
+            config,
+            store,
+            registry: Mutex::new(registry),
+            ca,
+            admin_token_sha256,
+            metrics: Metrics::default(),
+            next_connection_id: AtomicU64::new(1),
+            ready: AtomicBool::new(false),
+        });
+        let shutdown = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(crate::link::accept_loop(
+                endpoint.clone(),
+                shared.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(crate::api::serve(
+                api_listener,
+                shared.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(sweeper(shared.clone(), shutdown.clone())),
+        ];
+        shared.ready.store(true, Ordering::Relaxed);
+        tracing::info!(addr = %quic_addr, "agent link listening (QUIC, mutual TLS)");
+        tracing::info!(addr = %api_addr, "admin API listening (/api/v1, /metrics, /healthz, /readyz)");
+        Ok(Self {
+            shared,
+            quic_addr,
+            api_addr,
+            admin_token,
+            endpoint,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Graceful stop: closes agent connections, flushes last-seen times, waits for tasks.
+    pub async fn stop(self) {
+        self.shared.ready.store(false, Ordering::Relaxed);
+        self.shutdown.cancel();
+        self.endpoint.close(
+            quinn::VarInt::from_u32(pyxis_agent::link::close_code::SHUTDOWN),
+            b"coordinator shutting down",
+        );
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        flush(&self.shared);
+    }
+
+    /// The base URL of the admin API.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+}
+
+fn flush(shared: &Shared) {
+    let dirty = shared.registry().take_dirty_last_seen();
+    if let Err(e) = shared.store.flush_last_seen(&dirty) {
+        tracing::warn!(error = %e, "cannot persist last-seen times");
+    }
+}
+
+/// Recomputes node statuses every 200 ms, logging and recording each change, and flushes
+/// last-seen times to the store every 5 s.
+async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    let mut last_flush = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let now = Instant::now();
+        let changes = shared.registry().sweep(now, shared.config.liveness_timeout);
+        for change in changes {
+            let message = format!(
+                "{} -> {}: {}",
+                change.from.as_str(),
+                change.to.as_str(),
+                change.reason
+            );
+            if change.to == crate::registry::NodeStatus::NotReady {
+                tracing::warn!(node = %change.node, reason = %change.reason, "node is NotReady");
+                shared.event(
+                    &format!("node/{}", change.node),
+                    "Warning",
+                    "NodeNotReady",
+                    &message,
+                );
+            } else {
+                tracing::info!(node = %change.node, status = change.to.as_str(), "node status changed");
+                shared.event(
+                    &format!("node/{}", change.node),
+                    "Normal",
+                    &format!("Node{}", change.to.as_str()),
+                    &message,
+                );
+            }
+        }
+        if now.duration_since(last_flush) >= Duration::from_secs(5) {
+            last_flush = now;
+            let shared = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || flush(&shared)).await;
+        }
+    }
+}

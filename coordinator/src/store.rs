@@ -1,0 +1,369 @@
+//! The embedded store: SQLite (WAL) behind a narrow interface.
+//!
+//! Only durable control state lives here: nodes (identity, facts, cordon/drain/revoke
+//! flags, last seen), join tokens (hashed), the admin-token hash, and events. Hot-path
+//! data (every capacity report) stays in memory; last-seen times are flushed in batches.
+
+use std::{path::Path, sync::Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("store error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored JSON document is invalid.
+    #[error("stored {what} is corrupt: {reason}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store mutex was poisoned by a panic elsewhere.
+    #[error("store lock poisoned")]
+    Poisoned,
+}
+
+/// A node row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    /// Node name.
+    pub name: String,
+    /// SHA-256 of the node certificate.
+    pub cert_fingerprint: String,
+    /// Node facts as JSON (`None` before the first registration).
+    pub facts_json: Option<String>,
+    /// Cordoned.
+    pub cordoned: bool,
+    /// Draining.
+    pub draining: bool,
+    /// Revoked.
+    pub revoked: bool,
+    /// Joined at, ms since the epoch.
+    pub joined_at_ms: i64,
+    /// Last report, ms since the epoch.
+    pub last_seen_ms: Option<i64>,
+}
+
+/// A join-token row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Public token id.
+    pub id: String,
+    /// Hex SHA-256 of the secret part.
+    pub secret_sha256: String,
+    /// Expiry, ms since the epoch.
+    pub expires_at_ms: i64,
+    /// Remaining uses.
+    pub uses_left: i64,
+}
+
+/// An event row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventRow {
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+    /// Object, for example `node/gpu-1`.
+    pub object: String,
+    /// `Normal` or `Warning`.
+    pub kind: String,
+    /// Short CamelCase reason.
+    pub reason: String,
+    /// Human message.
+    pub message: String,
+}
+
+/// The SQLite store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    cert_fingerprint TEXT NOT NULL,
+    facts TEXT,
+    cordoned INTEGER NOT NULL DEFAULT 0,
+    draining INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    joined_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS join_tokens (
+    id TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    uses_left INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    object TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_object ON events(object, id);
+";
+
+impl Store {
+    /// Opens (creating if needed) the store file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        Ok(f(&mut conn)?)
+    }
+
+    /// Reads a meta value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Writes a meta value.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
+                .map(|_| ())
+        })
+    }
+
+    /// All nodes.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, cert_fingerprint, facts, cordoned, draining, revoked, joined_at_ms, last_seen_ms FROM nodes ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(NodeRow {
+                    name: r.get(0)?,
+                    cert_fingerprint: r.get(1)?,
+                    facts_json: r.get(2)?,
+                    cordoned: r.get(3)?,
+                    draining: r.get(4)?,
+                    revoked: r.get(5)?,
+                    joined_at_ms: r.get(6)?,
+                    last_seen_ms: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Inserts or replaces a node row.
+    pub fn upsert_node(&self, row: &NodeRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO nodes(name, cert_fingerprint, facts, cordoned, draining, revoked, joined_at_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(name) DO UPDATE SET cert_fingerprint = excluded.cert_fingerprint, facts = excluded.facts,
+                   cordoned = excluded.cordoned, draining = excluded.draining, revoked = excluded.revoked,
+                   joined_at_ms = excluded.joined_at_ms, last_seen_ms = excluded.last_seen_ms",
+                params![
+                    row.name,
+                    row.cert_fingerprint,
+                    row.facts_json,
+                    row.cordoned,
+                    row.draining,
+                    row.revoked,
+                    row.joined_at_ms,
+                    row.last_seen_ms
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Writes many last-seen times in one transaction.
+    pub fn flush_last_seen(&self, updates: &[(String, i64)]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE nodes SET last_seen_ms = ?2 WHERE name = ?1")?;
+                for (name, at) in updates {
+                    stmt.execute(params![name, at])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Stores a new join token.
+    pub fn insert_token(&self, row: &TokenRow, created_at_ms: i64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO join_tokens(id, secret_sha256, expires_at_ms, uses_left, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.id, row.secret_sha256, row.expires_at_ms, row.uses_left, created_at_ms],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Reads a join token.
+    pub fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, secret_sha256, expires_at_ms, uses_left FROM join_tokens WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(TokenRow {
+                        id: r.get(0)?,
+                        secret_sha256: r.get(1)?,
+                        expires_at_ms: r.get(2)?,
+                        uses_left: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// Consumes one use of a token if any is left; returns the uses left after, or `None`
+    /// if none was left. Atomic with respect to concurrent enrollments.
+    pub fn consume_token(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            let changed = c.execute(
+                "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0",
+                [id],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            c.query_row(
+                "SELECT uses_left FROM join_tokens WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Deletes tokens that expired before `now_ms` or are used up.
+    pub fn prune_tokens(&self, now_ms: i64) -> Result<usize, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM join_tokens WHERE expires_at_ms < ?1 OR uses_left <= 0",
+                [now_ms],
+            )
+        })
+    }
+
+    /// Appends an event, keeping at most 100 per object.
+    pub fn add_event(&self, event: &EventRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO events(at_ms, object, kind, reason, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![event.at_ms, event.object, event.kind, event.reason, event.message],
+            )?;
+            c.execute(
+                "DELETE FROM events WHERE object = ?1 AND id NOT IN (SELECT id FROM events WHERE object = ?1 ORDER BY id DESC LIMIT 100)",
+                [&event.object],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The latest events of an object, oldest first.
+    pub fn events(&self, object: &str, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT at_ms, object, kind, reason, message FROM (SELECT * FROM events WHERE object = ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![object, limit as i64], |r| {
+                Ok(EventRow { at_ms: r.get(0)?, object: r.get(1)?, kind: r.get(2)?, reason: r.get(3)?, message: r.get(4)? })
+            })?;
+            rows.collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_tokens_and_events_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pyxis.db");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .upsert_node(&NodeRow {
+                    name: "n1".into(),
+                    cert_fingerprint: "ab".into(),
+                    facts_json: None,
+                    cordoned: true,
+                    draining: false,
+                    revoked: false,
+                    joined_at_ms: 5,
+                    last_seen_ms: None,
+                })
+                .unwrap();
+            store.flush_last_seen(&[("n1".into(), 99)]).unwrap();
+            store
+                .insert_token(
+                    &TokenRow {
+                        id: "abc".into(),
+                        secret_sha256: "h".into(),
+                        expires_at_ms: 10,
+                        uses_left: 2,
+                    },
+                    1,
+                )
+                .unwrap();
+            assert_eq!(store.consume_token("abc").unwrap(), Some(1));
+            assert_eq!(store.consume_token("abc").unwrap(), Some(0));
+            assert_eq!(store.consume_token("abc").unwrap(), None);
+            for i in 0..120 {
+                store
+                    .add_event(&EventRow {
+                        at_ms: i,
+                        object: "node/n1".into(),
+                        kind: "Normal".into(),
+                        reason: "R".into(),
+                        message: format!("m{i}"),
+                    })
+                    .unwrap();
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        let nodes = store.nodes().unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert!(nodes[0].cordoned);
+        assert_eq!(nodes[0].last_seen_ms, Some(99));
+        let events = store.events("node/n1", 3).unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>(),
+            vec!["m117", "m118", "m119"]
+        );
+        assert_eq!(store.prune_tokens(100).unwrap(), 1);
+    }
+}
