@@ -1,0 +1,495 @@
+//! In-process integration tests of the agent link: one coordinator and several agents
+//! over real QUIC + mutual TLS on loopback, real enrollment, real SQLite store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    future::Future,
+    io::Write,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use pyxis_agent::{config::AgentConfig, Agent};
+use pyxis_coordinator::{config::CoordinatorConfig, server::Coordinator};
+use pyxis_protocol::{
+    AgentMessage, CoordinatorMessage, ErrorCode, Hello, VersionRange, MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
+};
+use pyxis_transport::framed::{FrameReader, FrameWriter};
+
+/// Captured log output of the whole test binary (tests use distinct node names).
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,quinn=warn")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buffer
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        std::io::stderr().write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_lines_with(needles: &[&str]) -> Vec<String> {
+    let text = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
+    text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string).collect()
+}
+
+/// Polls `check` every 20 ms until it holds or `deadline` passes.
+async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    coordinator: Option<Coordinator>,
+}
+
+impl Cluster {
+    async fn start(liveness: Duration) -> Self {
+        logs();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = CoordinatorConfig::local(dir.path().join("coordinator"));
+        config.liveness_timeout = liveness;
+        config.report_interval = Duration::from_millis(100);
+        let coordinator = Coordinator::start(config).await.unwrap();
+        Self { dir, coordinator: Some(coordinator) }
+    }
+
+    fn c(&self) -> &Coordinator {
+        self.coordinator.as_ref().unwrap()
+    }
+
+    fn token(&self, ttl: Duration, uses: u32) -> (String, [u8; 32]) {
+        let created = self.c().shared.create_join_token(ttl, uses).unwrap();
+        (created.token, pyxis_transport::pki::parse_ca_hash(&created.ca_hash).unwrap())
+    }
+
+    fn agent_config(&self, name: &str, token: Option<(String, [u8; 32])>) -> AgentConfig {
+        AgentConfig {
+            coordinators: vec![self.c().quic_addr.to_string()],
+            join_token: token.as_ref().map(|t| t.0.clone()),
+            ca_hash: token.map(|t| t.1),
+            data_dir: self.dir.path().join("agents").join(name),
+            name: name.to_string(),
+            metrics_addr: None,
+            simulate: Some("2xH100-80GB".into()),
+            report_interval: Duration::from_millis(100),
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            runtimes: Default::default(),
+        }
+    }
+
+    async fn join(&self, name: &str) -> Agent {
+        let agent = Agent::start(self.agent_config(name, Some(self.token(Duration::from_secs(600), 1)))).await.unwrap();
+        wait_connected(&agent).await;
+        agent
+    }
+
+    fn status(&self, name: &str) -> Option<String> {
+        self.c().shared.registry().view(name, Instant::now(), self.c().shared.config.liveness_timeout).map(|v| v.status)
+    }
+
+    fn view(&self, name: &str) -> pyxis_coordinator::api_types::NodeView {
+        self.c().shared.registry().view(name, Instant::now(), self.c().shared.config.liveness_timeout).unwrap()
+    }
+
+    async fn api(&self, method: &str, path: &str) -> (u16, String) {
+        let url = format!("{}{}", self.c().api_url(), path);
+        let token = self.c().admin_token.clone().unwrap();
+        let method = method.to_string();
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let auth = format!("Bearer {token}");
+            let mut response = if method == "GET" {
+                agent.get(&url).header("Authorization", &auth).call().unwrap()
+            } else {
+                agent.post(&url).header("Authorization", &auth).send_empty().unwrap()
+            };
+            (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+        })
+        .await
+        .unwrap()
+    }
+}
+
+async fn wait_connected(agent: &Agent) {
+    let mut watch = agent.watch();
+    tokio::time::timeout(Duration::from_secs(15), watch.wait_for(|s| s.connected && s.acked_capacity_seq > 0))
+        .await
+        .unwrap_or_else(|_| panic!("agent never connected: {:?}", agent.shared.link_state()))
+        .unwrap();
+}
+
+/// Waits until every agent has had at least `n` more capacity reports acknowledged.
+async fn all_keep_reporting(agents: &[&Agent], n: u64) {
+    let start: Vec<u64> = agents.iter().map(|a| a.shared.link_state().acked_capacity_seq).collect();
+    eventually("all agents keep reporting", Duration::from_secs(10), || {
+        let ok = agents.iter().zip(&start).all(|(a, s)| {
+            let state = a.shared.link_state();
+            state.connected && state.acked_capacity_seq >= s + n
+        });
+        async move { ok }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_register_one_dies_goes_not_ready_and_returns() {
+    let liveness = Duration::from_millis(1500);
+    let cluster = Cluster::start(liveness).await;
+    let a = cluster.join("alpha").await;
+    let b = cluster.join("beta").await;
+    let c = cluster.join("gamma").await;
+    for name in ["alpha", "beta", "gamma"] {
+        eventually("node Ready", Duration::from_secs(5), || {
+            let ok = cluster.status(name).as_deref() == Some("Ready");
+            async move { ok }
+        })
+        .await;
+    }
+    let view = cluster.view("beta");
+    assert_eq!(view.accelerators.len(), 2);
+    assert!(view.accelerators.iter().all(|d| d.simulated && d.hardware_class == "H100-80GB"));
+
+    // Crash beta: its tasks are aborted without a goodbye.
+    let beta_config = b.shared.config.clone();
+    b.kill();
+    let killed_at = Instant::now();
+    eventually("beta NotReady", liveness + Duration::from_secs(3), || {
+        let ok = cluster.status("beta").as_deref() == Some("NotReady");
+        async move { ok }
+    })
+    .await;
+    let detected = killed_at.elapsed();
+    assert!(detected >= liveness.saturating_sub(Duration::from_millis(200)), "NotReady too early: {detected:?}");
+    assert!(detected <= liveness + Duration::from_millis(1500), "NotReady too late: {detected:?}");
+    assert_eq!(cluster.status("alpha").as_deref(), Some("Ready"));
+    eventually("NotReady logged", Duration::from_secs(2), || {
+        let ok = !log_lines_with(&["node is NotReady", "beta"]).is_empty();
+        async move { ok }
+    })
+    .await;
+
+    // It comes back with its stored identity (no token) and is Ready again.
+    let mut config = beta_config;
+    config.join_token = None;
+    config.ca_hash = None;
+    let b2 = Agent::start(config).await.unwrap();
+    wait_connected(&b2).await;
+    eventually("beta Ready again", Duration::from_secs(5), || {
+        let ok = cluster.status("beta").as_deref() == Some("Ready");
+        async move { ok }
+    })
+    .await;
+    all_keep_reporting(&[&a, &b2, &c], 3).await;
+    // The change was recorded as events.
+    let (status, body) = cluster.api("GET", "/api/v1/nodes/beta").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("NodeNotReady") && body.contains("NodeReady"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    let good = cluster.join("steady-1").await;
+
+    // Wrong secret for a real token id.
+    let (token, pin) = cluster.token(Duration::from_secs(600), 1);
+    let wrong = format!("{}.{}", &token[..6], "0000000000000000");
+    let bad = Agent::start(cluster.agent_config("wrong-token", Some((wrong, pin)))).await.unwrap();
+    eventually("wrong token refused", Duration::from_secs(10), || {
+        let err = bad.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("wrong secret") }
+    })
+    .await;
+    assert!(!bad.shared.link_state().connected);
+    assert!(!log_lines_with(&["refused agent", "wrong-token", "wrong secret"]).is_empty());
+    bad.stop().await;
+
+    // Expired token.
+    let (token, pin) = cluster.token(Duration::from_millis(1), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await; // let the 1 ms TTL pass (wall clock)
+    let expired = Agent::start(cluster.agent_config("expired-token", Some((token, pin)))).await.unwrap();
+    eventually("expired token refused", Duration::from_secs(10), || {
+        let err = expired.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("expired") }
+    })
+    .await;
+    assert!(!log_lines_with(&["refused agent", "expired-token", "expired"]).is_empty());
+    expired.stop().await;
+
+    // A used-up token.
+    let (token, pin) = cluster.token(Duration::from_secs(600), 1);
+    let first = Agent::start(cluster.agent_config("uses-1", Some((token.clone(), pin)))).await.unwrap();
+    wait_connected(&first).await;
+    let second = Agent::start(cluster.agent_config("uses-2", Some((token, pin)))).await.unwrap();
+    eventually("used-up token refused", Duration::from_secs(10), || {
+        let err = second.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("no uses left") }
+    })
+    .await;
+    second.stop().await;
+
+    // A pinned hash that is not this coordinator's CA: the agent refuses the coordinator.
+    let (token, _) = cluster.token(Duration::from_secs(600), 1);
+    let mitm = Agent::start(cluster.agent_config("wrong-pin", Some((token, [7u8; 32])))).await.unwrap();
+    eventually("wrong pin refused by the agent", Duration::from_secs(10), || {
+        let err = mitm.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("does not match --ca-hash") }
+    })
+    .await;
+    mitm.stop().await;
+
+    all_keep_reporting(&[&good, &first], 3).await;
+    assert!(cluster.status("wrong-token").is_none());
+    assert!(cluster.status("expired-token").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_from_another_ca_is_refused() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    let other = Cluster::start(Duration::from_secs(10)).await;
+    let good = cluster.join("home-node").await;
+    // A node of the other cluster...
+    let foreign = other.join("foreign").await;
+    let foreign_dir = foreign.shared.config.data_dir.clone();
+    foreign.stop().await;
+    // ...that trusts our CA (so it gets as far as presenting its certificate) but holds a
+    // certificate signed by the other CA.
+    let ours = std::fs::read_to_string(cluster.c().shared.config.data_dir.join("ca.pem")).unwrap();
+    pyxis_agent::identity::write_private(&foreign_dir.join("identity/ca.pem"), &ours).unwrap();
+    let mut config = cluster.agent_config("foreign", None);
+    config.data_dir = foreign_dir;
+    let before = handshake_refusals(&cluster).await;
+    let intruder = Agent::start(config).await.unwrap();
+    eventually("foreign certificate refused", Duration::from_secs(10), || {
+        let c = &cluster;
+        async move { handshake_refusals(c).await > before }
+    })
+    .await;
+    assert!(!intruder.shared.link_state().connected);
+    assert!(!log_lines_with(&["TLS handshake failed"]).is_empty());
+    assert!(cluster.status("foreign").is_none());
+    intruder.stop().await;
+    all_keep_reporting(&[&good], 3).await;
+}
+
+async fn handshake_refusals(cluster: &Cluster) -> u64 {
+    let text = pyxis_coordinator::metrics::render(&cluster.c().shared);
+    text.lines()
+        .find(|l| l.starts_with("pyxis_link_refusals_total{reason=\"handshake\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    let keep = cluster.join("keeper").await;
+    let victim = cluster.join("victim").await;
+    let mut watch = victim.watch();
+    let (status, body) = cluster.api("POST", "/api/v1/nodes/victim/revoke").await;
+    assert_eq!(status, 200, "{body}");
+    // Dropped at once: well before any liveness timeout.
+    tokio::time::timeout(Duration::from_secs(2), watch.wait_for(|s| !s.connected)).await.unwrap().unwrap();
+    // Its reconnects are refused with a clear reason.
+    eventually("reconnect refused as revoked", Duration::from_secs(10), || {
+        let err = victim.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("revoked") }
+    })
+    .await;
+    eventually("refusal logged", Duration::from_secs(5), || {
+        let ok = !log_lines_with(&["refused connection", "victim", "revoked"]).is_empty();
+        async move { ok }
+    })
+    .await;
+    let view = cluster.view("victim");
+    assert!(view.revoked);
+    assert_eq!(view.status, "NotReady");
+    assert!(!victim.shared.link_state().connected);
+    all_keep_reporting(&[&keep], 3).await;
+    // A fresh token cannot bring a revoked name back.
+    victim.stop().await;
+    let again = Agent::start(cluster.agent_config("victim", Some(cluster.token(Duration::from_secs(600), 1)))).await.unwrap();
+    eventually("re-join refused", Duration::from_secs(10), || {
+        let err = again.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("revoked") }
+    })
+    .await;
+    again.stop().await;
+    // Unknown nodes and actions are clean API errors.
+    assert_eq!(cluster.api("POST", "/api/v1/nodes/ghost/cordon").await.0, 404);
+    assert_eq!(cluster.api("POST", "/api/v1/nodes/keeper/explode").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_and_bad_frames_do_not_disturb_agents() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    let a = cluster.join("calm-1").await;
+    let b = cluster.join("calm-2").await;
+    let target = cluster.c().quic_addr;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for i in 0..2000 {
+        let len = [1, 20, 1200, 1500, rng.usize(1..1400)][i % 5];
+        let mut datagram: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        if i % 3 == 0 && !datagram.is_empty() {
+            // Looks like a QUIC long-header Initial with garbage after it.
+            datagram[0] = 0xc0 | (datagram[0] & 0x0f);
+            if datagram.len() > 5 {
+                datagram[1..5].copy_from_slice(&1u32.to_be_bytes());
+            }
+        }
+        socket.send_to(&datagram, target).await.unwrap();
+    }
+    all_keep_reporting(&[&a, &b], 5).await;
+
+    // A bootstrap connection that sends a malformed frame gets a typed error.
+    let (_, pin) = cluster.token(Duration::from_secs(60), 1);
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = pyxis_transport::tls::bootstrap_client_config(pin).unwrap();
+    let connection = endpoint.connect_with(config, target, "pyxis-coordinator").unwrap().await.unwrap();
+    let (mut send, recv) = connection.open_bi().await.unwrap();
+    send.write_all(&[0, 0, 0, 4, 0, 1, 0xff, 0xff]).await.unwrap();
+    let mut reader = FrameReader::new(recv, MAX_FRAME_BYTES);
+    match reader.recv::<CoordinatorMessage>().await.unwrap() {
+        Some((_, CoordinatorMessage::Error(e))) => assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // An oversized frame header is refused from the header alone.
+    let connection2 = endpoint
+        .connect_with(pyxis_transport::tls::bootstrap_client_config(pin).unwrap(), target, "pyxis-coordinator")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, recv) = connection2.open_bi().await.unwrap();
+    send.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 1]).await.unwrap();
+    let mut reader = FrameReader::new(recv, MAX_FRAME_BYTES);
+    match reader.recv::<CoordinatorMessage>().await.unwrap() {
+        Some((_, CoordinatorMessage::Error(e))) => assert!(e.message.contains("exceeds the maximum"), "{e:?}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    all_keep_reporting(&[&a, &b], 3).await;
+    // And a new agent can still join.
+    let c = cluster.join("calm-3").await;
+    all_keep_reporting(&[&a, &b, &c], 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_protocol_versions_are_refused_with_both_ranges() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    let (_, pin) = cluster.token(Duration::from_secs(60), 1);
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = pyxis_transport::tls::bootstrap_client_config(pin).unwrap();
+    let connection = endpoint.connect_with(config, cluster.c().quic_addr, "pyxis-coordinator").unwrap().await.unwrap();
+    let (send, recv) = connection.open_bi().await.unwrap();
+    let future = VersionRange { min: SUPPORTED_VERSIONS.max + 4, max: SUPPORTED_VERSIONS.max + 5 };
+    let mut writer = FrameWriter::new(send, future.max, MAX_FRAME_BYTES);
+    writer
+        .send(&AgentMessage::Hello(Hello { versions: future, agent_version: "9.0.0".into(), node_name: "from-the-future".into() }))
+        .await
+        .unwrap();
+    let mut reader = FrameReader::new(recv, MAX_FRAME_BYTES);
+    match reader.recv::<CoordinatorMessage>().await.unwrap() {
+        Some((_, CoordinatorMessage::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::IncompatibleVersion);
+            assert!(e.message.contains(&format!("agent speaks {future}")), "{}", e.message);
+            assert!(e.message.contains(&format!("coordinator speaks {SUPPORTED_VERSIONS}")), "{}", e.message);
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(!log_lines_with(&["refused agent", "from-the-future", "incompatible protocol versions"]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_survives_a_coordinator_restart_and_agents_reconnect() {
+    let mut cluster = Cluster::start(Duration::from_secs(10)).await;
+    let a = cluster.join("survivor-1").await;
+    let b = cluster.join("survivor-2").await;
+    cluster.api("POST", "/api/v1/nodes/survivor-2/cordon").await;
+    let old = cluster.coordinator.take().unwrap();
+    let mut config = old.shared.config.clone();
+    config.quic_addr = old.quic_addr;
+    old.stop().await;
+    eventually("agents notice", Duration::from_secs(5), || {
+        let down = !a.shared.link_state().connected && !b.shared.link_state().connected;
+        async move { down }
+    })
+    .await;
+    let restarted = Coordinator::start(config).await.unwrap();
+    // Before they reconnect, the nodes are known (from the store), cordon included.
+    {
+        let registry = restarted.shared.registry();
+        let views = registry.views(Instant::now(), Duration::from_secs(10));
+        let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, vec!["survivor-1", "survivor-2"]);
+        assert!(views[1].cordoned);
+        assert_eq!(views[0].accelerators.len(), 2, "facts persisted");
+    }
+    cluster.coordinator = Some(restarted);
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    eventually("Ready and Cordoned again", Duration::from_secs(5), || {
+        let ok = cluster.status("survivor-1").as_deref() == Some("Ready")
+            && cluster.status("survivor-2").as_deref() == Some("Cordoned");
+        async move { ok }
+    })
+    .await;
+    assert!(a.shared.link_state().sessions >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_changes_are_reported_at_once_and_keys_stay_private() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    let mut config = cluster.agent_config("changer", Some(cluster.token(Duration::from_secs(600), 1)));
+    config.report_interval = Duration::from_secs(30); // only on-change reports would be fast
+    let agent = Agent::start(config).await.unwrap();
+    let mut watch = agent.watch();
+    tokio::time::timeout(Duration::from_secs(15), watch.wait_for(|s| s.connected)).await.unwrap().unwrap();
+    agent.shared.set_device_health(1, pyxis_protocol::Health::Unhealthy, "simulated fault");
+    eventually("health change visible", Duration::from_secs(3), || {
+        let view = cluster.view("changer");
+        async move { view.accelerators[1].health == "unhealthy" && view.accelerators[1].health_reason == "simulated fault" }
+    })
+    .await;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = agent.shared.config.data_dir.join("identity");
+    for file in ["ca.pem", "node.pem", "node.key"] {
+        let mode = std::fs::metadata(dir.join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    let admin = cluster.c().shared.config.data_dir.join("admin-token");
+    assert_eq!(std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777, 0o600);
+    let ca_key = cluster.c().shared.config.data_dir.join("ca.key");
+    assert_eq!(std::fs::metadata(&ca_key).unwrap().permissions().mode() & 0o777, 0o600);
+    // The admin token is stored hashed, never in clear, in the database.
+    let db = std::fs::read(cluster.c().shared.config.data_dir.join("pyxis.db")).unwrap();
+    let token = cluster.c().admin_token.clone().unwrap();
+    assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
+    agent.stop().await;
+}
