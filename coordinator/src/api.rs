@@ -175,6 +175,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn create_token(
     State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) =
@@ -205,11 +206,22 @@ async fn create_token(
         ));
     }
     let shared2 = shared.clone();
-    let created = tokio::task::spawn_blocking(move || shared2.create_join_token(ttl, uses))
+    let mut created = tokio::task::spawn_blocking(move || shared2.create_join_token(ttl, uses))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
+    created.coordinator = join_hint(&headers, shared.quic_port);
     Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// `HOST:QUIC_PORT` from the Host header the API was reached by.
+fn join_hint(headers: &axum::http::HeaderMap, quic_port: u16) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let name = match host.strip_prefix('[') {
+        Some(rest) => format!("[{}]", rest.split(']').next()?),
+        None => host.split(':').next()?.to_string(),
+    };
+    (!name.is_empty()).then(|| format!("{name}:{quic_port}"))
 }
 
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> Json<List<crate::api_types::NodeView>> {

@@ -131,6 +131,10 @@ pub struct TokenResponse {
     pub expires_at: String,
     /// Enrollments allowed.
     pub uses: u32,
+    /// The agent-link address agents should dial, as best the coordinator can tell
+    /// (its QUIC port on the host name the API was reached by).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
 }
 
 /// Error body of every non-2xx answer.

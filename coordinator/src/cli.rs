@@ -309,8 +309,14 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                 Output::Table | Output::Wide => write(
                     out,
                     format!(
-                        "token:      {}\nca_hash:    {}\nexpires_at: {}\nuses:       {}\n\nJoin an agent with:\n  pyxis-agent --coordinator COORDINATOR_HOST:7443 --join-token {} --ca-hash {} --data-dir /var/lib/pyxis-agent\n",
-                        created.token, created.ca_hash, created.expires_at, created.uses, created.token, created.ca_hash
+                        "token:      {}\nca_hash:    {}\nexpires_at: {}\nuses:       {}\n\nJoin an agent with:\n  pyxis-agent --coordinator {} --join-token {} --ca-hash {} --data-dir /var/lib/pyxis-agent\n",
+                        created.token,
+                        created.ca_hash,
+                        created.expires_at,
+                        created.uses,
+                        created.coordinator.as_deref().unwrap_or("COORDINATOR_HOST:7443"),
+                        created.token,
+                        created.ca_hash
                     ),
                 ),
             }

@@ -88,6 +88,8 @@ pub struct Shared {
     next_connection_id: AtomicU64,
     /// False while starting and once shutting down (`/readyz`).
     pub ready: AtomicBool,
+    /// The bound QUIC port (for join hints).
+    pub quic_port: u16,
 }
 
 impl Shared {
@@ -140,6 +142,7 @@ impl Shared {
             ca_hash: self.ca.hash(),
             expires_at: rfc3339_ms(expires_at_ms),
             uses,
+            coordinator: None,
         })
     }
 }
@@ -283,6 +286,7 @@ impl Coordinator {
             metrics: Metrics::default(),
             next_connection_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
+            quic_port: quic_addr.port(),
         });
         let shutdown = CancellationToken::new();
         let tasks = vec![

@@ -12,7 +12,8 @@ use std::{
 use pyxis_agent::{config::AgentConfig, Agent};
 use pyxis_coordinator::{config::CoordinatorConfig, server::Coordinator};
 use pyxis_protocol::{
-    AgentMessage, CoordinatorMessage, ErrorCode, Hello, VersionRange, MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
+    AgentMessage, CoordinatorMessage, ErrorCode, Hello, VersionRange, MAX_FRAME_BYTES,
+    SUPPORTED_VERSIONS,
 };
 use pyxis_transport::framed::{FrameReader, FrameWriter};
 
@@ -46,7 +47,10 @@ impl Write for LogWriter {
 
 fn log_lines_with(needles: &[&str]) -> Vec<String> {
     let text = String::from_utf8_lossy(&logs().lock().unwrap()).to_string();
-    text.lines().filter(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string).collect()
+    text.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Polls `check` every 20 ms until it holds or `deadline` passes.
@@ -57,7 +61,10 @@ where
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -75,7 +82,10 @@ impl Cluster {
         config.liveness_timeout = liveness;
         config.report_interval = Duration::from_millis(100);
         let coordinator = Coordinator::start(config).await.unwrap();
-        Self { dir, coordinator: Some(coordinator) }
+        Self {
+            dir,
+            coordinator: Some(coordinator),
+        }
     }
 
     fn c(&self) -> &Coordinator {
@@ -84,7 +94,10 @@ impl Cluster {
 
     fn token(&self, ttl: Duration, uses: u32) -> (String, [u8; 32]) {
         let created = self.c().shared.create_join_token(ttl, uses).unwrap();
-        (created.token, pyxis_transport::pki::parse_ca_hash(&created.ca_hash).unwrap())
+        (
+            created.token,
+            pyxis_transport::pki::parse_ca_hash(&created.ca_hash).unwrap(),
+        )
     }
 
     fn agent_config(&self, name: &str, token: Option<(String, [u8; 32])>) -> AgentConfig {
@@ -104,17 +117,36 @@ impl Cluster {
     }
 
     async fn join(&self, name: &str) -> Agent {
-        let agent = Agent::start(self.agent_config(name, Some(self.token(Duration::from_secs(600), 1)))).await.unwrap();
+        let agent =
+            Agent::start(self.agent_config(name, Some(self.token(Duration::from_secs(600), 1))))
+                .await
+                .unwrap();
         wait_connected(&agent).await;
         agent
     }
 
     fn status(&self, name: &str) -> Option<String> {
-        self.c().shared.registry().view(name, Instant::now(), self.c().shared.config.liveness_timeout).map(|v| v.status)
+        self.c()
+            .shared
+            .registry()
+            .view(
+                name,
+                Instant::now(),
+                self.c().shared.config.liveness_timeout,
+            )
+            .map(|v| v.status)
     }
 
     fn view(&self, name: &str) -> pyxis_coordinator::api_types::NodeView {
-        self.c().shared.registry().view(name, Instant::now(), self.c().shared.config.liveness_timeout).unwrap()
+        self.c()
+            .shared
+            .registry()
+            .view(
+                name,
+                Instant::now(),
+                self.c().shared.config.liveness_timeout,
+            )
+            .unwrap()
     }
 
     async fn api(&self, method: &str, path: &str) -> (u16, String) {
@@ -122,14 +154,28 @@ impl Cluster {
         let token = self.c().admin_token.clone().unwrap();
         let method = method.to_string();
         tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
             let auth = format!("Bearer {token}");
             let mut response = if method == "GET" {
-                agent.get(&url).header("Authorization", &auth).call().unwrap()
+                agent
+                    .get(&url)
+                    .header("Authorization", &auth)
+                    .call()
+                    .unwrap()
             } else {
-                agent.post(&url).header("Authorization", &auth).send_empty().unwrap()
+                agent
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .send_empty()
+                    .unwrap()
             };
-            (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+            (
+                response.status().as_u16(),
+                response.body_mut().read_to_string().unwrap(),
+            )
         })
         .await
         .unwrap()
@@ -138,15 +184,21 @@ impl Cluster {
 
 async fn wait_connected(agent: &Agent) {
     let mut watch = agent.watch();
-    tokio::time::timeout(Duration::from_secs(15), watch.wait_for(|s| s.connected && s.acked_capacity_seq > 0))
-        .await
-        .unwrap_or_else(|_| panic!("agent never connected: {:?}", agent.shared.link_state()))
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        watch.wait_for(|s| s.connected && s.acked_capacity_seq > 0),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("agent never connected: {:?}", agent.shared.link_state()))
+    .unwrap();
 }
 
 /// Waits until every agent has had at least `n` more capacity reports acknowledged.
 async fn all_keep_reporting(agents: &[&Agent], n: u64) {
-    let start: Vec<u64> = agents.iter().map(|a| a.shared.link_state().acked_capacity_seq).collect();
+    let start: Vec<u64> = agents
+        .iter()
+        .map(|a| a.shared.link_state().acked_capacity_seq)
+        .collect();
     eventually("all agents keep reporting", Duration::from_secs(10), || {
         let ok = agents.iter().zip(&start).all(|(a, s)| {
             let state = a.shared.link_state();
@@ -173,7 +225,10 @@ async fn three_agents_register_one_dies_goes_not_ready_and_returns() {
     }
     let view = cluster.view("beta");
     assert_eq!(view.accelerators.len(), 2);
-    assert!(view.accelerators.iter().all(|d| d.simulated && d.hardware_class == "H100-80GB"));
+    assert!(view
+        .accelerators
+        .iter()
+        .all(|d| d.simulated && d.hardware_class == "H100-80GB"));
 
     // Crash beta: its tasks are aborted without a goodbye.
     let beta_config = b.shared.config.clone();
@@ -185,8 +240,14 @@ async fn three_agents_register_one_dies_goes_not_ready_and_returns() {
     })
     .await;
     let detected = killed_at.elapsed();
-    assert!(detected >= liveness.saturating_sub(Duration::from_millis(200)), "NotReady too early: {detected:?}");
-    assert!(detected <= liveness + Duration::from_millis(1500), "NotReady too late: {detected:?}");
+    assert!(
+        detected >= liveness.saturating_sub(Duration::from_millis(200)),
+        "NotReady too early: {detected:?}"
+    );
+    assert!(
+        detected <= liveness + Duration::from_millis(1500),
+        "NotReady too late: {detected:?}"
+    );
     assert_eq!(cluster.status("alpha").as_deref(), Some("Ready"));
     eventually("NotReady logged", Duration::from_secs(2), || {
         let ok = !log_lines_with(&["node is NotReady", "beta"]).is_empty();
@@ -209,7 +270,10 @@ async fn three_agents_register_one_dies_goes_not_ready_and_returns() {
     // The change was recorded as events.
     let (status, body) = cluster.api("GET", "/api/v1/nodes/beta").await;
     assert_eq!(status, 200);
-    assert!(body.contains("NodeNotReady") && body.contains("NodeReady"), "{body}");
+    assert!(
+        body.contains("NodeNotReady") && body.contains("NodeReady"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +284,9 @@ async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
     // Wrong secret for a real token id.
     let (token, pin) = cluster.token(Duration::from_secs(600), 1);
     let wrong = format!("{}.{}", &token[..6], "0000000000000000");
-    let bad = Agent::start(cluster.agent_config("wrong-token", Some((wrong, pin)))).await.unwrap();
+    let bad = Agent::start(cluster.agent_config("wrong-token", Some((wrong, pin))))
+        .await
+        .unwrap();
     eventually("wrong token refused", Duration::from_secs(10), || {
         let err = bad.shared.link_state().last_error.unwrap_or_default();
         async move { err.contains("wrong secret") }
@@ -233,7 +299,9 @@ async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
     // Expired token.
     let (token, pin) = cluster.token(Duration::from_millis(1), 1);
     tokio::time::sleep(Duration::from_millis(20)).await; // let the 1 ms TTL pass (wall clock)
-    let expired = Agent::start(cluster.agent_config("expired-token", Some((token, pin)))).await.unwrap();
+    let expired = Agent::start(cluster.agent_config("expired-token", Some((token, pin))))
+        .await
+        .unwrap();
     eventually("expired token refused", Duration::from_secs(10), || {
         let err = expired.shared.link_state().last_error.unwrap_or_default();
         async move { err.contains("expired") }
@@ -244,9 +312,13 @@ async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
 
     // A used-up token.
     let (token, pin) = cluster.token(Duration::from_secs(600), 1);
-    let first = Agent::start(cluster.agent_config("uses-1", Some((token.clone(), pin)))).await.unwrap();
+    let first = Agent::start(cluster.agent_config("uses-1", Some((token.clone(), pin))))
+        .await
+        .unwrap();
     wait_connected(&first).await;
-    let second = Agent::start(cluster.agent_config("uses-2", Some((token, pin)))).await.unwrap();
+    let second = Agent::start(cluster.agent_config("uses-2", Some((token, pin))))
+        .await
+        .unwrap();
     eventually("used-up token refused", Duration::from_secs(10), || {
         let err = second.shared.link_state().last_error.unwrap_or_default();
         async move { err.contains("no uses left") }
@@ -256,11 +328,17 @@ async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
 
     // A pinned hash that is not this coordinator's CA: the agent refuses the coordinator.
     let (token, _) = cluster.token(Duration::from_secs(600), 1);
-    let mitm = Agent::start(cluster.agent_config("wrong-pin", Some((token, [7u8; 32])))).await.unwrap();
-    eventually("wrong pin refused by the agent", Duration::from_secs(10), || {
-        let err = mitm.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("does not match --ca-hash") }
-    })
+    let mitm = Agent::start(cluster.agent_config("wrong-pin", Some((token, [7u8; 32]))))
+        .await
+        .unwrap();
+    eventually(
+        "wrong pin refused by the agent",
+        Duration::from_secs(10),
+        || {
+            let err = mitm.shared.link_state().last_error.unwrap_or_default();
+            async move { err.contains("does not match --ca-hash") }
+        },
+    )
     .await;
     mitm.stop().await;
 
@@ -286,10 +364,14 @@ async fn certificate_from_another_ca_is_refused() {
     config.data_dir = foreign_dir;
     let before = handshake_refusals(&cluster).await;
     let intruder = Agent::start(config).await.unwrap();
-    eventually("foreign certificate refused", Duration::from_secs(10), || {
-        let c = &cluster;
-        async move { handshake_refusals(c).await > before }
-    })
+    eventually(
+        "foreign certificate refused",
+        Duration::from_secs(10),
+        || {
+            let c = &cluster;
+            async move { handshake_refusals(c).await > before }
+        },
+    )
     .await;
     assert!(!intruder.shared.link_state().connected);
     assert!(!log_lines_with(&["TLS handshake failed"]).is_empty());
@@ -316,12 +398,19 @@ async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
     let (status, body) = cluster.api("POST", "/api/v1/nodes/victim/revoke").await;
     assert_eq!(status, 200, "{body}");
     // Dropped at once: well before any liveness timeout.
-    tokio::time::timeout(Duration::from_secs(2), watch.wait_for(|s| !s.connected)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), watch.wait_for(|s| !s.connected))
+        .await
+        .unwrap()
+        .unwrap();
     // Its reconnects are refused with a clear reason.
-    eventually("reconnect refused as revoked", Duration::from_secs(10), || {
-        let err = victim.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("revoked") }
-    })
+    eventually(
+        "reconnect refused as revoked",
+        Duration::from_secs(10),
+        || {
+            let err = victim.shared.link_state().last_error.unwrap_or_default();
+            async move { err.contains("revoked") }
+        },
+    )
     .await;
     eventually("refusal logged", Duration::from_secs(5), || {
         let ok = !log_lines_with(&["refused connection", "victim", "revoked"]).is_empty();
@@ -335,7 +424,11 @@ async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
     all_keep_reporting(&[&keep], 3).await;
     // A fresh token cannot bring a revoked name back.
     victim.stop().await;
-    let again = Agent::start(cluster.agent_config("victim", Some(cluster.token(Duration::from_secs(600), 1)))).await.unwrap();
+    let again = Agent::start(
+        cluster.agent_config("victim", Some(cluster.token(Duration::from_secs(600), 1))),
+    )
+    .await
+    .unwrap();
     eventually("re-join refused", Duration::from_secs(10), || {
         let err = again.shared.link_state().last_error.unwrap_or_default();
         async move { err.contains("revoked") }
@@ -343,8 +436,14 @@ async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
     .await;
     again.stop().await;
     // Unknown nodes and actions are clean API errors.
-    assert_eq!(cluster.api("POST", "/api/v1/nodes/ghost/cordon").await.0, 404);
-    assert_eq!(cluster.api("POST", "/api/v1/nodes/keeper/explode").await.0, 404);
+    assert_eq!(
+        cluster.api("POST", "/api/v1/nodes/ghost/cordon").await.0,
+        404
+    );
+    assert_eq!(
+        cluster.api("POST", "/api/v1/nodes/keeper/explode").await.0,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,25 +472,41 @@ async fn garbage_datagrams_and_bad_frames_do_not_disturb_agents() {
     let (_, pin) = cluster.token(Duration::from_secs(60), 1);
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let config = pyxis_transport::tls::bootstrap_client_config(pin).unwrap();
-    let connection = endpoint.connect_with(config, target, "pyxis-coordinator").unwrap().await.unwrap();
+    let connection = endpoint
+        .connect_with(config, target, "pyxis-coordinator")
+        .unwrap()
+        .await
+        .unwrap();
     let (mut send, recv) = connection.open_bi().await.unwrap();
-    send.write_all(&[0, 0, 0, 4, 0, 1, 0xff, 0xff]).await.unwrap();
+    send.write_all(&[0, 0, 0, 4, 0, 1, 0xff, 0xff])
+        .await
+        .unwrap();
     let mut reader = FrameReader::new(recv, MAX_FRAME_BYTES);
     match reader.recv::<CoordinatorMessage>().await.unwrap() {
-        Some((_, CoordinatorMessage::Error(e))) => assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}"),
+        Some((_, CoordinatorMessage::Error(e))) => {
+            assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}")
+        }
         other => panic!("expected an error, got {other:?}"),
     }
     // An oversized frame header is refused from the header alone.
     let connection2 = endpoint
-        .connect_with(pyxis_transport::tls::bootstrap_client_config(pin).unwrap(), target, "pyxis-coordinator")
+        .connect_with(
+            pyxis_transport::tls::bootstrap_client_config(pin).unwrap(),
+            target,
+            "pyxis-coordinator",
+        )
         .unwrap()
         .await
         .unwrap();
     let (mut send, recv) = connection2.open_bi().await.unwrap();
-    send.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 1]).await.unwrap();
+    send.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 1])
+        .await
+        .unwrap();
     let mut reader = FrameReader::new(recv, MAX_FRAME_BYTES);
     match reader.recv::<CoordinatorMessage>().await.unwrap() {
-        Some((_, CoordinatorMessage::Error(e))) => assert!(e.message.contains("exceeds the maximum"), "{e:?}"),
+        Some((_, CoordinatorMessage::Error(e))) => {
+            assert!(e.message.contains("exceeds the maximum"), "{e:?}")
+        }
         other => panic!("expected an error, got {other:?}"),
     }
     all_keep_reporting(&[&a, &b], 3).await;
@@ -406,24 +521,49 @@ async fn incompatible_protocol_versions_are_refused_with_both_ranges() {
     let (_, pin) = cluster.token(Duration::from_secs(60), 1);
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let config = pyxis_transport::tls::bootstrap_client_config(pin).unwrap();
-    let connection = endpoint.connect_with(config, cluster.c().quic_addr, "pyxis-coordinator").unwrap().await.unwrap();
+    let connection = endpoint
+        .connect_with(config, cluster.c().quic_addr, "pyxis-coordinator")
+        .unwrap()
+        .await
+        .unwrap();
     let (send, recv) = connection.open_bi().await.unwrap();
-    let future = VersionRange { min: SUPPORTED_VERSIONS.max + 4, max: SUPPORTED_VERSIONS.max + 5 };
+    let future = VersionRange {
+        min: SUPPORTED_VERSIONS.max + 4,
+        max: SUPPORTED_VERSIONS.max + 5,
+    };
     let mut writer = FrameWriter::new(send, future.max, MAX_FRAME_BYTES);
     writer
-        .send(&AgentMessage::Hello(Hello { versions: future, agent_version: "9.0.0".into(), node_name: "from-the-future".into() }))
+        .send(&AgentMessage::Hello(Hello {
+            versions: future,
+            agent_version: "9.0.0".into(),
+            node_name: "from-the-future".into(),
+        }))
         .await
         .unwrap();
     let mut reader = FrameReader::new(recv, MAX_FRAME_BYTES);
     match reader.recv::<CoordinatorMessage>().await.unwrap() {
         Some((_, CoordinatorMessage::Error(e))) => {
             assert_eq!(e.code, ErrorCode::IncompatibleVersion);
-            assert!(e.message.contains(&format!("agent speaks {future}")), "{}", e.message);
-            assert!(e.message.contains(&format!("coordinator speaks {SUPPORTED_VERSIONS}")), "{}", e.message);
+            assert!(
+                e.message.contains(&format!("agent speaks {future}")),
+                "{}",
+                e.message
+            );
+            assert!(
+                e.message
+                    .contains(&format!("coordinator speaks {SUPPORTED_VERSIONS}")),
+                "{}",
+                e.message
+            );
         }
         other => panic!("expected an error, got {other:?}"),
     }
-    assert!(!log_lines_with(&["refused agent", "from-the-future", "incompatible protocol versions"]).is_empty());
+    assert!(!log_lines_with(&[
+        "refused agent",
+        "from-the-future",
+        "incompatible protocol versions"
+    ])
+    .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,27 +606,46 @@ async fn registry_survives_a_coordinator_restart_and_agents_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_changes_are_reported_at_once_and_keys_stay_private() {
     let cluster = Cluster::start(Duration::from_secs(10)).await;
-    let mut config = cluster.agent_config("changer", Some(cluster.token(Duration::from_secs(600), 1)));
+    let mut config =
+        cluster.agent_config("changer", Some(cluster.token(Duration::from_secs(600), 1)));
     config.report_interval = Duration::from_secs(30); // only on-change reports would be fast
     let agent = Agent::start(config).await.unwrap();
     let mut watch = agent.watch();
-    tokio::time::timeout(Duration::from_secs(15), watch.wait_for(|s| s.connected)).await.unwrap().unwrap();
-    agent.shared.set_device_health(1, pyxis_protocol::Health::Unhealthy, "simulated fault");
+    tokio::time::timeout(Duration::from_secs(15), watch.wait_for(|s| s.connected))
+        .await
+        .unwrap()
+        .unwrap();
+    agent
+        .shared
+        .set_device_health(1, pyxis_protocol::Health::Unhealthy, "simulated fault");
     eventually("health change visible", Duration::from_secs(3), || {
         let view = cluster.view("changer");
-        async move { view.accelerators[1].health == "unhealthy" && view.accelerators[1].health_reason == "simulated fault" }
+        async move {
+            view.accelerators[1].health == "unhealthy"
+                && view.accelerators[1].health_reason == "simulated fault"
+        }
     })
     .await;
     use std::os::unix::fs::PermissionsExt;
     let dir = agent.shared.config.data_dir.join("identity");
     for file in ["ca.pem", "node.pem", "node.key"] {
-        let mode = std::fs::metadata(dir.join(file)).unwrap().permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{file}");
     }
     let admin = cluster.c().shared.config.data_dir.join("admin-token");
-    assert_eq!(std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let ca_key = cluster.c().shared.config.data_dir.join("ca.key");
-    assert_eq!(std::fs::metadata(&ca_key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&ca_key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // The admin token is stored hashed, never in clear, in the database.
     let db = std::fs::read(cluster.c().shared.config.data_dir.join("pyxis.db")).unwrap();
     let token = cluster.c().admin_token.clone().unwrap();
