@@ -149,7 +149,9 @@ impl SessionError {
     }
 }
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long each step of opening a session may take (a dead address costs this much
+/// before the next coordinator address is tried).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
     let mut addrs = tokio::net::lookup_host(addr)

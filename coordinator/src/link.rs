@@ -442,6 +442,8 @@ impl Session {
         }
         .await;
         self.shared.registry().disconnected(&name, connection_id);
+        let why = self.connection.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "stream ended".into());
+        tracing::info!(peer = %self.remote, node = %name, reason = %why, "agent disconnected");
         match result {
             Err(Refused { code: None, .. }) => Ok(()),
             other => other,

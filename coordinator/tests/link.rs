@@ -652,3 +652,53 @@ async fn device_changes_are_reported_at_once_and_keys_stay_private() {
     assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_falls_back_to_the_next_coordinator_address() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    // A UDP port with nobody behind it, then the real coordinator.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut config = cluster.agent_config("fallback", Some(cluster.token(Duration::from_secs(600), 1)));
+    config.coordinators = vec![dead.to_string(), cluster.c().quic_addr.to_string()];
+    let agent = Agent::start(config).await.unwrap();
+    wait_connected(&agent).await;
+    assert_eq!(agent.shared.link_state().coordinator, Some(cluster.c().quic_addr));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_ca_files_are_used_instead_of_a_generated_ca() {
+    logs();
+    let dir = tempfile::tempdir().unwrap();
+    let material = pyxis_transport::pki::generate_ca("site-ca").unwrap();
+    let cert = dir.path().join("site-ca.pem");
+    let key = dir.path().join("site-ca.key");
+    std::fs::write(&cert, &material.cert_pem).unwrap();
+    std::fs::write(&key, &material.key_pem).unwrap();
+    let mut config = CoordinatorConfig::local(dir.path().join("data"));
+    config.ca_files = Some((cert, key));
+    let coordinator = Coordinator::start(config).await.unwrap();
+    let der = pyxis_transport::pki::CertificateAuthority::from_pem(&material.cert_pem, &material.key_pem).unwrap();
+    assert_eq!(coordinator.shared.ca.hash(), der.hash());
+    assert!(!dir.path().join("data/ca.pem").exists(), "no CA generated when one is configured");
+    // An agent pinning the site CA joins.
+    let created = coordinator.shared.create_join_token(Duration::from_secs(60), 1).unwrap();
+    let agent = Agent::start(AgentConfig {
+        coordinators: vec![coordinator.quic_addr.to_string()],
+        join_token: Some(created.token),
+        ca_hash: Some(pyxis_transport::pki::parse_ca_hash(&der.hash()).unwrap()),
+        data_dir: dir.path().join("agent"),
+        name: "site-node".into(),
+        metrics_addr: None,
+        simulate: None,
+        report_interval: Duration::from_millis(100),
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(500),
+        runtimes: Default::default(),
+    })
+    .await
+    .unwrap();
+    wait_connected(&agent).await;
+    agent.stop().await;
+    coordinator.stop().await;
+}
