@@ -68,20 +68,14 @@ impl IntoResponse for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::NotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
-            }
+            RegistryError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
             _ => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
         }
     }
 }
 
 /// Serves until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     if let Err(e) = axum::serve(listener, router(shared))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -98,15 +92,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/nodes/{name}", get(get_node))
         .route("/api/v1/nodes/{name}/{action}", post(node_action))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            require_admin,
-        ));
+        .layer(middleware::from_fn_with_state(shared.clone(), require_admin));
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(admin)
@@ -117,27 +105,16 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!(
-            "no such endpoint: {} {}",
-            request.method(),
-            request.uri().path()
-        ),
+        format!("no such endpoint: {} {}", request.method(), request.uri().path()),
     )
 }
 
-async fn require_admin(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+async fn require_admin(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Result<Response, ApiError> {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     match presented {
         Some(token) if shared.check_admin_token(token) => Ok(next.run(request).await),
         Some(_) => Err(ApiError::new(
@@ -178,8 +155,7 @@ async fn create_token(
     headers: axum::http::HeaderMap,
     body: Result<Json<TokenRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
     let ttl = match request.ttl.as_deref() {
         None => Duration::from_secs(3600),
         Some(text) => humantime::parse_duration(text).map_err(|e| {
@@ -225,16 +201,11 @@ fn join_hint(headers: &axum::http::HeaderMap, quic_port: u16) -> Option<String> 
 }
 
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> Json<List<crate::api_types::NodeView>> {
-    let items = shared
-        .registry()
-        .views(Instant::now(), shared.config.liveness_timeout);
+    let items = shared.registry().views(Instant::now(), shared.config.liveness_timeout);
     Json(List { items })
 }
 
-async fn get_node(
-    State(shared): State<Arc<Shared>>,
-    Path(name): Path<String>,
-) -> Result<Json<NodeDetail>, ApiError> {
+async fn get_node(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Json<NodeDetail>, ApiError> {
     let view = shared
         .registry()
         .view(&name, Instant::now(), shared.config.liveness_timeout)

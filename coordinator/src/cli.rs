@@ -67,6 +67,12 @@ pub enum Command {
         kind: GetKind,
         /// Only this one.
         name: Option<String>,
+        /// Tenant of namespaced kinds (nodes are cluster-wide and ignore it).
+        #[arg(short = 'n', long = "namespace", value_name = "TENANT")]
+        namespace: Option<String>,
+        /// All tenants (nodes are cluster-wide and ignore it).
+        #[arg(short = 'A', long = "all-tenants")]
+        all_tenants: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
@@ -195,16 +201,8 @@ impl Client {
         let auth = format!("Bearer {token}");
         let result = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
-            (_, Some(body)) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_json(body),
-            (_, None) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_empty(),
+            (_, Some(body)) => self.agent.post(&url).header("Authorization", &auth).send_json(body),
+            (_, None) => self.agent.post(&url).header("Authorization", &auth).send_empty(),
         };
         let mut response = result.map_err(|e| CliError::Unreachable {
             server: self.server.clone(),
@@ -226,12 +224,7 @@ impl Client {
         }
         let message = serde_json::from_str::<ErrorBody>(&text)
             .map(|b| b.error.message)
-            .unwrap_or_else(|_| {
-                format!(
-                    "HTTP {status}: {}",
-                    text.chars().take(200).collect::<String>()
-                )
-            });
+            .unwrap_or_else(|_| format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()));
         if status == 401 {
             Err(CliError::Unauthorized(message))
         } else {
@@ -267,18 +260,11 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn print_structured<T: Serialize>(
-    out: &mut impl Write,
-    value: &T,
-    output: Output,
-) -> Result<(), CliError> {
+fn print_structured<T: Serialize>(out: &mut impl Write, value: &T, output: Output) -> Result<(), CliError> {
     let text = match output {
-        Output::Yaml => {
-            serde_norway::to_string(value).map_err(|e| CliError::Output(e.to_string()))?
-        }
+        Output::Yaml => serde_norway::to_string(value).map_err(|e| CliError::Output(e.to_string()))?,
         _ => {
-            let mut s =
-                serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.to_string()))?;
+            let mut s = serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.to_string()))?;
             s.push('\n');
             s
         }
@@ -325,15 +311,12 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
             kind: GetKind::Nodes,
             name,
             output,
+            ..
         } => {
             let items: Vec<NodeView> = match &name {
                 Some(name) => vec![
                     client
-                        .call::<NodeDetail>(
-                            "GET",
-                            &format!("/api/v1/nodes/{}", encode(name)),
-                            None::<&()>,
-                        )?
+                        .call::<NodeDetail>("GET", &format!("/api/v1/nodes/{}", encode(name)), None::<&()>)?
                         .node,
                 ],
                 None => {
@@ -353,32 +336,21 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
             name,
             output,
         } => {
-            let detail: NodeDetail = client.call(
-                "GET",
-                &format!("/api/v1/nodes/{}", encode(&name)),
-                None::<&()>,
-            )?;
+            let detail: NodeDetail = client.call("GET", &format!("/api/v1/nodes/{}", encode(&name)), None::<&()>)?;
             match output {
                 Output::Json | Output::Yaml => print_structured(out, &detail, output),
                 _ => write(out, describe_node(&detail)),
             }
         }
-        Command::Node {
-            action,
-            name,
-            output,
-        } => {
+        Command::Node { action, name, output } => {
             let verb = match action {
                 NodeActionArg::Cordon => "cordon",
                 NodeActionArg::Uncordon => "uncordon",
                 NodeActionArg::Drain => "drain",
                 NodeActionArg::Revoke => "revoke",
             };
-            let node: NodeView = client.call(
-                "POST",
-                &format!("/api/v1/nodes/{}/{verb}", encode(&name)),
-                None::<&()>,
-            )?;
+            let node: NodeView =
+                client.call("POST", &format!("/api/v1/nodes/{}/{verb}", encode(&name)), None::<&()>)?;
             match output {
                 Output::Json | Output::Yaml => print_structured(out, &node, output),
                 _ => {
@@ -386,14 +358,9 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                         NodeActionArg::Cordon => "cordoned",
                         NodeActionArg::Uncordon => "uncordoned",
                         NodeActionArg::Drain => "draining",
-                        NodeActionArg::Revoke => {
-                            "revoked (its connection was dropped; it cannot reconnect)"
-                        }
+                        NodeActionArg::Revoke => "revoked (its connection was dropped; it cannot reconnect)",
                     };
-                    write(
-                        out,
-                        format!("node/{} {done}; status {}\n", node.name, node.status),
-                    )
+                    write(out, format!("node/{} {done}; status {}\n", node.name, node.status))
                 }
             }
         }
@@ -405,9 +372,7 @@ fn encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -431,11 +396,7 @@ fn accelerators_summary(node: &NodeView) -> String {
             None => groups.push((a.hardware_class.clone(), 1, a.simulated)),
         }
     }
-    let unhealthy = node
-        .accelerators
-        .iter()
-        .filter(|a| a.health != "healthy")
-        .count();
+    let unhealthy = node.accelerators.iter().filter(|a| a.health != "healthy").count();
     let mut text = groups
         .iter()
         .map(|(class, n, sim)| format!("{n}x{class}{}", if *sim { "(sim)" } else { "" }))
@@ -492,9 +453,7 @@ fn table(rows: Vec<Vec<String>>) -> String {
 fn nodes_table(nodes: &[NodeView], wide: bool) -> String {
     let mut header = vec!["NAME", "STATUS", "ACCELERATORS", "AGENT", "LAST-SEEN"];
     if wide {
-        header.extend([
-            "ADDRESS", "OS", "KERNEL", "CPUS", "MEMORY", "RUNTIMES", "REASON",
-        ]);
+        header.extend(["ADDRESS", "OS", "KERNEL", "CPUS", "MEMORY", "RUNTIMES", "REASON"]);
     }
     let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for n in nodes {
@@ -547,10 +506,7 @@ fn describe_node(detail: &NodeDetail) -> String {
         format!(
             "{}{}",
             n.connected,
-            n.address
-                .as_ref()
-                .map(|a| format!(" from {a}"))
-                .unwrap_or_default()
+            n.address.as_ref().map(|a| format!(" from {a}")).unwrap_or_default()
         ),
     );
     field(

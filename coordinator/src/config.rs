@@ -86,11 +86,7 @@ pub struct CoordinatorConfig {
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/pyxis-coordinator";
 
-fn addr(
-    key: &'static str,
-    value: Option<String>,
-    default: &str,
-) -> Result<SocketAddr, ConfigError> {
+fn addr(key: &'static str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
     let text = value.unwrap_or_else(|| default.to_string());
     text.parse().map_err(|e| ConfigError::Invalid {
         key,
@@ -106,17 +102,9 @@ impl CoordinatorConfig {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let quic_addr = addr(
-            "quic_addr",
-            flags.quic_addr.or(file.quic_addr),
-            "0.0.0.0:7443",
-        )?;
+        let quic_addr = addr("quic_addr", flags.quic_addr.or(file.quic_addr), "0.0.0.0:7443")?;
         let api_addr = addr("api_addr", flags.api_addr.or(file.api_addr), "0.0.0.0:7080")?;
-        let gateway_addr = addr(
-            "gateway_addr",
-            flags.gateway_addr.or(file.gateway_addr),
-            "0.0.0.0:8080",
-        )?;
+        let gateway_addr = addr("gateway_addr", flags.gateway_addr.or(file.gateway_addr), "0.0.0.0:8080")?;
         let liveness_timeout = match flags.liveness_timeout.or(file.liveness_timeout) {
             Some(t) => parse_duration("liveness_timeout", &t)?,
             None => Duration::from_secs(10),
@@ -125,8 +113,7 @@ impl CoordinatorConfig {
             Some(t) => parse_duration("report_interval", &t)?,
             None => Duration::from_secs(1),
         };
-        if report_interval < Duration::from_millis(50) || report_interval > Duration::from_secs(60)
-        {
+        if report_interval < Duration::from_millis(50) || report_interval > Duration::from_secs(60) {
             return Err(ConfigError::Invalid {
                 key: "report_interval",
                 reason: format!("{report_interval:?} is outside 50ms..=60s"),
@@ -150,7 +137,8 @@ impl CoordinatorConfig {
             _ => {
                 return Err(ConfigError::Invalid {
                     key: "tls",
-                    reason: "ca_cert and ca_key must be given together (or neither, to generate a CA in the data dir)".into(),
+                    reason: "ca_cert and ca_key must be given together (or neither, to generate a CA in the data dir)"
+                        .into(),
                 })
             }
         };
@@ -199,8 +187,7 @@ mod tests {
 
     #[test]
     fn defaults_and_validation() {
-        let config =
-            CoordinatorConfig::resolve(FileConfig::default(), FlagConfig::default()).unwrap();
+        let config = CoordinatorConfig::resolve(FileConfig::default(), FlagConfig::default()).unwrap();
         assert_eq!(config.liveness_timeout, Duration::from_secs(10));
         assert_eq!(config.quic_addr.port(), 7443);
         assert_eq!(config.api_addr.port(), 7080);
@@ -226,10 +213,8 @@ mod tests {
             ..FlagConfig::default()
         };
         assert!(CoordinatorConfig::resolve(FileConfig::default(), half_tls).is_err());
-        let file: FileConfig = toml::from_str(
-            "liveness_timeout = \"30s\"\n[tls]\nca_cert = \"/a\"\nca_key = \"/b\"\n",
-        )
-        .unwrap();
+        let file: FileConfig =
+            toml::from_str("liveness_timeout = \"30s\"\n[tls]\nca_cert = \"/a\"\nca_key = \"/b\"\n").unwrap();
         let config = CoordinatorConfig::resolve(file, FlagConfig::default()).unwrap();
         assert_eq!(config.liveness_timeout, Duration::from_secs(30));
         assert!(config.ca_files.is_some());

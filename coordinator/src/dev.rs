@@ -21,10 +21,7 @@ pub const DEV_FLEET: &[(&str, &str)] = &[
 
 /// Dev defaults: loopback ports 7443/7080/8080 and a fresh temporary data dir, unless
 /// flags or the file say otherwise.
-pub fn dev_config(
-    file: FileConfig,
-    mut flags: FlagConfig,
-) -> Result<CoordinatorConfig, ConfigError> {
+pub fn dev_config(file: FileConfig, mut flags: FlagConfig) -> Result<CoordinatorConfig, ConfigError> {
     if flags.data_dir.is_none() && file.data_dir.is_none() {
         let dir = std::env::temp_dir().join(format!("pyxis-dev-{}", std::process::id()));
         flags.data_dir = Some(dir);
@@ -82,14 +79,9 @@ fn agent_config(
 }
 
 /// Starts the host agent (and the simulated fleet) and prints how to use them.
-pub async fn start_fleet(
-    coordinator: &Coordinator,
-) -> Result<DevFleet, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn std::error::Error + Send + Sync>> {
     let shared = coordinator.shared.clone();
-    let token = tokio::task::spawn_blocking(move || {
-        shared.create_join_token(Duration::from_secs(3600), 16)
-    })
-    .await??;
+    let token = tokio::task::spawn_blocking(move || shared.create_join_token(Duration::from_secs(3600), 16)).await??;
     let root = coordinator.shared.config.data_dir.join("agents");
     let host = pyxis_agent::host::probe_host();
     let host_name = sanitize(&host.hostname);
@@ -105,7 +97,9 @@ pub async fn start_fleet(
     let host_has_accelerators = !host_agent.shared.devices().is_empty();
     agents.push(host_agent);
     if !host_has_accelerators {
-        tracing::info!("this host reports no accelerator: adding a simulated mixed fleet (marked simulated everywhere)");
+        tracing::info!(
+            "this host reports no accelerator: adding a simulated mixed fleet (marked simulated everywhere)"
+        );
         for (name, spec) in DEV_FLEET {
             agents.push(
                 Agent::start(agent_config(
@@ -126,14 +120,8 @@ pub async fn start_fleet(
         .unwrap_or_else(|| "<see DATA_DIR/admin-token>".into());
     println!();
     println!("Pyxis dev mode is running.");
-    println!(
-        "  data dir:    {}",
-        coordinator.shared.config.data_dir.display()
-    );
-    println!(
-        "  agent link:  {} (QUIC, mutual TLS)",
-        coordinator.quic_addr
-    );
+    println!("  data dir:    {}", coordinator.shared.config.data_dir.display());
+    println!("  agent link:  {} (QUIC, mutual TLS)", coordinator.quic_addr);
     println!("  admin API:   {api}");
     println!("  admin token: {admin}");
     println!("  CA hash:     {}", coordinator.shared.ca.hash());

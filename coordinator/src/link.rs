@@ -15,8 +15,8 @@ use std::{
 
 use pyxis_agent::link::close_code;
 use pyxis_protocol::{
-    negotiate, Ack, AckOf, AgentMessage, CapacityReport, CoordinatorMessage, DesiredState,
-    ErrorCode, ErrorMessage, HelloAck, NodeInfo, RegisterAck, MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
+    negotiate, Ack, AckOf, AgentMessage, CapacityReport, CoordinatorMessage, DesiredState, ErrorCode, ErrorMessage,
+    HelloAck, NodeInfo, RegisterAck, MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
 };
 use pyxis_transport::{
     framed::{FrameReader, FrameWriter, LinkError},
@@ -39,11 +39,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONCURRENT_ENROLLMENTS: usize = 256;
 
 /// Accepts connections until `shutdown`.
-pub async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
+pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: CancellationToken) {
     let enrollments = Arc::new(Semaphore::new(MAX_CONCURRENT_ENROLLMENTS));
     loop {
         let incoming = tokio::select! {
@@ -71,10 +67,7 @@ pub async fn accept_loop(
 }
 
 fn refuse(connection: &quinn::Connection, reason: &str) {
-    connection.close(
-        quinn::VarInt::from_u32(close_code::REFUSED),
-        reason.as_bytes(),
-    );
+    connection.close(quinn::VarInt::from_u32(close_code::REFUSED), reason.as_bytes());
 }
 
 async fn handle_connection(
@@ -83,9 +76,7 @@ async fn handle_connection(
     shared: Arc<Shared>,
     enrollments: Arc<Semaphore>,
 ) {
-    let node = match peer_certificates(&connection)
-        .and_then(|chain| chain.first().map(|c| fingerprint(c.as_ref())))
-    {
+    let node = match peer_certificates(&connection).and_then(|chain| chain.first().map(|c| fingerprint(c.as_ref()))) {
         Some(fp) => match shared.registry().identify(&fp) {
             Ok(name) => Some(name),
             Err(RegistryError::Revoked(name)) => {
@@ -162,12 +153,7 @@ struct Refused {
 }
 
 impl Refused {
-    fn new(
-        metric: Refusal,
-        code: ErrorCode,
-        node: Option<&str>,
-        message: impl Into<String>,
-    ) -> Self {
+    fn new(metric: Refusal, code: ErrorCode, node: Option<&str>, message: impl Into<String>) -> Self {
         Self {
             metric,
             code: Some(code),
@@ -273,12 +259,14 @@ impl Session {
         let request = match self.next(None).await? {
             None => return Ok(()),
             Some(AgentMessage::Enroll(request)) => request,
-            Some(AgentMessage::Register(_)) => return Err(Refused::new(
-                Refusal::UnknownCertificate,
-                ErrorCode::Unauthorized,
-                None,
-                "registration needs a node certificate; join first with --join-token and --ca-hash",
-            )),
+            Some(AgentMessage::Register(_)) => {
+                return Err(Refused::new(
+                    Refusal::UnknownCertificate,
+                    ErrorCode::Unauthorized,
+                    None,
+                    "registration needs a node certificate; join first with --join-token and --ca-hash",
+                ))
+            }
             Some(other) => {
                 return Err(Refused::new(
                     Refusal::Protocol,
@@ -290,22 +278,14 @@ impl Session {
         };
         let name = request.node_name.clone();
         let node = Some(name.as_str());
-        pyxis_agent::config::validate_node_name(&name).map_err(|e| {
-            Refused::new(
-                Refusal::Protocol,
-                ErrorCode::BadRequest,
-                node,
-                e.to_string(),
-            )
-        })?;
-        let (id, secret) = tokens::parse(&request.token).map_err(|e| {
-            Refused::new(Refusal::Token, ErrorCode::InvalidToken, node, e.to_string())
-        })?;
+        pyxis_agent::config::validate_node_name(&name)
+            .map_err(|e| Refused::new(Refusal::Protocol, ErrorCode::BadRequest, node, e.to_string()))?;
+        let (id, secret) = tokens::parse(&request.token)
+            .map_err(|e| Refused::new(Refusal::Token, ErrorCode::InvalidToken, node, e.to_string()))?;
         let shared = self.shared.clone();
         let row = shared.store.token(id).map_err(|e| internal(node, &e))?;
-        tokens::check(row.as_ref(), id, secret, now_ms()).map_err(|e| {
-            Refused::new(Refusal::Token, ErrorCode::InvalidToken, node, e.to_string())
-        })?;
+        tokens::check(row.as_ref(), id, secret, now_ms())
+            .map_err(|e| Refused::new(Refusal::Token, ErrorCode::InvalidToken, node, e.to_string()))?;
         shared
             .registry()
             .can_enroll(&name)
@@ -313,14 +293,7 @@ impl Session {
         let certificate_pem = shared
             .ca
             .sign_node_csr(&request.csr_pem, &name, 365)
-            .map_err(|e| {
-                Refused::new(
-                    Refusal::Protocol,
-                    ErrorCode::BadRequest,
-                    node,
-                    e.to_string(),
-                )
-            })?;
+            .map_err(|e| Refused::new(Refusal::Protocol, ErrorCode::BadRequest, node, e.to_string()))?;
         let uses_left = shared
             .store
             .consume_token(id)
@@ -345,10 +318,7 @@ impl Session {
                 b"node re-joined with a new certificate",
             );
         }
-        shared
-            .store
-            .upsert_node(&row)
-            .map_err(|e| internal(node, &e))?;
+        shared.store.upsert_node(&row).map_err(|e| internal(node, &e))?;
         shared
             .metrics
             .enrollments
@@ -360,12 +330,10 @@ impl Session {
             "Joined",
             &format!("joined from {} with token {id}", self.remote),
         );
-        self.send(&CoordinatorMessage::Enrolled(
-            pyxis_protocol::EnrollResponse {
-                certificate_pem,
-                ca_pem: shared.ca.cert_pem().to_string(),
-            },
-        ))
+        self.send(&CoordinatorMessage::Enrolled(pyxis_protocol::EnrollResponse {
+            certificate_pem,
+            ca_pem: shared.ca.cert_pem().to_string(),
+        }))
         .await?;
         self.writer.finish();
         let _ = tokio::time::timeout(STEP_TIMEOUT, self.connection.closed()).await;
@@ -442,7 +410,11 @@ impl Session {
         }
         .await;
         self.shared.registry().disconnected(&name, connection_id);
-        let why = self.connection.close_reason().map(|r| r.to_string()).unwrap_or_else(|| "stream ended".into());
+        let why = self
+            .connection
+            .close_reason()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "stream ended".into());
         tracing::info!(peer = %self.remote, node = %name, reason = %why, "agent disconnected");
         match result {
             Err(Refused { code: None, .. }) => Ok(()),
@@ -457,16 +429,12 @@ impl Session {
             // here; a silent agent is caught by liveness and the QUIC idle timeout.
             let message = match self.reader.recv::<AgentMessage>().await {
                 Ok(Some((_, message))) => message,
-                Ok(None) | Err(LinkError::Read(_)) | Err(LinkError::ClosedMidFrame) => {
-                    return Ok(())
-                }
+                Ok(None) | Err(LinkError::Read(_)) | Err(LinkError::ClosedMidFrame) => return Ok(()),
                 Err(e) => return Err(Refused::link(node, &e)),
             };
             match message {
                 AgentMessage::Capacity(report) => {
-                    let lag_ms = now_ms()
-                        .saturating_sub(report.sent_at_unix_ms as i64)
-                        .max(0);
+                    let lag_ms = now_ms().saturating_sub(report.sent_at_unix_ms as i64).max(0);
                     let accepted = self.shared.registry().report(
                         name,
                         connection_id,
@@ -482,10 +450,7 @@ impl Session {
                         .metrics
                         .capacity_reports
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.shared
-                        .metrics
-                        .report_lag
-                        .observe(lag_ms as f64 / 1000.0);
+                    self.shared.metrics.report_lag.observe(lag_ms as f64 / 1000.0);
                     self.send(&CoordinatorMessage::Ack(Ack {
                         of: AckOf::Capacity(report.seq),
                     }))
@@ -506,10 +471,7 @@ impl Session {
                         Refusal::Protocol,
                         ErrorCode::UnexpectedMessage,
                         node,
-                        format!(
-                            "unexpected {} after registration",
-                            agent_message_name(&other)
-                        ),
+                        format!("unexpected {} after registration", agent_message_name(&other)),
                     ))
                 }
             }

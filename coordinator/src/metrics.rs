@@ -60,9 +60,7 @@ pub struct Metrics {
     pub report_lag: Histogram,
 }
 
-const LAG_BOUNDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
+const LAG_BOUNDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -98,11 +96,7 @@ pub fn render(shared: &Shared) -> String {
         Kind::Gauge,
         "Coordinator build information (always 1).",
     );
-    out.sample(
-        "pyxis_coordinator_info",
-        &[("version", crate::VERSION)],
-        1.0,
-    );
+    out.sample("pyxis_coordinator_info", &[("version", crate::VERSION)], 1.0);
     out.family("pyxis_nodes", Kind::Gauge, "Nodes by status.");
     for status in NodeStatus::ALL {
         out.sample(
@@ -154,7 +148,6 @@ pub fn render(shared: &Shared) -> String {
         Kind::Histogram,
         "Time from an agent sending a capacity report (its clock) to the registry holding it.",
     );
-    m.report_lag
-        .render(&mut out, "pyxis_capacity_report_lag_seconds", &[]);
+    m.report_lag.render(&mut out, "pyxis_capacity_report_lag_seconds", &[]);
     out.finish()
 }

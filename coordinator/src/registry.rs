@@ -167,7 +167,9 @@ pub enum RegistryError {
     #[error("node {0:?} is revoked; its certificate is refused")]
     Revoked(String),
     /// The certificate does not belong to any known node.
-    #[error("the client certificate belongs to no registered node (was the node removed?); join again with a new token")]
+    #[error(
+        "the client certificate belongs to no registered node (was the node removed?); join again with a new token"
+    )]
     UnknownCertificate,
 }
 
@@ -204,49 +206,41 @@ pub struct Registry {
     by_fingerprint: HashMap<String, String>,
 }
 
-fn derive_status(node: &Node, now: Instant, timeout: Duration) -> (NodeStatus, String) {
-    if node.revoked {
-        return (
-            NodeStatus::NotReady,
-            "revoked: the node's certificate is refused".into(),
-        );
+/// The status alone (cheap: used by the sweeper on every node several times a second).
+fn status_of(node: &Node, now: Instant, timeout: Duration) -> NodeStatus {
+    let fresh = node
+        .last_report
+        .is_some_and(|at| now.saturating_duration_since(at) <= timeout);
+    if node.revoked || !fresh {
+        NodeStatus::NotReady
+    } else if node.draining {
+        NodeStatus::Draining
+    } else if node.cordoned {
+        NodeStatus::Cordoned
+    } else {
+        NodeStatus::Ready
     }
-    let alive = match node.last_report {
-        None => {
-            return (
-                NodeStatus::NotReady,
-                if node.facts.is_some() {
-                    "no report since the coordinator started".into()
-                } else {
-                    "joined, never registered".into()
-                },
-            )
-        }
-        Some(at) => now.saturating_duration_since(at),
-    };
-    if alive > timeout {
-        return (
-            NodeStatus::NotReady,
-            format!(
+}
+
+/// The status with its reason in words.
+fn derive_status(node: &Node, now: Instant, timeout: Duration) -> (NodeStatus, String) {
+    let status = status_of(node, now, timeout);
+    let reason = match status {
+        NodeStatus::NotReady if node.revoked => "revoked: the node's certificate is refused".to_string(),
+        NodeStatus::NotReady => match node.last_report {
+            None if node.facts.is_some() => "no report since the coordinator started".to_string(),
+            None => "joined, never registered".to_string(),
+            Some(at) => format!(
                 "no capacity report for {:.1}s (timeout {:?})",
-                alive.as_secs_f64(),
+                now.saturating_duration_since(at).as_secs_f64(),
                 timeout
             ),
-        );
-    }
-    if node.draining {
-        (
-            NodeStatus::Draining,
-            "draining: no new replicas; existing ones are moved away".into(),
-        )
-    } else if node.cordoned {
-        (
-            NodeStatus::Cordoned,
-            "cordoned by an operator: no new replicas".into(),
-        )
-    } else {
-        (NodeStatus::Ready, "reporting".into())
-    }
+        },
+        NodeStatus::Draining => "draining: no new replicas; existing ones are moved away".to_string(),
+        NodeStatus::Cordoned => "cordoned by an operator: no new replicas".to_string(),
+        NodeStatus::Ready => "reporting".to_string(),
+    };
+    (status, reason)
 }
 
 impl Registry {
@@ -286,10 +280,7 @@ impl Registry {
         NodeRow {
             name: name.to_string(),
             cert_fingerprint: node.fingerprint.clone(),
-            facts_json: node
-                .facts
-                .as_ref()
-                .and_then(|f| serde_json::to_string(f).ok()),
+            facts_json: node.facts.as_ref().and_then(|f| serde_json::to_string(f).ok()),
             cordoned: node.cordoned,
             draining: node.draining,
             revoked: node.revoked,
@@ -345,8 +336,7 @@ impl Registry {
         node.fingerprint = fingerprint.to_string();
         node.joined_at_ms = now_ms;
         let old = node.connection.take().map(|c| c.connection);
-        self.by_fingerprint
-            .insert(fingerprint.to_string(), name.to_string());
+        self.by_fingerprint.insert(fingerprint.to_string(), name.to_string());
         Ok((Self::row(name, node), old))
     }
 
@@ -392,14 +382,7 @@ impl Registry {
 
     /// A capacity report on connection `connection_id`. Returns false if that connection
     /// is no longer the node's current one (the report is then ignored).
-    pub fn report(
-        &mut self,
-        name: &str,
-        connection_id: u64,
-        capacity: Capacity,
-        now: Instant,
-        now_ms: i64,
-    ) -> bool {
+    pub fn report(&mut self, name: &str, connection_id: u64, capacity: Capacity, now: Instant, now_ms: i64) -> bool {
         let Some(node) = self.nodes.get_mut(name) else {
             return false;
         };
@@ -456,8 +439,11 @@ impl Registry {
     pub fn sweep(&mut self, now: Instant, timeout: Duration) -> Vec<Transition> {
         let mut changes = Vec::new();
         for (name, node) in &mut self.nodes {
+            if status_of(node, now, timeout) == node.status {
+                continue;
+            }
             let (status, reason) = derive_status(node, now, timeout);
-            if status != node.status {
+            {
                 changes.push(Transition {
                     node: name.clone(),
                     from: node.status,
@@ -489,19 +475,14 @@ impl Registry {
     pub fn status_counts(&self, now: Instant, timeout: Duration) -> HashMap<NodeStatus, usize> {
         let mut counts = HashMap::new();
         for node in self.nodes.values() {
-            *counts
-                .entry(derive_status(node, now, timeout).0)
-                .or_insert(0) += 1;
+            *counts.entry(derive_status(node, now, timeout).0).or_insert(0) += 1;
         }
         counts
     }
 
     /// Open agent connections.
     pub fn connected(&self) -> usize {
-        self.nodes
-            .values()
-            .filter(|n| n.connection.is_some())
-            .count()
+        self.nodes.values().filter(|n| n.connection.is_some()).count()
     }
 
     /// API views of all nodes, sorted by name.
@@ -596,10 +577,7 @@ mod tests {
             (changes[0].from, changes[0].to),
             (NodeStatus::NotReady, NodeStatus::Ready)
         );
-        assert_eq!(
-            registry.sweep(t0 + Duration::from_secs(10), timeout),
-            vec![]
-        );
+        assert_eq!(registry.sweep(t0 + Duration::from_secs(10), timeout), vec![]);
         let changes = registry.sweep(t0 + Duration::from_millis(10_001), timeout);
         assert_eq!(changes[0].to, NodeStatus::NotReady);
         assert!(
@@ -619,35 +597,17 @@ mod tests {
         registry.nodes.get_mut("n1").unwrap().last_report = Some(now);
         let timeout = Duration::from_secs(10);
         registry.act("n1", NodeAction::Cordon).unwrap();
-        assert_eq!(
-            registry.view("n1", now, timeout).unwrap().status,
-            "Cordoned"
-        );
+        assert_eq!(registry.view("n1", now, timeout).unwrap().status, "Cordoned");
         registry.act("n1", NodeAction::Drain).unwrap();
-        assert_eq!(
-            registry.view("n1", now, timeout).unwrap().status,
-            "Draining"
-        );
+        assert_eq!(registry.view("n1", now, timeout).unwrap().status, "Draining");
         registry.act("n1", NodeAction::Uncordon).unwrap();
         assert_eq!(registry.view("n1", now, timeout).unwrap().status, "Ready");
         assert_eq!(registry.identify("fp1"), Ok("n1".into()));
         registry.act("n1", NodeAction::Revoke).unwrap();
-        assert_eq!(
-            registry.identify("fp1"),
-            Err(RegistryError::Revoked("n1".into()))
-        );
-        assert_eq!(
-            registry.view("n1", now, timeout).unwrap().status,
-            "NotReady"
-        );
-        assert_eq!(
-            registry.can_enroll("n1"),
-            Err(RegistryError::Revoked("n1".into()))
-        );
-        assert_eq!(
-            registry.identify("nope"),
-            Err(RegistryError::UnknownCertificate)
-        );
+        assert_eq!(registry.identify("fp1"), Err(RegistryError::Revoked("n1".into())));
+        assert_eq!(registry.view("n1", now, timeout).unwrap().status, "NotReady");
+        assert_eq!(registry.can_enroll("n1"), Err(RegistryError::Revoked("n1".into())));
+        assert_eq!(registry.identify("nope"), Err(RegistryError::UnknownCertificate));
         assert!(matches!(
             registry.act("ghost", NodeAction::Cordon),
             Err(RegistryError::NotFound(_))

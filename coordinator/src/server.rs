@@ -96,9 +96,7 @@ impl Shared {
     /// Locks the registry (recovering from a poisoned lock: the registry's invariants
     /// hold between method calls).
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A fresh connection id.
@@ -126,11 +124,7 @@ impl Shared {
     }
 
     /// Creates a join token.
-    pub fn create_join_token(
-        &self,
-        ttl: Duration,
-        uses: u32,
-    ) -> Result<TokenResponse, crate::store::StoreError> {
+    pub fn create_join_token(&self, ttl: Duration, uses: u32) -> Result<TokenResponse, crate::store::StoreError> {
         let now = now_ms();
         let expires_at_ms = now.saturating_add(ttl.as_millis() as i64);
         let new = tokens::create(expires_at_ms, uses);
@@ -173,10 +167,7 @@ fn load_or_create_ca(config: &CoordinatorConfig) -> Result<CertificateAuthority,
     };
     let (cert_path, key_path) = match &config.ca_files {
         Some((cert, key)) => (cert.clone(), key.clone()),
-        None => (
-            config.data_dir.join("ca.pem"),
-            config.data_dir.join("ca.key"),
-        ),
+        None => (config.data_dir.join("ca.pem"), config.data_dir.join("ca.key")),
     };
     if config.ca_files.is_none() && !cert_path.exists() {
         let material = pki::generate_ca(&config.cluster_name)?;
@@ -184,13 +175,10 @@ fn load_or_create_ca(config: &CoordinatorConfig) -> Result<CertificateAuthority,
         write_private(&cert_path, &material.cert_pem)?;
         tracing::info!(cert = %cert_path.display(), "created the cluster CA (key stored 0600 beside it)");
     }
-    let ca =
-        CertificateAuthority::from_pem(&read(&cert_path)?, &read(&key_path)?).map_err(|e| {
-            StartError::Ca {
-                path: cert_path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+    let ca = CertificateAuthority::from_pem(&read(&cert_path)?, &read(&key_path)?).map_err(|e| StartError::Ca {
+        path: cert_path.clone(),
+        reason: e.to_string(),
+    })?;
     Ok(ca)
 }
 
@@ -214,11 +202,9 @@ fn admin_token(store: &Store, data_dir: &Path) -> Result<(String, Option<String>
         return Ok((hash, known));
     }
     let mut bytes = [0u8; 24];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
-        StartError::Ca {
-            path: path.clone(),
-            reason: "system random generator failed".into(),
-        }
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| StartError::Ca {
+        path: path.clone(),
+        reason: "system random generator failed".into(),
     })?;
     let token = format!("pyxis-admin-{}", hex::encode(bytes));
     write_private(&path, &format!("{token}\n"))?;
@@ -247,16 +233,12 @@ impl Coordinator {
         tracing::info!(ca_hash = %ca.hash(), nodes = registry.len(), "state loaded");
 
         let (server_cert, server_key) = ca.issue_server_cert()?;
-        let server_config =
-            pyxis_transport::tls::server_config(ca.cert_der().clone(), server_cert, server_key)?;
-        let endpoint =
-            quinn::Endpoint::server(server_config, config.quic_addr).map_err(|source| {
-                StartError::Bind {
-                    what: "the QUIC agent link",
-                    addr: config.quic_addr,
-                    source,
-                }
-            })?;
+        let server_config = pyxis_transport::tls::server_config(ca.cert_der().clone(), server_cert, server_key)?;
+        let endpoint = quinn::Endpoint::server(server_config, config.quic_addr).map_err(|source| StartError::Bind {
+            what: "the QUIC agent link",
+            addr: config.quic_addr,
+            source,
+        })?;
         let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             what: "the QUIC agent link",
             addr: config.quic_addr,
@@ -269,13 +251,11 @@ impl Coordinator {
                 addr: config.api_addr,
                 source,
             })?;
-        let api_addr = api_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                what: "the admin API",
-                addr: config.api_addr,
-                source,
-            })?;
+        let api_addr = api_listener.local_addr().map_err(|source| StartError::Bind {
+            what: "the admin API",
+            addr: config.api_addr,
+            source,
+        })?;
 
         let shared = Arc::new(Shared {
             config,
@@ -295,11 +275,7 @@ impl Coordinator {
                 shared.clone(),
                 shutdown.clone(),
             )),
-            tokio::spawn(crate::api::serve(
-                api_listener,
-                shared.clone(),
-                shutdown.clone(),
-            )),
+            tokio::spawn(crate::api::serve(api_listener, shared.clone(), shutdown.clone())),
             tokio::spawn(sweeper(shared.clone(), shutdown.clone())),
         ];
         shared.ready.store(true, Ordering::Relaxed);
@@ -357,20 +333,10 @@ async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
         let now = Instant::now();
         let changes = shared.registry().sweep(now, shared.config.liveness_timeout);
         for change in changes {
-            let message = format!(
-                "{} -> {}: {}",
-                change.from.as_str(),
-                change.to.as_str(),
-                change.reason
-            );
+            let message = format!("{} -> {}: {}", change.from.as_str(), change.to.as_str(), change.reason);
             if change.to == crate::registry::NodeStatus::NotReady {
                 tracing::warn!(node = %change.node, reason = %change.reason, "node is NotReady");
-                shared.event(
-                    &format!("node/{}", change.node),
-                    "Warning",
-                    "NodeNotReady",
-                    &message,
-                );
+                shared.event(&format!("node/{}", change.node), "Warning", "NodeNotReady", &message);
             } else {
                 tracing::info!(node = %change.node, status = change.to.as_str(), "node status changed");
                 shared.event(

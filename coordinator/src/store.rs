@@ -120,15 +120,10 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
+        Ok(Self { conn: Mutex::new(conn) })
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error>,
-    ) -> Result<T, StoreError> {
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error>) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
         Ok(f(&mut conn)?)
     }
@@ -144,8 +139,11 @@ impl Store {
     /// Writes a meta value.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [key, value])
-                .map(|_| ())
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(|_| ())
         })
     }
 
@@ -203,8 +201,7 @@ impl Store {
         self.with(|c| {
             let tx = c.transaction()?;
             {
-                let mut stmt =
-                    tx.prepare_cached("UPDATE nodes SET last_seen_ms = ?2 WHERE name = ?1")?;
+                let mut stmt = tx.prepare_cached("UPDATE nodes SET last_seen_ms = ?2 WHERE name = ?1")?;
                 for (name, at) in updates {
                     stmt.execute(params![name, at])?;
                 }
@@ -254,12 +251,8 @@ impl Store {
             if changed == 0 {
                 return Ok(None);
             }
-            c.query_row(
-                "SELECT uses_left FROM join_tokens WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()
+            c.query_row("SELECT uses_left FROM join_tokens WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
         })
     }
 
@@ -358,10 +351,7 @@ mod tests {
         assert_eq!(nodes[0].last_seen_ms, Some(99));
         let events = store.events("node/n1", 3).unwrap();
         assert_eq!(
-            events
-                .iter()
-                .map(|e| e.message.as_str())
-                .collect::<Vec<_>>(),
+            events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
             vec!["m117", "m118", "m119"]
         );
         assert_eq!(store.prune_tokens(100).unwrap(), 1);

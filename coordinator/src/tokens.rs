@@ -32,9 +32,7 @@ pub enum TokenError {
         expired_at: String,
     },
     /// No uses left.
-    #[error(
-        "join token {id} has no uses left; create a new one with `pyxis token create --uses N`"
-    )]
+    #[error("join token {id} has no uses left; create a new one with `pyxis token create --uses N`")]
     UsedUp {
         /// Token id.
         id: String,
@@ -106,18 +104,10 @@ pub fn parse(token: &str) -> Result<(&str, &str), TokenError> {
 }
 
 /// Checks a stored token against the presented secret at `now_ms` (does not consume it).
-pub fn check(
-    row: Option<&TokenRow>,
-    id: &str,
-    secret: &str,
-    now_ms: i64,
-) -> Result<(), TokenError> {
+pub fn check(row: Option<&TokenRow>, id: &str, secret: &str, now_ms: i64) -> Result<(), TokenError> {
     let row = row.ok_or_else(|| TokenError::Unknown { id: id.to_string() })?;
     let presented = sha256_hex(secret);
-    if !bool::from(constant_time_eq(
-        presented.as_bytes(),
-        row.secret_sha256.as_bytes(),
-    )) {
+    if !bool::from(constant_time_eq(presented.as_bytes(), row.secret_sha256.as_bytes())) {
         return Err(TokenError::WrongSecret { id: id.to_string() });
     }
     if now_ms > row.expires_at_ms {
@@ -154,10 +144,7 @@ mod tests {
             check(Some(&new.row), id, "0000000000000000", 0),
             Err(TokenError::WrongSecret { .. })
         ));
-        assert!(matches!(
-            check(None, id, secret, 0),
-            Err(TokenError::Unknown { .. })
-        ));
+        assert!(matches!(check(None, id, secret, 0), Err(TokenError::Unknown { .. })));
         let used = TokenRow {
             uses_left: 0,
             ..new.row.clone()

@@ -12,8 +12,7 @@ use std::{
 use pyxis_agent::{config::AgentConfig, Agent};
 use pyxis_coordinator::{config::CoordinatorConfig, server::Coordinator};
 use pyxis_protocol::{
-    AgentMessage, CoordinatorMessage, ErrorCode, Hello, VersionRange, MAX_FRAME_BYTES,
-    SUPPORTED_VERSIONS,
+    AgentMessage, CoordinatorMessage, ErrorCode, Hello, VersionRange, MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
 };
 use pyxis_transport::framed::{FrameReader, FrameWriter};
 
@@ -117,10 +116,9 @@ impl Cluster {
     }
 
     async fn join(&self, name: &str) -> Agent {
-        let agent =
-            Agent::start(self.agent_config(name, Some(self.token(Duration::from_secs(600), 1))))
-                .await
-                .unwrap();
+        let agent = Agent::start(self.agent_config(name, Some(self.token(Duration::from_secs(600), 1))))
+            .await
+            .unwrap();
         wait_connected(&agent).await;
         agent
     }
@@ -129,11 +127,7 @@ impl Cluster {
         self.c()
             .shared
             .registry()
-            .view(
-                name,
-                Instant::now(),
-                self.c().shared.config.liveness_timeout,
-            )
+            .view(name, Instant::now(), self.c().shared.config.liveness_timeout)
             .map(|v| v.status)
     }
 
@@ -141,11 +135,7 @@ impl Cluster {
         self.c()
             .shared
             .registry()
-            .view(
-                name,
-                Instant::now(),
-                self.c().shared.config.liveness_timeout,
-            )
+            .view(name, Instant::now(), self.c().shared.config.liveness_timeout)
             .unwrap()
     }
 
@@ -154,23 +144,12 @@ impl Cluster {
         let token = self.c().admin_token.clone().unwrap();
         let method = method.to_string();
         tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
             let auth = format!("Bearer {token}");
             let mut response = if method == "GET" {
-                agent
-                    .get(&url)
-                    .header("Authorization", &auth)
-                    .call()
-                    .unwrap()
+                agent.get(&url).header("Authorization", &auth).call().unwrap()
             } else {
-                agent
-                    .post(&url)
-                    .header("Authorization", &auth)
-                    .send_empty()
-                    .unwrap()
+                agent.post(&url).header("Authorization", &auth).send_empty().unwrap()
             };
             (
                 response.status().as_u16(),
@@ -270,10 +249,7 @@ async fn three_agents_register_one_dies_goes_not_ready_and_returns() {
     // The change was recorded as events.
     let (status, body) = cluster.api("GET", "/api/v1/nodes/beta").await;
     assert_eq!(status, 200);
-    assert!(
-        body.contains("NodeNotReady") && body.contains("NodeReady"),
-        "{body}"
-    );
+    assert!(body.contains("NodeNotReady") && body.contains("NodeReady"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,14 +307,10 @@ async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
     let mitm = Agent::start(cluster.agent_config("wrong-pin", Some((token, [7u8; 32]))))
         .await
         .unwrap();
-    eventually(
-        "wrong pin refused by the agent",
-        Duration::from_secs(10),
-        || {
-            let err = mitm.shared.link_state().last_error.unwrap_or_default();
-            async move { err.contains("does not match --ca-hash") }
-        },
-    )
+    eventually("wrong pin refused by the agent", Duration::from_secs(10), || {
+        let err = mitm.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("does not match --ca-hash") }
+    })
     .await;
     mitm.stop().await;
 
@@ -364,14 +336,10 @@ async fn certificate_from_another_ca_is_refused() {
     config.data_dir = foreign_dir;
     let before = handshake_refusals(&cluster).await;
     let intruder = Agent::start(config).await.unwrap();
-    eventually(
-        "foreign certificate refused",
-        Duration::from_secs(10),
-        || {
-            let c = &cluster;
-            async move { handshake_refusals(c).await > before }
-        },
-    )
+    eventually("foreign certificate refused", Duration::from_secs(10), || {
+        let c = &cluster;
+        async move { handshake_refusals(c).await > before }
+    })
     .await;
     assert!(!intruder.shared.link_state().connected);
     assert!(!log_lines_with(&["TLS handshake failed"]).is_empty());
@@ -403,14 +371,10 @@ async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
         .unwrap()
         .unwrap();
     // Its reconnects are refused with a clear reason.
-    eventually(
-        "reconnect refused as revoked",
-        Duration::from_secs(10),
-        || {
-            let err = victim.shared.link_state().last_error.unwrap_or_default();
-            async move { err.contains("revoked") }
-        },
-    )
+    eventually("reconnect refused as revoked", Duration::from_secs(10), || {
+        let err = victim.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("revoked") }
+    })
     .await;
     eventually("refusal logged", Duration::from_secs(5), || {
         let ok = !log_lines_with(&["refused connection", "victim", "revoked"]).is_empty();
@@ -424,11 +388,9 @@ async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
     all_keep_reporting(&[&keep], 3).await;
     // A fresh token cannot bring a revoked name back.
     victim.stop().await;
-    let again = Agent::start(
-        cluster.agent_config("victim", Some(cluster.token(Duration::from_secs(600), 1))),
-    )
-    .await
-    .unwrap();
+    let again = Agent::start(cluster.agent_config("victim", Some(cluster.token(Duration::from_secs(600), 1))))
+        .await
+        .unwrap();
     eventually("re-join refused", Duration::from_secs(10), || {
         let err = again.shared.link_state().last_error.unwrap_or_default();
         async move { err.contains("revoked") }
@@ -436,14 +398,8 @@ async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
     .await;
     again.stop().await;
     // Unknown nodes and actions are clean API errors.
-    assert_eq!(
-        cluster.api("POST", "/api/v1/nodes/ghost/cordon").await.0,
-        404
-    );
-    assert_eq!(
-        cluster.api("POST", "/api/v1/nodes/keeper/explode").await.0,
-        404
-    );
+    assert_eq!(cluster.api("POST", "/api/v1/nodes/ghost/cordon").await.0, 404);
+    assert_eq!(cluster.api("POST", "/api/v1/nodes/keeper/explode").await.0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,9 +434,7 @@ async fn garbage_datagrams_and_bad_frames_do_not_disturb_agents() {
         .await
         .unwrap();
     let (mut send, recv) = connection.open_bi().await.unwrap();
-    send.write_all(&[0, 0, 0, 4, 0, 1, 0xff, 0xff])
-        .await
-        .unwrap();
+    send.write_all(&[0, 0, 0, 4, 0, 1, 0xff, 0xff]).await.unwrap();
     let mut reader = FrameReader::new(recv, MAX_FRAME_BYTES);
     match reader.recv::<CoordinatorMessage>().await.unwrap() {
         Some((_, CoordinatorMessage::Error(e))) => {
@@ -499,9 +453,7 @@ async fn garbage_datagrams_and_bad_frames_do_not_disturb_agents() {
         .await
         .unwrap();
     let (mut send, recv) = connection2.open_bi().await.unwrap();
-    send.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 1])
-        .await
-        .unwrap();
+    send.write_all(&[0xff, 0xff, 0xff, 0xff, 0, 1]).await.unwrap();
     let mut reader = FrameReader::new(recv, MAX_FRAME_BYTES);
     match reader.recv::<CoordinatorMessage>().await.unwrap() {
         Some((_, CoordinatorMessage::Error(e))) => {
@@ -544,26 +496,16 @@ async fn incompatible_protocol_versions_are_refused_with_both_ranges() {
     match reader.recv::<CoordinatorMessage>().await.unwrap() {
         Some((_, CoordinatorMessage::Error(e))) => {
             assert_eq!(e.code, ErrorCode::IncompatibleVersion);
+            assert!(e.message.contains(&format!("agent speaks {future}")), "{}", e.message);
             assert!(
-                e.message.contains(&format!("agent speaks {future}")),
-                "{}",
-                e.message
-            );
-            assert!(
-                e.message
-                    .contains(&format!("coordinator speaks {SUPPORTED_VERSIONS}")),
+                e.message.contains(&format!("coordinator speaks {SUPPORTED_VERSIONS}")),
                 "{}",
                 e.message
             );
         }
         other => panic!("expected an error, got {other:?}"),
     }
-    assert!(!log_lines_with(&[
-        "refused agent",
-        "from-the-future",
-        "incompatible protocol versions"
-    ])
-    .is_empty());
+    assert!(!log_lines_with(&["refused agent", "from-the-future", "incompatible protocol versions"]).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,8 +548,7 @@ async fn registry_survives_a_coordinator_restart_and_agents_reconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_changes_are_reported_at_once_and_keys_stay_private() {
     let cluster = Cluster::start(Duration::from_secs(10)).await;
-    let mut config =
-        cluster.agent_config("changer", Some(cluster.token(Duration::from_secs(600), 1)));
+    let mut config = cluster.agent_config("changer", Some(cluster.token(Duration::from_secs(600), 1)));
     config.report_interval = Duration::from_secs(30); // only on-change reports would be fast
     let agent = Agent::start(config).await.unwrap();
     let mut watch = agent.watch();
@@ -629,23 +570,13 @@ async fn device_changes_are_reported_at_once_and_keys_stay_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = agent.shared.config.data_dir.join("identity");
     for file in ["ca.pem", "node.pem", "node.key"] {
-        let mode = std::fs::metadata(dir.join(file))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(dir.join(file)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{file}");
     }
     let admin = cluster.c().shared.config.data_dir.join("admin-token");
-    assert_eq!(
-        std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&admin).unwrap().permissions().mode() & 0o777, 0o600);
     let ca_key = cluster.c().shared.config.data_dir.join("ca.key");
-    assert_eq!(
-        std::fs::metadata(&ca_key).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&ca_key).unwrap().permissions().mode() & 0o777, 0o600);
     // The admin token is stored hashed, never in clear, in the database.
     let db = std::fs::read(cluster.c().shared.config.data_dir.join("pyxis.db")).unwrap();
     let token = cluster.c().admin_token.clone().unwrap();
@@ -680,9 +611,15 @@ async fn configured_ca_files_are_used_instead_of_a_generated_ca() {
     let coordinator = Coordinator::start(config).await.unwrap();
     let der = pyxis_transport::pki::CertificateAuthority::from_pem(&material.cert_pem, &material.key_pem).unwrap();
     assert_eq!(coordinator.shared.ca.hash(), der.hash());
-    assert!(!dir.path().join("data/ca.pem").exists(), "no CA generated when one is configured");
+    assert!(
+        !dir.path().join("data/ca.pem").exists(),
+        "no CA generated when one is configured"
+    );
     // An agent pinning the site CA joins.
-    let created = coordinator.shared.create_join_token(Duration::from_secs(60), 1).unwrap();
+    let created = coordinator
+        .shared
+        .create_join_token(Duration::from_secs(60), 1)
+        .unwrap();
     let agent = Agent::start(AgentConfig {
         coordinators: vec![coordinator.quic_addr.to_string()],
         join_token: Some(created.token),
