@@ -1,0 +1,297 @@
+//! Whole-binary smoke tests: the README's operator flow with real `pyxis-coordinator`,
+//! `pyxis-agent` and `pyxis` processes on loopback, and dev mode.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use pyxis_smoke::{bin, http, log_field, Daemon};
+use serde_json::Value;
+
+const START: Duration = Duration::from_secs(30);
+
+struct Cli {
+    server: String,
+    token: String,
+}
+
+impl Cli {
+    /// Runs `pyxis ARGS`; returns (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(bin("pyxis"))
+            .args(["--server", &self.server, "--token", &self.token])
+            .args(args)
+            .env_remove("PYXIS_SERVER")
+            .env_remove("PYXIS_TOKEN")
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "pyxis {args:?} failed: {err}");
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn node(&self, name: &str) -> Value {
+        let nodes = self.json(&["get", "nodes", "-o", "json"]);
+        nodes["items"].as_array().unwrap().iter().find(|n| n["name"] == name).cloned().unwrap_or(Value::Null)
+    }
+
+    /// Polls `get nodes` until `name` has `status`, or panics after `timeout`.
+    fn wait_status(&self, name: &str, status: &str, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let node = self.node(name);
+            if node["status"] == status {
+                return node;
+            }
+            assert!(start.elapsed() < timeout, "{name} never became {status} in {timeout:?}: {node}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn coordinator(data_dir: &Path, quic: &str, api: &str) -> (Daemon, String, String) {
+    let mut cmd = Command::new(bin("pyxis-coordinator"));
+    cmd.arg("--data-dir").arg(data_dir).args([
+        "--quic-addr",
+        quic,
+        "--api-addr",
+        api,
+        "--gateway-addr",
+        "127.0.0.1:0",
+        "--liveness-timeout",
+        "2s",
+        "--report-interval",
+        "200ms",
+    ]);
+    let daemon = Daemon::spawn("coordinator", cmd);
+    let quic = log_field(&daemon.wait_for_line("agent link listening", START), "addr").unwrap().to_string();
+    let api = log_field(&daemon.wait_for_line("admin API listening", START), "addr").unwrap().to_string();
+    (daemon, quic, api)
+}
+
+fn agent(name: &str, data_dir: &Path, args: &[&str]) -> Daemon {
+    let mut cmd = Command::new(bin("pyxis-agent"));
+    cmd.arg("--data-dir").arg(data_dir).args(["--name", name, "--metrics-addr", "127.0.0.1:0"]).args(args);
+    Daemon::spawn(name, cmd)
+}
+
+#[test]
+fn operator_flow_with_real_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord_dir = dir.path().join("coordinator");
+    let (mut coord, quic, api) = coordinator(&coord_dir, "127.0.0.1:0", "127.0.0.1:0");
+    let admin = std::fs::read_to_string(coord_dir.join("admin-token")).unwrap().trim().to_string();
+    let cli = Cli { server: format!("http://{api}"), token: admin };
+
+    // Health endpoints are open; the API is not.
+    assert_eq!(http("GET", &format!("http://{api}/healthz"), None, None).0, 200);
+    assert_eq!(http("GET", &format!("http://{api}/readyz"), None, None).0, 200);
+    let (status, body) = http("GET", &format!("http://{api}/api/v1/nodes"), None, None);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("admin-token"), "{body}");
+
+    // Join tokens, as the README shows.
+    let token = cli.json(&["token", "create", "--ttl", "10m", "--uses", "3", "-o", "json"]);
+    let join = token["token"].as_str().unwrap().to_string();
+    let ca_hash = token["ca_hash"].as_str().unwrap().to_string();
+    assert!(ca_hash.starts_with("sha256:") && ca_hash.len() == 7 + 64, "{token}");
+    assert!(token["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(token["coordinator"], quic.as_str(), "the printed address is the one to dial");
+    let human = cli.ok(&["token", "create"]);
+    assert!(human.contains(&format!("pyxis-agent --coordinator {quic} --join-token")), "{human}");
+
+    let joining = ["--coordinator", &quic, "--join-token", &join, "--ca-hash", &ca_hash];
+    let mut one: Vec<&str> = joining.to_vec();
+    one.extend(["--simulate", "2xH100-80GB,1xMI300X-192GB"]);
+    let a1 = agent("smoke-1", &dir.path().join("a1"), &one);
+    let mut two: Vec<&str> = joining.to_vec();
+    two.extend(["--simulate", "4xTPU-v5e"]);
+    let mut a2 = agent("smoke-2", &dir.path().join("a2"), &two);
+    a1.wait_for_line("registered", START);
+    a2.wait_for_line("registered", START);
+
+    // The SPEC's node JSON shape.
+    let node = cli.wait_status("smoke-1", "Ready", START);
+    assert_eq!(node["agent_version"], env!("CARGO_PKG_VERSION"));
+    assert!(node["last_seen"].as_str().unwrap().ends_with('Z'));
+    let accelerators = node["accelerators"].as_array().unwrap();
+    assert_eq!(accelerators.len(), 3);
+    for (i, a) in accelerators.iter().enumerate() {
+        assert_eq!(a["index"], i);
+        for key in ["vendor", "model", "uuid", "hardware_class", "health"] {
+            assert!(a[key].is_string(), "{key} in {a}");
+        }
+        assert!(a["memory_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(a["simulated"], true);
+        assert_eq!(a["health"], "healthy");
+    }
+    assert_eq!(accelerators[0]["hardware_class"], "H100-80GB");
+    assert_eq!(accelerators[2]["vendor"], "amd");
+    cli.wait_status("smoke-2", "Ready", START);
+    let table = cli.ok(&["get", "nodes"]);
+    assert!(table.starts_with("NAME") && table.contains("smoke-1") && table.contains("2xH100-80GB(sim)"), "{table}");
+    let wide = cli.ok(&["get", "nodes", "-o", "wide"]);
+    assert!(wide.contains("ADDRESS") && wide.contains("KERNEL"), "{wide}");
+    let yaml = cli.ok(&["get", "nodes", "smoke-2", "-o", "yaml"]);
+    assert!(yaml.starts_with("items:") && yaml.contains("name: smoke-2"), "{yaml}");
+    let described = cli.ok(&["describe", "node", "smoke-1"]);
+    assert!(described.contains("Accelerators:") && described.contains("Joined"), "{described}");
+
+    // Agent metrics and health.
+    let agent_metrics = log_field(&a1.wait_for_line("serving /metrics", START), "addr").unwrap().to_string();
+    let (status, text) = http("GET", &format!("http://{agent_metrics}/metrics"), None, None);
+    assert_eq!(status, 200);
+    assert!(text.contains("pyxis_gpu_memory_total_bytes{node=\"smoke-1\",gpu=\"0\""), "{text}");
+    assert_eq!(http("GET", &format!("http://{agent_metrics}/healthz"), None, None).0, 200);
+    let (_, text) = http("GET", &format!("http://{api}/metrics"), None, None);
+    assert!(text.contains("pyxis_nodes{status=\"Ready\"} 2"), "{text}");
+
+    // kill -9 an agent: NotReady within the liveness timeout; back with its stored identity.
+    a2.kill();
+    let killed = Instant::now();
+    let node = cli.wait_status("smoke-2", "NotReady", Duration::from_secs(10));
+    assert!(killed.elapsed() < Duration::from_secs(5), "took {:?}", killed.elapsed());
+    assert!(node["reason"].as_str().unwrap().contains("no capacity report"), "{node}");
+    let a2 = agent("smoke-2", &dir.path().join("a2"), &["--coordinator", &quic, "--simulate", "4xTPU-v5e"]);
+    a2.wait_for_line("using the stored node identity", START);
+    cli.wait_status("smoke-2", "Ready", START);
+
+    // Operator actions.
+    assert!(cli.ok(&["node", "cordon", "smoke-1"]).contains("Cordoned"));
+    cli.wait_status("smoke-1", "Cordoned", START);
+    cli.ok(&["node", "drain", "smoke-1"]);
+    cli.wait_status("smoke-1", "Draining", START);
+    cli.ok(&["node", "uncordon", "smoke-1"]);
+    cli.wait_status("smoke-1", "Ready", START);
+    let revoked: Value = serde_json::from_str(&cli.ok(&["node", "revoke", "smoke-2", "-o", "json"])).unwrap();
+    assert_eq!(revoked["revoked"], true);
+    a2.wait_for_line("revoked", Duration::from_secs(5));
+    coord.wait_for_line("refused connection: node is revoked", START);
+    assert_eq!(cli.node("smoke-2")["status"], "NotReady");
+
+    // A wrong join token is refused with a clear line on both sides.
+    let bogus = agent(
+        "smoke-bogus",
+        &dir.path().join("bogus"),
+        &["--coordinator", &quic, "--join-token", "abcdef.0123456789abcdef", "--ca-hash", &ca_hash],
+    );
+    bogus.wait_for_line("join token abcdef is unknown", START);
+    coord.wait_for_line("refused agent", START);
+
+    // Coordinator restart on the same ports: the registry survives, agents come back alone.
+    let (quic_port, api_port) = (quic.clone(), api.clone());
+    assert!(coord.terminate(START).success());
+    let (coord2, _, _) = coordinator(&coord_dir, &quic_port, &api_port);
+    let before = cli.node("smoke-2");
+    assert_eq!(before["revoked"], true, "revocation persisted");
+    cli.wait_status("smoke-1", "Ready", START);
+    let registrations = a1.lines().iter().filter(|l| l.contains("registered")).count();
+    assert!(registrations >= 2, "agent re-registered by itself");
+    drop(coord2);
+    drop(a1);
+}
+
+#[test]
+fn cli_and_daemon_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coord, _quic, api) = coordinator(&dir.path().join("c"), "127.0.0.1:0", "127.0.0.1:0");
+    let wrong = Cli { server: format!("http://{api}"), token: "nope".into() };
+    let (code, _, err) = wrong.run(&["get", "nodes"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("rejected the admin token"), "{err}");
+    let nowhere = Cli { server: "http://127.0.0.1:1".into(), token: "x".into() };
+    let (code, _, err) = nowhere.run(&["get", "nodes"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the coordinator"), "{err}");
+    let (code, _, err) = wrong.run(&["get", "widgets"]);
+    assert_eq!(code, 2, "{err}");
+
+    let exit = |cmd: &mut Command| {
+        let out = cmd.env("NO_COLOR", "1").output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = exit(Command::new(bin("pyxis-agent")).args(["--data-dir"]).arg(dir.path().join("x")));
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--coordinator"), "{err}");
+    let (code, err) = exit(
+        Command::new(bin("pyxis-agent")).args(["--coordinator", "127.0.0.1:7443", "--data-dir"]).arg(dir.path().join("y")),
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--join-token"), "{err}");
+    let (code, err) = exit(Command::new(bin("pyxis-agent")).args([
+        "--coordinator",
+        "127.0.0.1:7443",
+        "--data-dir",
+        "/tmp/z",
+        "--simulate",
+        "3xGTX-1080",
+    ]));
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("simulate"), "{err}");
+    let (code, err) = exit(Command::new(bin("pyxis-coordinator")).args(["--api-addr", "nonsense"]));
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("api_addr"), "{err}");
+    let bad_config = dir.path().join("bad.toml");
+    std::fs::write(&bad_config, "liveness = \"10s\"\n").unwrap();
+    let (code, err) = exit(Command::new(bin("pyxis-coordinator")).arg("--config").arg(&bad_config));
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("unknown field `liveness`"), "{err}");
+}
+
+#[test]
+fn dev_mode_prints_commands_that_work() {
+    let mut cmd = Command::new(bin("pyxis-coordinator"));
+    cmd.args(["--dev", "--quic-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--gateway-addr", "127.0.0.1:0"]);
+    let dir = tempfile::tempdir().unwrap();
+    cmd.arg("--data-dir").arg(dir.path());
+    let mut dev = Daemon::spawn("dev", cmd);
+    let export = dev.wait_for_line("export PYXIS_SERVER=", START);
+    let mut server = String::new();
+    let mut token = String::new();
+    for part in export.split_whitespace() {
+        if let Some(v) = part.strip_prefix("PYXIS_SERVER=") {
+            server = v.to_string();
+        }
+        if let Some(v) = part.strip_prefix("PYXIS_TOKEN=") {
+            token = v.to_string();
+        }
+    }
+    dev.wait_for_line("pyxis get nodes", START);
+    let cli = Cli { server, token };
+    let start = Instant::now();
+    loop {
+        let nodes = cli.json(&["get", "nodes", "-o", "json"]);
+        let items = nodes["items"].as_array().unwrap().clone();
+        let ready = items.iter().filter(|n| n["status"] == "Ready").count();
+        if items.len() >= 5 && ready == items.len() {
+            let classes: Vec<String> = items
+                .iter()
+                .flat_map(|n| n["accelerators"].as_array().unwrap().clone())
+                .filter(|a| a["simulated"] == true)
+                .map(|a| a["hardware_class"].as_str().unwrap().to_string())
+                .collect();
+            for class in ["H100-80GB", "A100-40GB", "MI300X-192GB", "TPU-v5e"] {
+                assert!(classes.iter().any(|c| c == class), "{class} missing from {classes:?}");
+            }
+            break;
+        }
+        assert!(start.elapsed() < START, "dev fleet not Ready: {nodes}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dev.terminate(START).success());
+}
