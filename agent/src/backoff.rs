@@ -48,8 +48,7 @@ mod tests {
             upper.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
             vec![100, 200, 400, 800, 1000, 1000]
         );
-        let lower =
-            Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).next_delay(0.0);
+        let lower = Backoff::new(Duration::from_millis(100), Duration::from_secs(1)).next_delay(0.0);
         assert_eq!(lower, Duration::from_millis(50));
         b.reset();
         assert_eq!(b.next_delay(1.0), Duration::from_millis(100));

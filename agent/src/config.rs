@@ -152,11 +152,7 @@ pub fn parse_file(path: &std::path::Path, text: &str) -> Result<FileConfig, Conf
 
 impl AgentConfig {
     /// Merges flags over the file and validates everything. `hostname` is the default name.
-    pub fn resolve(
-        file: FileConfig,
-        flags: FlagConfig,
-        hostname: &str,
-    ) -> Result<Self, ConfigError> {
+    pub fn resolve(file: FileConfig, flags: FlagConfig, hostname: &str) -> Result<Self, ConfigError> {
         let mut coordinators: Vec<String> = if flags.coordinators.is_empty() {
             file.coordinators.unwrap_or_default()
         } else {
@@ -178,25 +174,23 @@ impl AgentConfig {
         if coordinators.is_empty() {
             return Err(ConfigError::Missing {
                 key: "coordinators",
-                hint: "pass --coordinator HOST:7443 (repeatable) or set coordinators = [\"HOST:7443\"] in the config file",
+                hint:
+                    "pass --coordinator HOST:7443 (repeatable) or set coordinators = [\"HOST:7443\"] in the config file",
             });
         }
         let data_dir = flags.data_dir.or(file.data_dir).ok_or(ConfigError::Missing {
             key: "data_dir",
             hint: "pass --data-dir DIR (for example /var/lib/pyxis-agent) or set data_dir in the config file",
         })?;
-        let name = flags
-            .name
-            .or(file.name)
-            .unwrap_or_else(|| hostname.to_string());
+        let name = flags.name.or(file.name).unwrap_or_else(|| hostname.to_string());
         validate_node_name(&name)?;
         let ca_hash = match flags.ca_hash.or(file.ca_hash) {
-            Some(text) => Some(pyxis_transport::pki::parse_ca_hash(&text).map_err(|e| {
-                ConfigError::Invalid {
+            Some(text) => Some(
+                pyxis_transport::pki::parse_ca_hash(&text).map_err(|e| ConfigError::Invalid {
                     key: "ca_hash",
                     reason: e.to_string(),
-                }
-            })?),
+                })?,
+            ),
             None => None,
         };
         let join_token = flags
@@ -208,25 +202,18 @@ impl AgentConfig {
             Some("" | "off" | "none") => None,
             Some(text) => Some(text.parse().map_err(|e| ConfigError::Invalid {
                 key: "metrics_addr",
-                reason: format!(
-                    "{text:?} is not an address like 0.0.0.0:9464 ({e}); use \"off\" to disable"
-                ),
+                reason: format!("{text:?} is not an address like 0.0.0.0:9464 ({e}); use \"off\" to disable"),
             })?),
-            None => Some(
-                DEFAULT_METRICS_ADDR
-                    .parse()
-                    .map_err(|_| ConfigError::Invalid {
-                        key: "metrics_addr",
-                        reason: "built-in default does not parse".into(),
-                    })?,
-            ),
+            None => Some(DEFAULT_METRICS_ADDR.parse().map_err(|_| ConfigError::Invalid {
+                key: "metrics_addr",
+                reason: "built-in default does not parse".into(),
+            })?),
         };
         let report_interval = match flags.report_interval.or(file.report_interval) {
             Some(text) => parse_duration("report_interval", &text)?,
             None => Duration::from_secs(1),
         };
-        if report_interval < Duration::from_millis(50) || report_interval > Duration::from_secs(60)
-        {
+        if report_interval < Duration::from_millis(50) || report_interval > Duration::from_secs(60) {
             return Err(ConfigError::Invalid {
                 key: "report_interval",
                 reason: format!("{report_interval:?} is outside 50ms..=60s"),
@@ -237,10 +224,7 @@ impl AgentConfig {
             None => Duration::from_secs(30),
         };
         let min_backoff = Duration::from_millis(200).min(max_backoff);
-        let simulate = flags
-            .simulate
-            .or(file.simulate)
-            .filter(|s| !s.trim().is_empty());
+        let simulate = flags.simulate.or(file.simulate).filter(|s| !s.trim().is_empty());
         if let Some(spec) = &simulate {
             crate::devices::parse_simulate(spec, &name).map_err(|e| ConfigError::Invalid {
                 key: "simulate",
@@ -251,9 +235,7 @@ impl AgentConfig {
         for entry in flags.runtimes {
             let (kind, command) = entry.split_once('=').ok_or_else(|| ConfigError::Invalid {
                 key: "runtimes",
-                reason: format!(
-                    "--runtime {entry:?} is not KIND=COMMAND (for example vllm=/opt/vllm/bin/vllm)"
-                ),
+                reason: format!("--runtime {entry:?} is not KIND=COMMAND (for example vllm=/opt/vllm/bin/vllm)"),
             })?;
             runtimes.insert(kind.trim().to_string(), command.trim().to_string());
         }
@@ -334,20 +316,14 @@ mod tests {
         assert_eq!(config.coordinators, vec!["10.0.0.1:7443", "10.0.0.2:7443"]);
         assert_eq!(config.name, "from-file");
         assert_eq!(config.report_interval, Duration::from_secs(2));
-        assert_eq!(
-            config.runtimes.get("vllm").map(String::as_str),
-            Some("/opt/vllm")
-        );
+        assert_eq!(config.runtimes.get("vllm").map(String::as_str), Some("/opt/vllm"));
         assert_eq!(config.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
     }
 
     #[test]
     fn errors_name_the_key() {
         let err = parse_file("a.toml".as_ref(), "coordinator = \"x\"").unwrap_err();
-        assert!(
-            err.to_string().contains("unknown field `coordinator`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("unknown field `coordinator`"), "{err}");
         let mut f = flags();
         f.ca_hash = Some("md5:abc".into());
         let err = AgentConfig::resolve(FileConfig::default(), f, "h").unwrap_err();

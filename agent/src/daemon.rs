@@ -23,10 +23,7 @@ pub fn notify_ready(status: &str, shutdown: CancellationToken) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
-    if let Err(e) = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(status),
-    ]) {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(status)]) {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
     if let Some(interval) = sd_notify::watchdog_enabled() {

@@ -128,11 +128,7 @@ pub fn parse_simulate(spec: &str, node_name: &str) -> Result<Vec<Device>, Simula
             .find(|(name, ..)| name.eq_ignore_ascii_case(class))
             .ok_or_else(|| SimulateError::UnknownClass {
                 class: class.to_string(),
-                known: SIMULATED_CLASSES
-                    .iter()
-                    .map(|c| c.0)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                known: SIMULATED_CLASSES.iter().map(|c| c.0).collect::<Vec<_>>().join(", "),
             })?;
         for _ in 0..count {
             let index = devices.len() as u32;
@@ -155,10 +151,7 @@ pub fn parse_simulate(spec: &str, node_name: &str) -> Result<Vec<Device>, Simula
 }
 
 fn simulated_uuid(node_name: &str, index: u32) -> String {
-    let digest = ring::digest::digest(
-        &ring::digest::SHA256,
-        format!("{node_name}/{index}").as_bytes(),
-    );
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{node_name}/{index}").as_bytes());
     let h = hex::encode(&digest.as_ref()[..16]);
     format!(
         "SIM-{}-{}-{}-{}-{}",
@@ -188,15 +181,9 @@ mod tests {
             (0..7).collect::<Vec<_>>()
         );
         // Stable and distinct UUIDs.
-        assert_eq!(
-            devices[0].uuid,
-            parse_simulate("1xH100-80GB", "n1").unwrap()[0].uuid
-        );
+        assert_eq!(devices[0].uuid, parse_simulate("1xH100-80GB", "n1").unwrap()[0].uuid);
         assert_ne!(devices[0].uuid, devices[1].uuid);
-        assert_ne!(
-            devices[0].uuid,
-            parse_simulate("1xH100-80GB", "n2").unwrap()[0].uuid
-        );
+        assert_ne!(devices[0].uuid, parse_simulate("1xH100-80GB", "n2").unwrap()[0].uuid);
     }
 
     #[test]

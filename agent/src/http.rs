@@ -11,11 +11,7 @@ use crate::{
 };
 
 /// Serves until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    shared: Arc<AgentShared>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<AgentShared>, shutdown: CancellationToken) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -49,11 +45,7 @@ pub fn render(shared: &AgentShared) -> String {
     let node = shared.config.name.as_str();
     let state = shared.link_state();
     let mut out = Exposition::default();
-    out.family(
-        "pyxis_agent_info",
-        Kind::Gauge,
-        "Agent build information (always 1).",
-    );
+    out.family("pyxis_agent_info", Kind::Gauge, "Agent build information (always 1).");
     out.sample(
         "pyxis_agent_info",
         &[("node", node), ("version", crate::AGENT_VERSION)],
@@ -74,11 +66,7 @@ pub fn render(shared: &AgentShared) -> String {
         Kind::Counter,
         "Registrations completed since start.",
     );
-    out.sample(
-        "pyxis_agent_sessions_total",
-        &[("node", node)],
-        state.sessions as f64,
-    );
+    out.sample("pyxis_agent_sessions_total", &[("node", node)], state.sessions as f64);
     out.family(
         "pyxis_agent_capacity_reports_total",
         Kind::Counter,
@@ -87,9 +75,7 @@ pub fn render(shared: &AgentShared) -> String {
     out.sample(
         "pyxis_agent_capacity_reports_total",
         &[("node", node)],
-        shared
-            .reports_sent
-            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        shared.reports_sent.load(std::sync::atomic::Ordering::Relaxed) as f64,
     );
     let devices = shared.devices();
     out.family(
@@ -97,11 +83,7 @@ pub fn render(shared: &AgentShared) -> String {
         Kind::Gauge,
         "Accelerators reported by this agent.",
     );
-    out.sample(
-        "pyxis_agent_accelerators",
-        &[("node", node)],
-        devices.len() as f64,
-    );
+    out.sample("pyxis_agent_accelerators", &[("node", node)], devices.len() as f64);
     let families = [
         ("pyxis_gpu_memory_total_bytes", "Device memory in total."),
         ("pyxis_gpu_memory_used_bytes", "Device memory in use."),
@@ -130,21 +112,13 @@ pub fn render(shared: &AgentShared) -> String {
             ];
             match name {
                 "pyxis_gpu_memory_total_bytes" => out.sample(name, &labels, d.memory_bytes as f64),
-                "pyxis_gpu_memory_used_bytes" => {
-                    out.sample(name, &labels, d.memory_used_bytes as f64)
-                }
-                "pyxis_gpu_utilization_ratio" => {
-                    out.sample(name, &labels, f64::from(d.utilization_percent) / 100.0)
-                }
+                "pyxis_gpu_memory_used_bytes" => out.sample(name, &labels, d.memory_used_bytes as f64),
+                "pyxis_gpu_utilization_ratio" => out.sample(name, &labels, f64::from(d.utilization_percent) / 100.0),
                 _ => {
                     for tier in ["healthy", "degraded", "unhealthy"] {
                         let mut with = labels.to_vec();
                         with.push(("health", tier));
-                        out.sample(
-                            name,
-                            &with,
-                            if d.health.as_str() == tier { 1.0 } else { 0.0 },
-                        );
+                        out.sample(name, &with, if d.health.as_str() == tier { 1.0 } else { 0.0 });
                     }
                 }
             }

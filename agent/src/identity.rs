@@ -67,8 +67,7 @@ impl Identity {
                 }),
             }
         };
-        let (Some(ca_pem), Some(cert_pem), Some(key_pem)) =
-            (read("ca.pem")?, read("node.pem")?, read("node.key")?)
+        let (Some(ca_pem), Some(cert_pem), Some(key_pem)) = (read("ca.pem")?, read("node.pem")?, read("node.key")?)
         else {
             return Ok(None);
         };
@@ -89,12 +88,10 @@ impl Identity {
             path: dir.clone(),
             source,
         })?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-            IdentityError::Io {
-                action: "cannot chmod",
-                path: dir.clone(),
-                source,
-            }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|source| IdentityError::Io {
+            action: "cannot chmod",
+            path: dir.clone(),
+            source,
         })?;
         for (name, text) in [
             ("ca.pem", &self.ca_pem),
@@ -140,11 +137,9 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), IdentityError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| io("cannot create", e))?;
-    file.write_all(text.as_bytes())
-        .map_err(|e| io("cannot write", e))?;
+    file.write_all(text.as_bytes()).map_err(|e| io("cannot write", e))?;
     file.sync_all().map_err(|e| io("cannot sync", e))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
-        .map_err(|e| io("cannot chmod", e))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(|e| io("cannot chmod", e))?;
     fs::rename(&tmp, path).map_err(|e| io("cannot rename into", e))?;
     Ok(())
 }

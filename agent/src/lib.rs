@@ -147,16 +147,12 @@ impl AgentShared {
         let Ok(mut current) = self.desired.lock() else {
             return false;
         };
-        if current
-            .as_ref()
-            .is_some_and(|c| c.generation >= desired.generation)
-        {
+        if current.as_ref().is_some_and(|c| c.generation >= desired.generation) {
             return false;
         }
         let generation = desired.generation;
         *current = Some(desired);
-        self.state
-            .send_modify(|s| s.desired_generation = generation);
+        self.state.send_modify(|s| s.desired_generation = generation);
         true
     }
 
@@ -243,7 +239,9 @@ impl Agent {
             None => Vec::new(),
         };
         if devices.is_empty() {
-            tracing::info!("no accelerators reported (real probing is not enabled in this build; use --simulate for demos)");
+            tracing::info!(
+                "no accelerators reported (real probing is not enabled in this build; use --simulate for demos)"
+            );
         } else {
             tracing::info!(count = devices.len(), "reporting simulated accelerators");
         }
@@ -273,11 +271,7 @@ impl Agent {
                 .map_err(|source| AgentError::Bind { addr, source })?;
             tracing::info!(addr = %bound, "serving /metrics and /healthz");
             metrics_addr = Some(bound);
-            tasks.push(tokio::spawn(http::serve(
-                listener,
-                shared.clone(),
-                shutdown.clone(),
-            )));
+            tasks.push(tokio::spawn(http::serve(listener, shared.clone(), shutdown.clone())));
         }
         tasks.push(tokio::spawn(link::run(shared.clone(), shutdown.clone())));
         Ok(Self {

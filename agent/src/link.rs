@@ -8,8 +8,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use pyxis_protocol::{
-    AckOf, AgentMessage, CoordinatorMessage, EnrollRequest, ErrorCode, Hello, Registration,
-    MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
+    AckOf, AgentMessage, CoordinatorMessage, EnrollRequest, ErrorCode, Hello, Registration, MAX_FRAME_BYTES,
+    SUPPORTED_VERSIONS,
 };
 use pyxis_transport::{
     framed::{FrameReader, FrameWriter, LinkError},
@@ -137,9 +137,7 @@ impl SessionError {
                 source: quinn::ConnectionError::ApplicationClosed(close),
                 ..
             } => close.error_code == quinn::VarInt::from_u32(close_code::REVOKED),
-            SessionError::CaMismatch { .. }
-            | SessionError::NotJoined
-            | SessionError::Identity(_) => true,
+            SessionError::CaMismatch { .. } | SessionError::NotJoined | SessionError::Identity(_) => true,
             SessionError::Connection {
                 source: quinn::ConnectionError::TransportError(_),
                 ..
@@ -154,12 +152,10 @@ impl SessionError {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
-    let mut addrs = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| SessionError::Resolve {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| SessionError::Resolve {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
     addrs.next().ok_or_else(|| SessionError::Resolve {
         addr: addr.to_string(),
         reason: "no addresses".into(),
@@ -241,20 +237,14 @@ async fn open(
 /// Prefer the connection's close reason over a bare stream error.
 fn link_error(connection: &quinn::Connection, addr: SocketAddr, source: LinkError) -> SessionError {
     match connection.close_reason() {
-        Some(reason) => SessionError::Connection {
-            addr,
-            source: reason,
-        },
+        Some(reason) => SessionError::Connection { addr, source: reason },
         None => SessionError::Link { addr, source },
     }
 }
 
 fn closed(connection: &quinn::Connection, addr: SocketAddr) -> SessionError {
     match connection.close_reason() {
-        Some(reason) => SessionError::Connection {
-            addr,
-            source: reason,
-        },
+        Some(reason) => SessionError::Connection { addr, source: reason },
         None => SessionError::Link {
             addr,
             source: LinkError::ClosedMidFrame,
@@ -299,11 +289,9 @@ pub async fn enroll(
     let answer = timed(addr, "Enrolled", opened.reader.recv::<CoordinatorMessage>()).await?;
     let result = match answer {
         Ok(Some((_, CoordinatorMessage::Enrolled(response)))) => {
-            let ca_der =
-                rustls_pki_types::CertificateDer::from_pem_slice(response.ca_pem.as_bytes()).ok();
-            let matches = ca_der.is_some_and(|der| {
-                ring::digest::digest(&ring::digest::SHA256, der.as_ref()).as_ref() == pinned_ca
-            });
+            let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(response.ca_pem.as_bytes()).ok();
+            let matches = ca_der
+                .is_some_and(|der| ring::digest::digest(&ring::digest::SHA256, der.as_ref()).as_ref() == pinned_ca);
             if matches {
                 Ok(Identity {
                     ca_pem: response.ca_pem,
@@ -340,8 +328,7 @@ pub async fn run(shared: Arc<AgentShared>, shutdown: CancellationToken) {
     let config = &shared.config;
     let mut backoff = crate::backoff::Backoff::new(config.min_backoff, config.max_backoff);
     let mut next = 0usize;
-    let mut endpoints: std::collections::HashMap<bool, quinn::Endpoint> =
-        std::collections::HashMap::new();
+    let mut endpoints: std::collections::HashMap<bool, quinn::Endpoint> = std::collections::HashMap::new();
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -397,10 +384,7 @@ pub async fn run(shared: Arc<AgentShared>, shutdown: CancellationToken) {
         }
     }
     for endpoint in endpoints.values() {
-        endpoint.close(
-            quinn::VarInt::from_u32(close_code::SHUTDOWN),
-            b"agent shutting down",
-        );
+        endpoint.close(quinn::VarInt::from_u32(close_code::SHUTDOWN), b"agent shutting down");
         endpoint.wait_idle().await;
     }
 }
@@ -430,8 +414,7 @@ async fn session(
     let interval = match timed(addr, "Registered", reader.recv::<CoordinatorMessage>()).await? {
         Ok(Some((_, CoordinatorMessage::Registered(ack)))) => {
             tracing::info!(coordinator = %addr, node = %ack.node_name, version = writer.version, "registered");
-            Duration::from_millis(ack.report_interval_ms)
-                .clamp(Duration::from_millis(50), Duration::from_secs(60))
+            Duration::from_millis(ack.report_interval_ms).clamp(Duration::from_millis(50), Duration::from_secs(60))
         }
         Ok(Some((_, CoordinatorMessage::Error(e)))) => {
             return Err(SessionError::Refused {
@@ -455,14 +438,10 @@ async fn session(
     shared.set_connected(true, Some(addr));
 
     // Reading is not cancel-safe, so a dedicated task owns the receive stream.
-    let (incoming_tx, mut incoming) =
-        mpsc::channel::<Result<Option<CoordinatorMessage>, LinkError>>(16);
+    let (incoming_tx, mut incoming) = mpsc::channel::<Result<Option<CoordinatorMessage>, LinkError>>(16);
     let reader_task = tokio::spawn(async move {
         loop {
-            let item = reader
-                .recv::<CoordinatorMessage>()
-                .await
-                .map(|m| m.map(|(_, m)| m));
+            let item = reader.recv::<CoordinatorMessage>().await.map(|m| m.map(|(_, m)| m));
             let stop = !matches!(item, Ok(Some(_)));
             if incoming_tx.send(item).await.is_err() || stop {
                 break;

@@ -26,12 +26,7 @@ struct Flags {
     #[arg(long = "coordinator", value_name = "HOST:PORT")]
     coordinators: Vec<String>,
     /// Join token from `pyxis token create` (first start only). [config: join_token]
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "PYXIS_JOIN_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "TOKEN", env = "PYXIS_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
     /// SHA-256 of the cluster CA, as printed by `pyxis token create` (first start only).
     /// The agent trusts only that CA. [config: ca_hash]

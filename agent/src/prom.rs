@@ -66,8 +66,7 @@ impl Exposition {
         if value.is_nan() {
             self.out.push_str(" NaN\n");
         } else if value.is_infinite() {
-            self.out
-                .push_str(if value > 0.0 { " +Inf\n" } else { " -Inf\n" });
+            self.out.push_str(if value > 0.0 { " +Inf\n" } else { " -Inf\n" });
         } else {
             let _ = writeln!(self.out, " {value}");
         }
@@ -153,14 +152,7 @@ impl Histogram {
         } else {
             vec![0; self.bounds.len()]
         };
-        out.histogram(
-            name,
-            labels,
-            self.bounds,
-            &counts,
-            state.overflow,
-            state.sum,
-        );
+        out.histogram(name, labels, self.bounds, &counts, state.overflow, state.sum);
     }
 }
 
@@ -180,10 +172,7 @@ mod tests {
         e.family("pyxis_h_seconds", Kind::Histogram, "A histogram.");
         h.render(&mut e, "pyxis_h_seconds", &[]);
         let text = e.finish();
-        assert!(
-            text.contains("pyxis_x{a=\"q\\\"uo\\\\te\\n\"} 1.5\n"),
-            "{text}"
-        );
+        assert!(text.contains("pyxis_x{a=\"q\\\"uo\\\\te\\n\"} 1.5\n"), "{text}");
         assert!(text.contains("pyxis_h_seconds_bucket{le=\"0.1\"} 1\n"));
         assert!(text.contains("pyxis_h_seconds_bucket{le=\"1\"} 2\n"));
         assert!(text.contains("pyxis_h_seconds_bucket{le=\"+Inf\"} 3\n"));

@@ -72,6 +72,17 @@ pub enum StartError {
     Secret(#[from] pyxis_agent::identity::IdentityError),
 }
 
+/// Why a join token could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenCreateError {
+    /// No randomness.
+    #[error(transparent)]
+    Random(#[from] tokens::RandomError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// State shared by the coordinator's tasks.
 #[derive(Debug)]
 pub struct Shared {
@@ -124,10 +135,10 @@ impl Shared {
     }
 
     /// Creates a join token.
-    pub fn create_join_token(&self, ttl: Duration, uses: u32) -> Result<TokenResponse, crate::store::StoreError> {
+    pub fn create_join_token(&self, ttl: Duration, uses: u32) -> Result<TokenResponse, TokenCreateError> {
         let now = now_ms();
         let expires_at_ms = now.saturating_add(ttl.as_millis() as i64);
-        let new = tokens::create(expires_at_ms, uses);
+        let new = tokens::create(expires_at_ms, uses)?;
         self.store.insert_token(&new.row, now)?;
         let _ = self.store.prune_tokens(now);
         tracing::info!(token_id = %new.row.id, uses, expires_at = %rfc3339_ms(expires_at_ms), "join token created");

@@ -41,18 +41,17 @@ pub enum TokenError {
 
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
-fn random_string(len: usize) -> String {
+/// The system random generator failed (tokens are never made from a weaker source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the system random number generator failed; cannot create a join token")]
+pub struct RandomError;
+
+fn random_string(len: usize) -> Result<String, RandomError> {
     let rng = ring::rand::SystemRandom::new();
     let mut out = String::with_capacity(len);
     let mut buf = [0u8; 64];
     while out.len() < len {
-        if rng.fill(&mut buf).is_err() {
-            // The system RNG failing is not recoverable in any sensible way; fall back to
-            // a weaker source rather than hand out a predictable token.
-            for b in buf.iter_mut() {
-                *b = fastrand::u8(..);
-            }
-        }
+        rng.fill(&mut buf).map_err(|_| RandomError)?;
         // Rejection sampling keeps the distribution uniform (252 = 7 * 36).
         for b in buf {
             if b < 252 && out.len() < len {
@@ -60,7 +59,7 @@ fn random_string(len: usize) -> String {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Hex SHA-256.
@@ -78,10 +77,10 @@ pub struct NewToken {
 }
 
 /// Creates a token valid until `expires_at_ms` for `uses` enrollments.
-pub fn create(expires_at_ms: i64, uses: u32) -> NewToken {
-    let id = random_string(6);
-    let secret = random_string(16);
-    NewToken {
+pub fn create(expires_at_ms: i64, uses: u32) -> Result<NewToken, RandomError> {
+    let id = random_string(6)?;
+    let secret = random_string(16)?;
+    Ok(NewToken {
         token: format!("{id}.{secret}"),
         row: TokenRow {
             id,
@@ -89,7 +88,7 @@ pub fn create(expires_at_ms: i64, uses: u32) -> NewToken {
             expires_at_ms,
             uses_left: i64::from(uses),
         },
-    }
+    })
 }
 
 /// Splits `ID.SECRET`.
@@ -107,7 +106,7 @@ pub fn parse(token: &str) -> Result<(&str, &str), TokenError> {
 pub fn check(row: Option<&TokenRow>, id: &str, secret: &str, now_ms: i64) -> Result<(), TokenError> {
     let row = row.ok_or_else(|| TokenError::Unknown { id: id.to_string() })?;
     let presented = sha256_hex(secret);
-    if !bool::from(constant_time_eq(presented.as_bytes(), row.secret_sha256.as_bytes())) {
+    if !constant_time_eq(presented.as_bytes(), row.secret_sha256.as_bytes()) {
         return Err(TokenError::WrongSecret { id: id.to_string() });
     }
     if now_ms > row.expires_at_ms {
@@ -132,7 +131,7 @@ mod tests {
 
     #[test]
     fn create_parse_check() {
-        let new = create(1_000, 2);
+        let new = create(1_000, 2).unwrap();
         let (id, secret) = parse(&new.token).unwrap();
         assert_eq!(id, new.row.id);
         assert_eq!(check(Some(&new.row), id, secret, 999), Ok(()));
@@ -162,6 +161,6 @@ mod tests {
         ] {
             assert_eq!(parse(bad), Err(TokenError::Malformed), "{bad}");
         }
-        assert_ne!(create(0, 1).token, create(0, 1).token);
+        assert_ne!(create(0, 1).unwrap().token, create(0, 1).unwrap().token);
     }
 }

@@ -90,11 +90,7 @@ impl FrameHeader {
 }
 
 /// Encodes `message` as one frame of `version`.
-pub fn encode_frame<M: Serialize>(
-    version: u16,
-    message: &M,
-    max: u32,
-) -> Result<Vec<u8>, FrameError> {
+pub fn encode_frame<M: Serialize>(version: u16, message: &M, max: u32) -> Result<Vec<u8>, FrameError> {
     let mut out = vec![0u8; FRAME_HEADER_BYTES];
     out = postcard::to_extend(message, out).map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = (out.len() - 4) as u64;
@@ -109,8 +105,7 @@ pub fn encode_frame<M: Serialize>(
 
 /// Decodes a payload (the bytes after the header) into a message.
 pub fn decode_payload<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FrameError> {
-    let (message, rest) = postcard::take_from_bytes::<M>(payload)
-        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (message, rest) = postcard::take_from_bytes::<M>(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(FrameError::TrailingBytes(rest.len()));
     }

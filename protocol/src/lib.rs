@@ -13,8 +13,7 @@ pub mod messages;
 pub mod version;
 
 pub use codec::{
-    decode_frame, decode_payload, encode_frame, FrameError, FrameHeader, FRAME_HEADER_BYTES,
-    MAX_FRAME_BYTES,
+    decode_frame, decode_payload, encode_frame, FrameError, FrameHeader, FRAME_HEADER_BYTES, MAX_FRAME_BYTES,
 };
 pub use messages::*;
 pub use version::{negotiate, VersionError, VersionRange, SUPPORTED_VERSIONS};

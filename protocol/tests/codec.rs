@@ -110,9 +110,7 @@ fn every_coordinator_message() -> Vec<CoordinatorMessage> {
                 gpus: vec!["GPU-1".into(), "GPU-2".into()],
             }],
         }),
-        CoordinatorMessage::Ack(Ack {
-            of: AckOf::Capacity(7),
-        }),
+        CoordinatorMessage::Ack(Ack { of: AckOf::Capacity(7) }),
         CoordinatorMessage::Error(ErrorMessage {
             code: ErrorCode::Revoked,
             message: "revoked".into(),
@@ -124,15 +122,13 @@ fn every_coordinator_message() -> Vec<CoordinatorMessage> {
 fn every_message_round_trips() {
     for message in every_agent_message() {
         let frame = encode_frame(1, &message, MAX_FRAME_BYTES).unwrap();
-        let (version, back): (u16, AgentMessage) =
-            decode_frame(&frame, Some(1), MAX_FRAME_BYTES).unwrap();
+        let (version, back): (u16, AgentMessage) = decode_frame(&frame, Some(1), MAX_FRAME_BYTES).unwrap();
         assert_eq!(version, 1);
         assert_eq!(back, message);
     }
     for message in every_coordinator_message() {
         let frame = encode_frame(1, &message, MAX_FRAME_BYTES).unwrap();
-        let (_, back): (u16, CoordinatorMessage) =
-            decode_frame(&frame, Some(1), MAX_FRAME_BYTES).unwrap();
+        let (_, back): (u16, CoordinatorMessage) = decode_frame(&frame, Some(1), MAX_FRAME_BYTES).unwrap();
         assert_eq!(back, message);
     }
 }
@@ -141,12 +137,8 @@ fn every_message_round_trips() {
 fn truncated_frames_are_typed_errors() {
     let frame = encode_frame(1, &every_agent_message()[2], MAX_FRAME_BYTES).unwrap();
     for cut in 0..frame.len() {
-        let err =
-            decode_frame::<AgentMessage>(&frame[..cut], Some(1), MAX_FRAME_BYTES).unwrap_err();
-        assert!(
-            matches!(err, FrameError::Truncated { .. }),
-            "cut at {cut}: {err:?}"
-        );
+        let err = decode_frame::<AgentMessage>(&frame[..cut], Some(1), MAX_FRAME_BYTES).unwrap_err();
+        assert!(matches!(err, FrameError::Truncated { .. }), "cut at {cut}: {err:?}");
     }
 }
 
@@ -166,27 +158,15 @@ fn oversized_frames_are_refused_from_the_header() {
         code: ErrorCode::Internal,
         message: "x".repeat(2000),
     });
-    assert!(matches!(
-        encode_frame(1, &big, 1000),
-        Err(FrameError::Oversized { .. })
-    ));
+    assert!(matches!(encode_frame(1, &big, 1000), Err(FrameError::Oversized { .. })));
 }
 
 #[test]
 fn wrong_version_frames_are_typed_errors() {
     let frame = encode_frame(2, &every_agent_message()[3], MAX_FRAME_BYTES).unwrap();
     let err = decode_frame::<AgentMessage>(&frame, Some(1), MAX_FRAME_BYTES).unwrap_err();
-    assert_eq!(
-        err,
-        FrameError::WrongVersion {
-            got: 2,
-            expected: 1
-        }
-    );
-    assert_eq!(
-        err.to_string(),
-        "frame is protocol version 2, but version 1 was agreed"
-    );
+    assert_eq!(err, FrameError::WrongVersion { got: 2, expected: 1 });
+    assert_eq!(err.to_string(), "frame is protocol version 2, but version 1 was agreed");
 }
 
 #[test]
@@ -203,8 +183,7 @@ fn malformed_payloads_are_typed_errors() {
     let err = decode_frame::<AgentMessage>(&frame, Some(1), MAX_FRAME_BYTES).unwrap_err();
     assert_eq!(err, FrameError::TrailingBytes(1));
     // A length too short to hold the version.
-    let err =
-        decode_frame::<AgentMessage>(&[0, 0, 0, 1, 0, 1], Some(1), MAX_FRAME_BYTES).unwrap_err();
+    let err = decode_frame::<AgentMessage>(&[0, 0, 0, 1, 0, 1], Some(1), MAX_FRAME_BYTES).unwrap_err();
     assert_eq!(err, FrameError::LengthTooSmall { len: 1 });
 }
 

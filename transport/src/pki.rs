@@ -1,8 +1,8 @@
 //! Cluster PKI: CA creation, CSRs, signing, and the CA hash that agents pin.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
@@ -47,9 +47,7 @@ pub fn parse_ca_hash(text: &str) -> Result<[u8; 32], PkiError> {
         .strip_prefix("sha256:")
         .ok_or_else(|| PkiError::BadCaHash(text.to_string()))?;
     let bytes = hex::decode(hex_part).map_err(|_| PkiError::BadCaHash(text.to_string()))?;
-    bytes
-        .try_into()
-        .map_err(|_| PkiError::BadCaHash(text.to_string()))
+    bytes.try_into().map_err(|_| PkiError::BadCaHash(text.to_string()))
 }
 
 /// SHA-256 of a DER certificate, hex encoded (the node-certificate fingerprint).
@@ -71,13 +69,10 @@ pub fn generate_ca(cluster_name: &str) -> Result<CaMaterial, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("Pyxis cluster CA ({cluster_name})"),
-    );
     params
         .distinguished_name
-        .push(DnType::OrganizationName, "Pyxis");
+        .push(DnType::CommonName, format!("Pyxis cluster CA ({cluster_name})"));
+    params.distinguished_name.push(DnType::OrganizationName, "Pyxis");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -108,11 +103,10 @@ impl CertificateAuthority {
             what: "CA key",
             reason: e.to_string(),
         })?;
-        let cert_der =
-            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::Pem {
-                what: "CA certificate",
-                reason: e.to_string(),
-            })?;
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::Pem {
+            what: "CA certificate",
+            reason: e.to_string(),
+        })?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(|e| PkiError::Pem {
             what: "CA certificate",
             reason: e.to_string(),
@@ -140,9 +134,7 @@ impl CertificateAuthority {
     }
 
     /// Issues a fresh server certificate for the coordinator's QUIC endpoint.
-    pub fn issue_server_cert(
-        &self,
-    ) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), PkiError> {
+    pub fn issue_server_cert(&self) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![COORDINATOR_SERVER_NAME.to_string()])?;
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -164,22 +156,13 @@ impl CertificateAuthority {
 
     /// Signs a node's CSR. The subject is forced to `CN=<node_name>` and the usage to
     /// client authentication, whatever the CSR asked for.
-    pub fn sign_node_csr(
-        &self,
-        csr_pem: &str,
-        node_name: &str,
-        valid_days: i64,
-    ) -> Result<String, PkiError> {
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+    pub fn sign_node_csr(&self, csr_pem: &str, node_name: &str, valid_days: i64) -> Result<String, PkiError> {
+        let mut csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::BadCsr(e.to_string()))?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, node_name);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Pyxis nodes");
+        params.distinguished_name.push(DnType::CommonName, node_name);
+        params.distinguished_name.push(DnType::OrganizationName, "Pyxis nodes");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let (not_before, not_after) = validity(valid_days);
@@ -194,10 +177,7 @@ impl CertificateAuthority {
 /// Validity window starting an hour ago (tolerates clock skew between hosts).
 fn validity(days: i64) -> (time::OffsetDateTime, time::OffsetDateTime) {
     let now = time::OffsetDateTime::now_utc();
-    (
-        now - time::Duration::hours(1),
-        now + time::Duration::days(days),
-    )
+    (now - time::Duration::hours(1), now + time::Duration::days(days))
 }
 
 fn random_serial() -> [u8; 16] {
@@ -222,9 +202,7 @@ pub fn generate_node_key(node_name: &str) -> Result<NodeKey, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, node_name);
+    params.distinguished_name.push(DnType::CommonName, node_name);
     let csr = params.serialize_request(&key)?;
     Ok(NodeKey {
         key_pem: key.serialize_pem(),

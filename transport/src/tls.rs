@@ -60,18 +60,17 @@ pub fn server_config(
     let provider = provider();
     let mut roots = RootCertStore::empty();
     roots.add(ca_der.clone())?;
-    let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| TlsConfigError::Verifier(e.to_string()))?;
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsConfigError::Verifier(e.to_string()))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(vec![server_cert, ca_der], server_key)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| TlsConfigError::Quic(e.to_string()))?;
+    let quic =
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsConfigError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(transport_config(Duration::from_secs(5)));
     Ok(config)
@@ -79,9 +78,7 @@ pub fn server_config(
 
 /// Builds the agent's bootstrap client: no client certificate, and the server chain must
 /// contain the CA whose hash is `pinned_ca_sha256`.
-pub fn bootstrap_client_config(
-    pinned_ca_sha256: [u8; 32],
-) -> Result<quinn::ClientConfig, TlsConfigError> {
+pub fn bootstrap_client_config(pinned_ca_sha256: [u8; 32]) -> Result<quinn::ClientConfig, TlsConfigError> {
     let provider = provider();
     let verifier = Arc::new(PinnedCaVerifier {
         pinned: pinned_ca_sha256,
@@ -113,8 +110,8 @@ pub fn mtls_client_config(
 }
 
 fn finish_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsConfigError> {
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| TlsConfigError::Quic(e.to_string()))?;
+    let quic =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsConfigError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport_config(Duration::from_secs(5)));
     Ok(config)
@@ -148,12 +145,10 @@ impl ServerCertVerifier for PinnedCaVerifier {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -163,12 +158,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -177,18 +167,11 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
