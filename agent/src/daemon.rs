@@ -29,15 +29,17 @@ pub fn notify_ready(status: &str, shutdown: CancellationToken) {
     if let Some(interval) = sd_notify::watchdog_enabled() {
         let period = (interval / 2).max(Duration::from_millis(100));
         tracing::info!(?period, "feeding the systemd watchdog");
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(period);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = ticker.tick() => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
-                }
+        // A plain thread: the notification send is a blocking datagram write, which must
+        // never stall the async runtime if the receiver is slow.
+        let spawned = std::thread::Builder::new().name("watchdog".into()).spawn(move || {
+            while !shutdown.is_cancelled() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                std::thread::sleep(period);
             }
         });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the watchdog thread");
+        }
     }
 }
 

@@ -47,7 +47,13 @@ impl Cli {
 
     fn node(&self, name: &str) -> Value {
         let nodes = self.json(&["get", "nodes", "-o", "json"]);
-        nodes["items"].as_array().unwrap().iter().find(|n| n["name"] == name).cloned().unwrap_or(Value::Null)
+        nodes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
     }
 
     /// Polls `get nodes` until `name` has `status`, or panics after `timeout`.
@@ -58,7 +64,10 @@ impl Cli {
             if node["status"] == status {
                 return node;
             }
-            assert!(start.elapsed() < timeout, "{name} never became {status} in {timeout:?}: {node}");
+            assert!(
+                start.elapsed() < timeout,
+                "{name} never became {status} in {timeout:?}: {node}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -79,14 +88,21 @@ fn coordinator(data_dir: &Path, quic: &str, api: &str) -> (Daemon, String, Strin
         "200ms",
     ]);
     let daemon = Daemon::spawn("coordinator", cmd);
-    let quic = log_field(&daemon.wait_for_line("agent link listening", START), "addr").unwrap().to_string();
-    let api = log_field(&daemon.wait_for_line("admin API listening", START), "addr").unwrap().to_string();
+    let quic = log_field(&daemon.wait_for_line("agent link listening", START), "addr")
+        .unwrap()
+        .to_string();
+    let api = log_field(&daemon.wait_for_line("admin API listening", START), "addr")
+        .unwrap()
+        .to_string();
     (daemon, quic, api)
 }
 
 fn agent(name: &str, data_dir: &Path, args: &[&str]) -> Daemon {
     let mut cmd = Command::new(bin("pyxis-agent"));
-    cmd.arg("--data-dir").arg(data_dir).args(["--name", name, "--metrics-addr", "127.0.0.1:0"]).args(args);
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(["--name", name, "--metrics-addr", "127.0.0.1:0"])
+        .args(args);
     Daemon::spawn(name, cmd)
 }
 
@@ -95,8 +111,14 @@ fn operator_flow_with_real_binaries() {
     let dir = tempfile::tempdir().unwrap();
     let coord_dir = dir.path().join("coordinator");
     let (mut coord, quic, api) = coordinator(&coord_dir, "127.0.0.1:0", "127.0.0.1:0");
-    let admin = std::fs::read_to_string(coord_dir.join("admin-token")).unwrap().trim().to_string();
-    let cli = Cli { server: format!("http://{api}"), token: admin };
+    let admin = std::fs::read_to_string(coord_dir.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let cli = Cli {
+        server: format!("http://{api}"),
+        token: admin,
+    };
 
     // Health endpoints are open; the API is not.
     assert_eq!(http("GET", &format!("http://{api}/healthz"), None, None).0, 200);
@@ -111,9 +133,16 @@ fn operator_flow_with_real_binaries() {
     let ca_hash = token["ca_hash"].as_str().unwrap().to_string();
     assert!(ca_hash.starts_with("sha256:") && ca_hash.len() == 7 + 64, "{token}");
     assert!(token["expires_at"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(token["coordinator"], quic.as_str(), "the printed address is the one to dial");
+    assert_eq!(
+        token["coordinator"],
+        quic.as_str(),
+        "the printed address is the one to dial"
+    );
     let human = cli.ok(&["token", "create"]);
-    assert!(human.contains(&format!("pyxis-agent --coordinator {quic} --join-token")), "{human}");
+    assert!(
+        human.contains(&format!("pyxis-agent --coordinator {quic} --join-token")),
+        "{human}"
+    );
 
     let joining = ["--coordinator", &quic, "--join-token", &join, "--ca-hash", &ca_hash];
     let mut one: Vec<&str> = joining.to_vec();
@@ -144,20 +173,34 @@ fn operator_flow_with_real_binaries() {
     assert_eq!(accelerators[2]["vendor"], "amd");
     cli.wait_status("smoke-2", "Ready", START);
     let table = cli.ok(&["get", "nodes"]);
-    assert!(table.starts_with("NAME") && table.contains("smoke-1") && table.contains("2xH100-80GB(sim)"), "{table}");
+    assert!(
+        table.starts_with("NAME") && table.contains("smoke-1") && table.contains("2xH100-80GB(sim)"),
+        "{table}"
+    );
     let wide = cli.ok(&["get", "nodes", "-o", "wide"]);
     assert!(wide.contains("ADDRESS") && wide.contains("KERNEL"), "{wide}");
     let yaml = cli.ok(&["get", "nodes", "smoke-2", "-o", "yaml"]);
     assert!(yaml.starts_with("items:") && yaml.contains("name: smoke-2"), "{yaml}");
     let described = cli.ok(&["describe", "node", "smoke-1"]);
-    assert!(described.contains("Accelerators:") && described.contains("Joined"), "{described}");
+    assert!(
+        described.contains("Accelerators:") && described.contains("Joined"),
+        "{described}"
+    );
 
     // Agent metrics and health.
-    let agent_metrics = log_field(&a1.wait_for_line("serving /metrics", START), "addr").unwrap().to_string();
+    let agent_metrics = log_field(&a1.wait_for_line("serving /metrics", START), "addr")
+        .unwrap()
+        .to_string();
     let (status, text) = http("GET", &format!("http://{agent_metrics}/metrics"), None, None);
     assert_eq!(status, 200);
-    assert!(text.contains("pyxis_gpu_memory_total_bytes{node=\"smoke-1\",gpu=\"0\""), "{text}");
-    assert_eq!(http("GET", &format!("http://{agent_metrics}/healthz"), None, None).0, 200);
+    assert!(
+        text.contains("pyxis_gpu_memory_total_bytes{node=\"smoke-1\",gpu=\"0\""),
+        "{text}"
+    );
+    assert_eq!(
+        http("GET", &format!("http://{agent_metrics}/healthz"), None, None).0,
+        200
+    );
     let (_, text) = http("GET", &format!("http://{api}/metrics"), None, None);
     assert!(text.contains("pyxis_nodes{status=\"Ready\"} 2"), "{text}");
 
@@ -166,8 +209,15 @@ fn operator_flow_with_real_binaries() {
     let killed = Instant::now();
     let node = cli.wait_status("smoke-2", "NotReady", Duration::from_secs(10));
     assert!(killed.elapsed() < Duration::from_secs(5), "took {:?}", killed.elapsed());
-    assert!(node["reason"].as_str().unwrap().contains("no capacity report"), "{node}");
-    let a2 = agent("smoke-2", &dir.path().join("a2"), &["--coordinator", &quic, "--simulate", "4xTPU-v5e"]);
+    assert!(
+        node["reason"].as_str().unwrap().contains("no capacity report"),
+        "{node}"
+    );
+    let a2 = agent(
+        "smoke-2",
+        &dir.path().join("a2"),
+        &["--coordinator", &quic, "--simulate", "4xTPU-v5e"],
+    );
     a2.wait_for_line("using the stored node identity", START);
     cli.wait_status("smoke-2", "Ready", START);
 
@@ -188,7 +238,14 @@ fn operator_flow_with_real_binaries() {
     let bogus = agent(
         "smoke-bogus",
         &dir.path().join("bogus"),
-        &["--coordinator", &quic, "--join-token", "abcdef.0123456789abcdef", "--ca-hash", &ca_hash],
+        &[
+            "--coordinator",
+            &quic,
+            "--join-token",
+            "abcdef.0123456789abcdef",
+            "--ca-hash",
+            &ca_hash,
+        ],
     );
     bogus.wait_for_line("join token abcdef is unknown", START);
     coord.wait_for_line("refused agent", START);
@@ -210,11 +267,17 @@ fn operator_flow_with_real_binaries() {
 fn cli_and_daemon_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     let (_coord, _quic, api) = coordinator(&dir.path().join("c"), "127.0.0.1:0", "127.0.0.1:0");
-    let wrong = Cli { server: format!("http://{api}"), token: "nope".into() };
+    let wrong = Cli {
+        server: format!("http://{api}"),
+        token: "nope".into(),
+    };
     let (code, _, err) = wrong.run(&["get", "nodes"]);
     assert_eq!(code, 1);
     assert!(err.contains("rejected the admin token"), "{err}");
-    let nowhere = Cli { server: "http://127.0.0.1:1".into(), token: "x".into() };
+    let nowhere = Cli {
+        server: "http://127.0.0.1:1".into(),
+        token: "x".into(),
+    };
     let (code, _, err) = nowhere.run(&["get", "nodes"]);
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach the coordinator"), "{err}");
@@ -223,13 +286,22 @@ fn cli_and_daemon_errors_are_clear() {
 
     let exit = |cmd: &mut Command| {
         let out = cmd.env("NO_COLOR", "1").output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
-    let (code, err) = exit(Command::new(bin("pyxis-agent")).args(["--data-dir"]).arg(dir.path().join("x")));
+    let (code, err) = exit(
+        Command::new(bin("pyxis-agent"))
+            .args(["--data-dir"])
+            .arg(dir.path().join("x")),
+    );
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--coordinator"), "{err}");
     let (code, err) = exit(
-        Command::new(bin("pyxis-agent")).args(["--coordinator", "127.0.0.1:7443", "--data-dir"]).arg(dir.path().join("y")),
+        Command::new(bin("pyxis-agent"))
+            .args(["--coordinator", "127.0.0.1:7443", "--data-dir"])
+            .arg(dir.path().join("y")),
     );
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--join-token"), "{err}");
@@ -256,7 +328,15 @@ fn cli_and_daemon_errors_are_clear() {
 #[test]
 fn dev_mode_prints_commands_that_work() {
     let mut cmd = Command::new(bin("pyxis-coordinator"));
-    cmd.args(["--dev", "--quic-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--gateway-addr", "127.0.0.1:0"]);
+    cmd.args([
+        "--dev",
+        "--quic-addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--gateway-addr",
+        "127.0.0.1:0",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     cmd.arg("--data-dir").arg(dir.path());
     let mut dev = Daemon::spawn("dev", cmd);
