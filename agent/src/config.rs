@@ -151,6 +151,43 @@ pub fn parse_file(path: &std::path::Path, text: &str) -> Result<FileConfig, Conf
 }
 
 impl AgentConfig {
+    /// Takes the node name from a stored identity (when `name_given` is false) and checks
+    /// that the configuration does not contradict it: a different `--name` or a `--ca-hash`
+    /// of another cluster is a configuration error, not something to retry forever.
+    pub fn adopt_identity(
+        &mut self,
+        identity: &crate::identity::Identity,
+        name_given: bool,
+    ) -> Result<(), ConfigError> {
+        if name_given && identity.node_name != self.name {
+            return Err(ConfigError::Invalid {
+                key: "name",
+                reason: format!(
+                    "{} holds the identity of node {:?}, but the name given is {:?}; drop --name (or pass --name {}), or remove that directory and join again with a new token",
+                    crate::identity::Identity::dir(&self.data_dir).display(),
+                    identity.node_name,
+                    self.name,
+                    identity.node_name
+                ),
+            });
+        }
+        self.name = identity.node_name.clone();
+        if let Some(pin) = self.ca_hash {
+            let stored = identity.ca_sha256();
+            if stored != Some(pin) {
+                return Err(ConfigError::Invalid {
+                    key: "ca_hash",
+                    reason: format!(
+                        "the node identity in {} belongs to another cluster (its CA is {}); to join the cluster of --ca-hash, remove that directory and join again with a token from it, or drop --ca-hash",
+                        crate::identity::Identity::dir(&self.data_dir).display(),
+                        stored.map(|h| format!("sha256:{}", hex::encode(h))).unwrap_or_else(|| "unreadable".into())
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Merges flags over the file and validates everything. `hostname` is the default name.
     pub fn resolve(file: FileConfig, flags: FlagConfig, hostname: &str) -> Result<Self, ConfigError> {
         let mut coordinators: Vec<String> = if flags.coordinators.is_empty() {
@@ -161,16 +198,10 @@ impl AgentConfig {
         coordinators = coordinators
             .iter()
             .flat_map(|c| c.split(','))
-            .map(|c| c.trim().to_string())
+            .map(str::trim)
             .filter(|c| !c.is_empty())
-            .map(|c| {
-                if c.contains(':') {
-                    c
-                } else {
-                    format!("{c}:{DEFAULT_COORDINATOR_PORT}")
-                }
-            })
-            .collect();
+            .map(normalize_coordinator)
+            .collect::<Result<_, _>>()?;
         if coordinators.is_empty() {
             return Err(ConfigError::Missing {
                 key: "coordinators",
@@ -272,6 +303,41 @@ impl AgentConfig {
     }
 }
 
+/// Checks a coordinator address and adds the default port where it is missing:
+/// `host`, `host:7443`, `10.0.0.5`, `[::1]`, `[::1]:7443`.
+pub fn normalize_coordinator(text: &str) -> Result<String, ConfigError> {
+    let invalid = |why: &str| ConfigError::Invalid {
+        key: "coordinators",
+        reason: format!("--coordinator {text:?} {why}; expected HOST:PORT such as 10.0.0.5:7443 or [fd00::5]:7443"),
+    };
+    if text.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(text.to_string());
+    }
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, DEFAULT_COORDINATOR_PORT).to_string());
+    }
+    if text.starts_with('[') {
+        return Err(invalid("is not a valid bracketed IPv6 address"));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    if host.is_empty() || host.contains(':') || host.contains(char::is_whitespace) || host.contains('/') {
+        return Err(invalid("has an invalid host"));
+    }
+    let port = match port {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid("has an invalid port"))?,
+        None => DEFAULT_COORDINATOR_PORT,
+    };
+    Ok(format!("{host}:{port}"))
+}
+
 /// Node names follow DNS label rules (lower-case letters, digits, `-`, `.`), 1-253 chars.
 pub fn validate_node_name(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
@@ -318,6 +384,32 @@ mod tests {
         assert_eq!(config.report_interval, Duration::from_secs(2));
         assert_eq!(config.runtimes.get("vllm").map(String::as_str), Some("/opt/vllm"));
         assert_eq!(config.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn coordinator_addresses_are_checked_and_completed() {
+        for (given, expected) in [
+            ("10.0.0.1:7000", "10.0.0.1:7000"),
+            ("10.0.0.1", "10.0.0.1:7443"),
+            ("[::1]", "[::1]:7443"),
+            ("::1", "[::1]:7443"),
+            ("[::1]:9", "[::1]:9"),
+            ("coord.example", "coord.example:7443"),
+            ("coord.example:8443", "coord.example:8443"),
+        ] {
+            assert_eq!(normalize_coordinator(given).unwrap(), expected, "{given}");
+        }
+        for bad in [
+            "host:notaport",
+            "127.0.0.1:99999",
+            "host:0",
+            ":7443",
+            "[::1",
+            "http://x:1",
+        ] {
+            let err = normalize_coordinator(bad).unwrap_err().to_string();
+            assert!(err.contains("coordinators"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -23,6 +23,14 @@ pub enum IdentityError {
         /// Cause.
         source: std::io::Error,
     },
+    /// Some identity files exist, others are missing.
+    #[error("the node identity in {dir} is incomplete (missing {missing}); remove that directory and join again with a new token")]
+    Incomplete {
+        /// Identity directory.
+        dir: PathBuf,
+        /// Missing files.
+        missing: String,
+    },
     /// A stored file is not valid PEM.
     #[error("{path} is not a valid {what}: {reason}; remove DATA_DIR/identity and join again with a new token")]
     Corrupt {
@@ -44,6 +52,8 @@ pub struct Identity {
     pub cert_pem: String,
     /// Node private key.
     pub key_pem: String,
+    /// The node name the certificate was issued for (`identity/node-name`).
+    pub node_name: String,
 }
 
 impl Identity {
@@ -67,16 +77,42 @@ impl Identity {
                 }),
             }
         };
-        let (Some(ca_pem), Some(cert_pem), Some(key_pem)) = (read("ca.pem")?, read("node.pem")?, read("node.key")?)
-        else {
+        let files = ["ca.pem", "node.pem", "node.key", "node-name"];
+        let texts = files.iter().map(|f| read(f)).collect::<Result<Vec<_>, _>>()?;
+        if texts.iter().all(Option::is_none) {
             return Ok(None);
-        };
+        }
+        let missing: Vec<&str> = files
+            .iter()
+            .zip(&texts)
+            .filter(|(_, t)| t.is_none())
+            .map(|(f, _)| *f)
+            .collect();
+        if !missing.is_empty() {
+            return Err(IdentityError::Incomplete {
+                dir,
+                missing: missing.join(", "),
+            });
+        }
+        let mut texts = texts.into_iter().flatten();
+        let mut next = || texts.next().unwrap_or_default();
         let identity = Self {
-            ca_pem,
-            cert_pem,
-            key_pem,
+            ca_pem: next(),
+            cert_pem: next(),
+            key_pem: next(),
+            node_name: next().trim().to_string(),
         };
         identity.client_config()?;
+        let key_path = dir.join("node.key");
+        if let Ok(meta) = fs::metadata(&key_path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    path = %key_path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the node key is readable by other users; fix with chmod 600"
+                );
+            }
+        }
         Ok(Some(identity))
     }
 
@@ -97,10 +133,20 @@ impl Identity {
             ("ca.pem", &self.ca_pem),
             ("node.pem", &self.cert_pem),
             ("node.key", &self.key_pem),
+            ("node-name", &format!("{}\n", self.node_name)),
         ] {
             write_private(&dir.join(name), text)?;
         }
         Ok(())
+    }
+
+    /// SHA-256 of the stored CA certificate (what `--ca-hash` pins).
+    pub fn ca_sha256(&self) -> Option<[u8; 32]> {
+        let der = CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).ok()?;
+        ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+            .as_ref()
+            .try_into()
+            .ok()
     }
 
     /// Parsed parts for the mTLS client.

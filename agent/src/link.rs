@@ -131,6 +131,8 @@ impl SessionError {
                         | ErrorCode::Revoked
                         | ErrorCode::IncompatibleVersion
                         | ErrorCode::Unauthorized
+                        | ErrorCode::BadRequest
+                        | ErrorCode::Conflict
                 )
             }
             SessionError::Connection {
@@ -150,6 +152,9 @@ impl SessionError {
 /// How long each step of opening a session may take (a dead address costs this much
 /// before the next coordinator address is tried).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The shortest time without an acknowledgement after which a session is given up.
+const ACK_DEADLINE_MIN: Duration = Duration::from_secs(3);
 
 async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
     let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| SessionError::Resolve {
@@ -297,6 +302,7 @@ pub async fn enroll(
                     ca_pem: response.ca_pem,
                     cert_pem: response.certificate_pem,
                     key_pem: key.key_pem,
+                    node_name: node_name.to_string(),
                 })
             } else {
                 Err(SessionError::CaMismatch { addr })
@@ -335,16 +341,22 @@ pub async fn run(shared: Arc<AgentShared>, shutdown: CancellationToken) {
         }
         let target = &config.coordinators[next % config.coordinators.len()];
         next = next.wrapping_add(1);
-        let outcome = async {
+        let attempt = async {
             let addr = resolve(target).await?;
             let endpoint = match endpoints.get(&addr.is_ipv6()) {
                 Some(e) => e.clone(),
                 None => {
-                    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-                        .parse()
-                        .map_err(|_| SessionError::Resolve { addr: target.clone(), reason: "bad bind address".into() })?;
-                    let e = quinn::Endpoint::client(bind)
-                        .map_err(|e| SessionError::Resolve { addr: target.clone(), reason: format!("cannot bind UDP socket: {e}") })?;
+                    let bind: SocketAddr =
+                        if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+                            .parse()
+                            .map_err(|_| SessionError::Resolve {
+                                addr: target.clone(),
+                                reason: "bad bind address".into(),
+                            })?;
+                    let e = quinn::Endpoint::client(bind).map_err(|e| SessionError::Resolve {
+                        addr: target.clone(),
+                        reason: format!("cannot bind UDP socket: {e}"),
+                    })?;
                     endpoints.insert(addr.is_ipv6(), e.clone());
                     e
                 }
@@ -363,8 +375,12 @@ pub async fn run(shared: Arc<AgentShared>, shutdown: CancellationToken) {
                 }
             };
             session(&shared, &endpoint, addr, &identity, &mut backoff, &shutdown).await
-        }
-        .await;
+        };
+        // Shutdown must not wait for a connection attempt to a dead address.
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => Ok(()),
+            outcome = attempt => outcome,
+        };
         shared.set_connected(false, None);
         match outcome {
             Ok(()) => break,
@@ -385,7 +401,8 @@ pub async fn run(shared: Arc<AgentShared>, shutdown: CancellationToken) {
     }
     for endpoint in endpoints.values() {
         endpoint.close(quinn::VarInt::from_u32(close_code::SHUTDOWN), b"agent shutting down");
-        endpoint.wait_idle().await;
+        // Give the close a moment to reach the coordinator, without holding up shutdown.
+        let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
     }
 }
 
@@ -451,6 +468,11 @@ async fn session(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    // A coordinator that stops acknowledging (crashed, partitioned) is detected after a few
+    // missed acknowledgements instead of the much longer QUIC idle timeout.
+    let ack_deadline = (interval * 5).max(ACK_DEADLINE_MIN);
+    let mut last_ack = tokio::time::Instant::now();
+    let mut acked_seq = 0u64;
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -458,6 +480,9 @@ async fn session(
                 break Ok(());
             }
             _ = ticker.tick() => {
+                if seq > acked_seq && last_ack.elapsed() > ack_deadline {
+                    break Err(SessionError::Timeout { addr, what: "acknowledgements of capacity reports", after: ack_deadline });
+                }
                 seq += 1;
                 let report = AgentMessage::Capacity(shared.capacity(seq));
                 if let Err(source) = writer.send(&report).await {
@@ -485,7 +510,13 @@ async fn session(
                         break Err(link_error(&connection, addr, source));
                     }
                 }
-                Some(Ok(Some(CoordinatorMessage::Ack(ack)))) => shared.record_ack(ack.of),
+                Some(Ok(Some(CoordinatorMessage::Ack(ack)))) => {
+                    if let AckOf::Capacity(n) = ack.of {
+                        acked_seq = acked_seq.max(n);
+                        last_ack = tokio::time::Instant::now();
+                    }
+                    shared.record_ack(ack.of);
+                }
                 Some(Ok(Some(CoordinatorMessage::Error(e)))) => {
                     break Err(SessionError::Refused { addr, code: e.code, message: e.message });
                 }

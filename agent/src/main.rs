@@ -68,6 +68,7 @@ fn main() {
         None => config::FileConfig::default(),
     };
     let hostname = pyxis_agent::host::probe_host().hostname.to_lowercase();
+    let name_given = flags.name.is_some() || file.name.is_some();
     let flag_config = config::FlagConfig {
         coordinators: flags.coordinators,
         join_token: flags.join_token,
@@ -84,13 +85,24 @@ fn main() {
         Ok(config) => config,
         Err(e) => bad_config(e),
     };
+    let mut config = config;
     match pyxis_agent::identity::Identity::load(&config.data_dir) {
-        Ok(Some(_)) => {}
-        Ok(None) if config.join_token.is_some() && config.ca_hash.is_some() => {}
-        Ok(None) => bad_config(config::ConfigError::Missing {
-            key: "join_token",
-            hint: "this node has not joined yet: pass --join-token and --ca-hash as printed by `pyxis token create`",
-        }),
+        Ok(Some(identity)) => {
+            if let Err(e) = config.adopt_identity(&identity, name_given) {
+                bad_config(e);
+            }
+        }
+        Ok(None) => match (&config.join_token, &config.ca_hash) {
+            (Some(_), Some(_)) => {}
+            (None, _) => bad_config(config::ConfigError::Missing {
+                key: "join_token",
+                hint: "this node has not joined yet: pass --join-token and --ca-hash as printed by `pyxis token create`",
+            }),
+            (Some(_), None) => bad_config(config::ConfigError::Missing {
+                key: "ca_hash",
+                hint: "joining needs the CA hash printed by `pyxis token create` with the token: pass --ca-hash sha256:...",
+            }),
+        },
         Err(e) => {
             tracing::error!(error = %e, "stored identity is unusable");
             eprintln!("pyxis-agent: {e}");

@@ -7,7 +7,7 @@ use std::{
 };
 
 use axum::{
-    extract::{rejection::JsonRejection, Path, Request, State},
+    extract::{rejection::PathRejection, Path, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -23,6 +23,8 @@ use crate::{
     time::rfc3339_ms,
 };
 
+/// Shortest join-token lifetime accepted by the API.
+pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// Longest join-token lifetime.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -89,9 +91,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
     let admin = Router::new()
         .route("/api/v1/tokens", post(create_token))
         .route("/api/v1/nodes", get(list_nodes))
-        .route("/api/v1/nodes/{name}", get(get_node))
+        .route("/api/v1/nodes/{name}", get(get_node).delete(delete_node))
         .route("/api/v1/nodes/{name}/{action}", post(node_action))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
@@ -106,6 +109,18 @@ async fn not_found(request: Request) -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         format!("no such endpoint: {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {} (see docs/api.md)",
+            request.method(),
+            request.uri().path()
+        ),
     )
 }
 
@@ -153,9 +168,36 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 async fn create_token(
     State(shared): State<Arc<Shared>>,
     headers: axum::http::HeaderMap,
-    body: Result<Json<TokenRequest>, JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let body = body.map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    let request: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest { ttl: None, uses: None }
+    } else {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(serde_json::Value::Object(_)) => serde_json::from_slice(&body).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("invalid token request: {e}"),
+                )
+            })?,
+            Ok(_) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the body must be a JSON object such as {\"ttl\": \"1h\", \"uses\": 1}",
+                ))
+            }
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("the body is not JSON: {e}"),
+                ))
+            }
+        }
+    };
     let ttl = match request.ttl.as_deref() {
         None => Duration::from_secs(3600),
         Some(text) => humantime::parse_duration(text).map_err(|e| {
@@ -166,11 +208,11 @@ async fn create_token(
             )
         })?,
     };
-    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+    if ttl < MIN_TOKEN_TTL || ttl > MAX_TOKEN_TTL {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "ttl must be more than 0 and at most 720h",
+            "ttl must be between 1m and 720h",
         ));
     }
     let uses = request.uses.unwrap_or(1);
@@ -205,7 +247,11 @@ async fn list_nodes(State(shared): State<Arc<Shared>>) -> Json<List<crate::api_t
     Json(List { items })
 }
 
-async fn get_node(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Result<Json<NodeDetail>, ApiError> {
+async fn get_node(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<NodeDetail>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
     let view = shared
         .registry()
         .view(&name, Instant::now(), shared.config.liveness_timeout)
@@ -227,8 +273,9 @@ async fn get_node(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -
 
 async fn node_action(
     State(shared): State<Arc<Shared>>,
-    Path((name, action)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<crate::api_types::NodeView>, ApiError> {
+    let Path((name, action)) = path.map_err(path_error)?;
     let action = NodeAction::parse(&action).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -236,41 +283,69 @@ async fn node_action(
             format!("unknown node action {action:?}; use cordon, uncordon, drain or revoke"),
         )
     })?;
-    let (row, close) = shared.registry().act(&name, action)?;
-    let shared2 = shared.clone();
-    tokio::task::spawn_blocking(move || shared2.store.upsert_node(&row))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
-    let (reason, message) = match action {
-        NodeAction::Cordon => ("Cordoned", "cordoned by an operator"),
-        NodeAction::Uncordon => ("Uncordoned", "uncordoned by an operator"),
-        NodeAction::Drain => ("Draining", "drain requested by an operator"),
-        NodeAction::Revoke => (
-            "Revoked",
-            "revoked by an operator: certificate refused, connection dropped",
-        ),
-    };
+    let (row, close, changed) = shared.registry().act(&name, action)?;
     if let Some(connection) = close {
         connection.close(
             quinn::VarInt::from_u32(pyxis_agent::link::close_code::REVOKED),
             format!("node {name} is revoked").as_bytes(),
         );
     }
-    tracing::warn!(node = %name, action = reason, "{message}");
-    shared.event(
-        &format!("node/{name}"),
+    if changed {
+        let shared2 = shared.clone();
+        tokio::task::spawn_blocking(move || shared2.store.upsert_node(&row))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
+        let (kind, reason, message) = match action {
+            NodeAction::Cordon => ("Normal", "Cordoned", "cordoned by an operator"),
+            NodeAction::Uncordon => ("Normal", "Uncordoned", "uncordoned by an operator"),
+            NodeAction::Drain => ("Normal", "Draining", "drain requested by an operator"),
+            NodeAction::Revoke => (
+                "Warning",
+                "Revoked",
+                "revoked by an operator: certificate refused, connection dropped",
+            ),
+        };
         if action == NodeAction::Revoke {
-            "Warning"
+            tracing::warn!(node = %name, "{message}");
         } else {
-            "Normal"
-        },
-        reason,
-        message,
-    );
+            tracing::info!(node = %name, "{message}");
+        }
+        shared.event(&format!("node/{name}"), kind, reason, message);
+    }
     let view = shared
         .registry()
         .view(&name, Instant::now(), shared.config.liveness_timeout)
         .ok_or_else(|| ApiError::from(RegistryError::NotFound(name.clone())))?;
     Ok(Json(view))
+}
+
+async fn delete_node(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    let close = shared.registry().delete(&name)?;
+    if let Some(connection) = close {
+        connection.close(
+            quinn::VarInt::from_u32(pyxis_agent::link::close_code::REVOKED),
+            format!("node {name} was deleted").as_bytes(),
+        );
+    }
+    let shared2 = shared.clone();
+    let name2 = name.clone();
+    tokio::task::spawn_blocking(move || shared2.store.delete_node(&name2))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    tracing::warn!(node = %name, "node deleted by an operator: its certificate no longer works; the name may join again with a new token");
+    Ok(Json(serde_json::json!({"deleted": name})))
+}
+
+fn path_error(rejection: PathRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        format!("invalid path: {}", rejection.body_text()),
+    )
 }

@@ -64,6 +64,7 @@ pub enum Command {
     /// List resources.
     Get {
         /// Kind to list.
+        #[arg(ignore_case = true)]
         kind: GetKind,
         /// Only this one.
         name: Option<String>,
@@ -80,18 +81,31 @@ pub enum Command {
     /// Show one resource in detail, with its events.
     Describe {
         /// Kind.
+        #[arg(ignore_case = true)]
         kind: GetKind,
         /// Name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Output format (table is the human description).
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
+    },
+    /// Delete a resource. Deleting a node forgets it: its certificate stops working and
+    /// its name may join again with a new token (the way back after `node revoke`).
+    Delete {
+        /// Kind.
+        #[arg(ignore_case = true)]
+        kind: GetKind,
+        /// Name.
+        #[arg(value_parser = parse_name)]
+        name: String,
     },
     /// Node operations.
     Node {
         /// What to do.
         action: NodeActionArg,
         /// Node name.
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Output format for the resulting node.
         #[arg(short, long, value_enum, default_value = "table")]
@@ -99,16 +113,33 @@ pub enum Command {
     },
 }
 
+fn parse_ttl(text: &str) -> Result<String, String> {
+    let ttl =
+        humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 30m or 1h ({e})"))?;
+    if ttl < crate::api::MIN_TOKEN_TTL || ttl > crate::api::MAX_TOKEN_TTL {
+        return Err("must be between 1m and 720h".into());
+    }
+    Ok(text.to_string())
+}
+
+fn parse_name(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(text.to_string())
+    }
+}
+
 /// Token actions.
 #[derive(Debug, Subcommand)]
 pub enum TokenAction {
     /// Create a join token; prints the token, the CA hash and the agent command.
     Create {
-        /// Time to live, for example 30m, 1h, 7d (at most 720h).
-        #[arg(long, default_value = "1h")]
+        /// Time to live, for example 30m, 1h, 7d (1m to 720h).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: String,
-        /// How many agents may join with it.
-        #[arg(long, default_value_t = 1)]
+        /// How many agents may join with it (1 to 100000).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         uses: u32,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
@@ -183,11 +214,13 @@ impl Client {
             .timeout_global(Some(Duration::from_secs(15)))
             .build()
             .into();
-        Self {
-            server: server.trim_end_matches('/').to_string(),
-            token,
-            agent,
-        }
+        let server = server.trim().trim_end_matches('/');
+        let server = if server.contains("://") {
+            server.to_string()
+        } else {
+            format!("http://{server}")
+        };
+        Self { server, token, agent }
     }
 
     fn call<T: DeserializeOwned>(
@@ -201,6 +234,7 @@ impl Client {
         let auth = format!("Bearer {token}");
         let result = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self.agent.delete(&url).header("Authorization", &auth).call(),
             (_, Some(body)) => self.agent.post(&url).header("Authorization", &auth).send_json(body),
             (_, None) => self.agent.post(&url).header("Authorization", &auth).send_empty(),
         };
@@ -222,9 +256,10 @@ impl Client {
                 reason: e.to_string(),
             });
         }
-        let message = serde_json::from_str::<ErrorBody>(&text)
-            .map(|b| b.error.message)
-            .unwrap_or_else(|_| format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()));
+        let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error.message).unwrap_or_else(|_| {
+            let snippet: String = text.chars().take(200).collect();
+            format!("HTTP {status} without a Pyxis error body from {} (is that a Pyxis coordinator's admin API?) {snippet}", self.server)
+        });
         if status == 401 {
             Err(CliError::Unauthorized(message))
         } else {
@@ -245,8 +280,10 @@ fn default_token() -> Option<String> {
 pub fn run(cli: Cli) -> i32 {
     let token = cli
         .token
-        .clone()
-        .filter(|t| !t.trim().is_empty())
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
         .or_else(default_token);
     let client = Client::new(&cli.server, token);
     let mut stdout = std::io::stdout().lock();
@@ -342,6 +379,17 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                 _ => write(out, describe_node(&detail)),
             }
         }
+        Command::Delete {
+            kind: GetKind::Nodes,
+            name,
+        } => {
+            let _: serde_json::Value =
+                client.call("DELETE", &format!("/api/v1/nodes/{}", encode(&name)), None::<&()>)?;
+            write(
+                out,
+                format!("node/{name} deleted; it may join again with a new token\n"),
+            )
+        }
         Command::Node { action, name, output } => {
             let verb = match action {
                 NodeActionArg::Cordon => "cordon",
@@ -414,10 +462,20 @@ fn ago(rfc3339: Option<&str>) -> String {
     };
     match humantime::parse_rfc3339(text) {
         Ok(t) => match std::time::SystemTime::now().duration_since(t) {
-            Ok(d) => format!("{}s ago", d.as_secs()),
+            Ok(d) => format!("{} ago", human_duration(d.as_secs())),
             Err(_) => "just now".into(),
         },
         Err(_) => text.to_string(),
+    }
+}
+
+/// `75` -> `1m15s`, `3700` -> `1h1m`, `90000` -> `1d1h`.
+fn human_duration(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..=86_399 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h", secs / 86_400, (secs % 86_400) / 3600),
     }
 }
 
@@ -486,7 +544,8 @@ fn nodes_table(nodes: &[NodeView], wide: bool) -> String {
         rows.push(row);
     }
     if nodes.is_empty() {
-        return "No nodes have joined yet. Create a join token with `pyxis token create`.\n".into();
+        eprintln!("No nodes have joined yet. Create a join token with `pyxis token create`.");
+        return String::new();
     }
     table(rows)
 }

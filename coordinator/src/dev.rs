@@ -19,12 +19,23 @@ pub const DEV_FLEET: &[(&str, &str)] = &[
     ("dev-tpu-0", "4xTPU-v5e"),
 ];
 
-/// Dev defaults: loopback ports 7443/7080/8080 and a fresh temporary data dir, unless
-/// flags or the file say otherwise.
-pub fn dev_config(file: FileConfig, mut flags: FlagConfig) -> Result<CoordinatorConfig, ConfigError> {
+/// Dev defaults: loopback ports 7443/7080/8080 and a fresh, private temporary data dir
+/// (removed when the returned guard drops), unless flags or the file say otherwise.
+pub fn dev_config(
+    file: FileConfig,
+    mut flags: FlagConfig,
+) -> Result<(CoordinatorConfig, Option<tempfile::TempDir>), ConfigError> {
+    let mut guard = None;
     if flags.data_dir.is_none() && file.data_dir.is_none() {
-        let dir = std::env::temp_dir().join(format!("pyxis-dev-{}", std::process::id()));
-        flags.data_dir = Some(dir);
+        let dir = tempfile::Builder::new()
+            .prefix("pyxis-dev-")
+            .tempdir()
+            .map_err(|e| ConfigError::Invalid {
+                key: "data_dir",
+                reason: format!("cannot create a temporary data dir for dev mode: {e}; pass --data-dir"),
+            })?;
+        flags.data_dir = Some(dir.path().to_path_buf());
+        guard = Some(dir);
     }
     flags.quic_addr = flags
         .quic_addr
@@ -38,7 +49,7 @@ pub fn dev_config(file: FileConfig, mut flags: FlagConfig) -> Result<Coordinator
         .gateway_addr
         .or(file.gateway_addr.clone())
         .or(Some("127.0.0.1:8080".into()));
-    CoordinatorConfig::resolve(file, flags)
+    Ok((CoordinatorConfig::resolve(file, flags)?, guard))
 }
 
 /// The in-process agents of dev mode.
@@ -120,7 +131,10 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
         .unwrap_or_else(|| "<see DATA_DIR/admin-token>".into());
     println!();
     println!("Pyxis dev mode is running.");
-    println!("  data dir:    {}", coordinator.shared.config.data_dir.display());
+    println!(
+        "  data dir:    {} (a temporary one is removed on exit)",
+        coordinator.shared.config.data_dir.display()
+    );
     println!("  agent link:  {} (QUIC, mutual TLS)", coordinator.quic_addr);
     println!("  admin API:   {api}");
     println!("  admin token: {admin}");

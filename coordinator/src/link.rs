@@ -380,8 +380,27 @@ impl Session {
         let (row, old) = self
             .shared
             .registry()
-            .register(&name, facts, capacity, handle, Instant::now(), now_ms())
-            .map_err(|e| Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()))?;
+            .register(
+                &name,
+                facts,
+                capacity,
+                handle,
+                Instant::now(),
+                now_ms(),
+                busy_window(&self.shared),
+            )
+            .map_err(|e| match e {
+                RegistryError::AlreadyConnected { .. } => {
+                    self.shared.event(
+                        &format!("node/{name}"),
+                        "Warning",
+                        "DuplicateAgent",
+                        &format!("refused a second connection from {}: {e}", self.remote),
+                    );
+                    Refused::new(Refusal::Duplicate, ErrorCode::Conflict, node, e.to_string())
+                }
+                e => Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()),
+            })?;
         if let Some(old) = old {
             old.close(
                 quinn::VarInt::from_u32(close_code::REPLACED),
@@ -477,6 +496,12 @@ impl Session {
             }
         }
     }
+}
+
+/// How recently a node's current connection must have reported for a second
+/// connection with the same identity to be refused.
+fn busy_window(shared: &Shared) -> Duration {
+    (shared.config.report_interval * 3).max(Duration::from_secs(2))
 }
 
 fn internal(node: Option<&str>, error: &dyn std::fmt::Display) -> Refused {

@@ -76,14 +76,15 @@ fn main() {
         ca_cert: flags.ca_cert,
         ca_key: flags.ca_key,
     };
-    let config = if dev_mode {
+    // In dev mode, a temporary data dir lives as long as this guard.
+    let (config, _dev_dir) = if dev_mode {
         match dev::dev_config(file, flag_config) {
-            Ok(config) => config,
+            Ok(pair) => pair,
             Err(e) => bad_config(e),
         }
     } else {
         match config::CoordinatorConfig::resolve(file, flag_config) {
-            Ok(config) => config,
+            Ok(config) => (config, None),
             Err(e) => bad_config(e),
         }
     };
@@ -100,7 +101,8 @@ fn main() {
             Ok(coordinator) => coordinator,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
-                return 1;
+                eprintln!("pyxis-coordinator: cannot start: {e}");
+                return if e.is_config() { daemon::EXIT_BAD_CONFIG } else { 1 };
             }
         };
         let dev_fleet = if dev_mode {
@@ -132,6 +134,7 @@ fn main() {
         tracing::info!("stopped");
         0
     });
+    drop(_dev_dir);
     std::process::exit(code);
 }
 

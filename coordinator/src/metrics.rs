@@ -24,16 +24,19 @@ pub enum Refusal {
     Version,
     /// Malformed frames or out-of-order messages.
     Protocol,
+    /// A second agent with the identity of a connected node.
+    Duplicate,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 6] = [
+    const ALL: [Refusal; 7] = [
         Refusal::Handshake,
         Refusal::Token,
         Refusal::Revoked,
         Refusal::UnknownCertificate,
         Refusal::Version,
         Refusal::Protocol,
+        Refusal::Duplicate,
     ];
 
     fn as_str(&self) -> &'static str {
@@ -44,6 +47,7 @@ impl Refusal {
             Refusal::UnknownCertificate => "unknown_certificate",
             Refusal::Version => "version",
             Refusal::Protocol => "protocol",
+            Refusal::Duplicate => "duplicate",
         }
     }
 }
@@ -55,7 +59,7 @@ pub struct Metrics {
     pub capacity_reports: AtomicU64,
     /// Successful enrollments.
     pub enrollments: AtomicU64,
-    refusals: [AtomicU64; 6],
+    refusals: [AtomicU64; 7],
     /// Agent clock to registry update, per report.
     pub report_lag: Histogram,
 }

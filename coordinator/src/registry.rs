@@ -157,6 +157,16 @@ pub struct Transition {
     pub reason: String,
 }
 
+/// The outcome of a sweep: status changes, and connections to close because their node
+/// went silent.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Status changes, by node name.
+    pub transitions: Vec<Transition>,
+    /// Connections of nodes that became `NotReady`.
+    pub close: Vec<quinn::Connection>,
+}
+
 /// Why an operation on the registry was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -166,6 +176,22 @@ pub enum RegistryError {
     /// The node is revoked.
     #[error("node {0:?} is revoked; its certificate is refused")]
     Revoked(String),
+    /// Another agent with this identity is connected and reporting.
+    #[error("node {node:?} is already connected from {from} and reporting; is a second agent running with the same data dir?")]
+    AlreadyConnected {
+        /// Node.
+        node: String,
+        /// Where the current connection comes from.
+        from: SocketAddr,
+    },
+    /// The action makes no sense in the node's state.
+    #[error("node {node:?} is revoked; {action} is not possible (delete the node to let it join again)")]
+    RevokedNode {
+        /// Node.
+        node: String,
+        /// Action attempted.
+        action: &'static str,
+    },
     /// The certificate does not belong to any known node.
     #[error(
         "the client certificate belongs to no registered node (was the node removed?); join again with a new token"
@@ -363,6 +389,7 @@ impl Registry {
         connection: ConnectionHandle,
         now: Instant,
         now_ms: i64,
+        busy_window: Duration,
     ) -> Result<(NodeRow, Option<quinn::Connection>), RegistryError> {
         let node = self
             .nodes
@@ -370,6 +397,22 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         if node.revoked {
             return Err(RegistryError::Revoked(name.to_string()));
+        }
+        // A second agent with the same identity: the current connection is open and has
+        // reported within `busy_window`. Refusing the newcomer (rather than replacing the
+        // incumbent) keeps the node's inventory stable and makes the duplicate visible; a
+        // restarted agent gets in as soon as its old connection falls silent.
+        if let Some(current) = &node.connection {
+            let live = current.connection.close_reason().is_none();
+            let recent = node
+                .last_report
+                .is_some_and(|at| now.saturating_duration_since(at) < busy_window);
+            if live && recent {
+                return Err(RegistryError::AlreadyConnected {
+                    node: name.to_string(),
+                    from: current.remote,
+                });
+            }
         }
         node.facts = Some(facts);
         node.capacity = Some(capacity);
@@ -411,11 +454,24 @@ impl Registry {
         &mut self,
         name: &str,
         action: NodeAction,
-    ) -> Result<(NodeRow, Option<quinn::Connection>), RegistryError> {
+    ) -> Result<(NodeRow, Option<quinn::Connection>, bool), RegistryError> {
         let node = self
             .nodes
             .get_mut(name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        if node.revoked && action != NodeAction::Revoke {
+            let action = match action {
+                NodeAction::Cordon => "cordon",
+                NodeAction::Uncordon => "uncordon",
+                NodeAction::Drain => "drain",
+                NodeAction::Revoke => "revoke",
+            };
+            return Err(RegistryError::RevokedNode {
+                node: name.to_string(),
+                action,
+            });
+        }
+        let before = (node.cordoned, node.draining, node.revoked);
         let mut close = None;
         match action {
             NodeAction::Cordon => node.cordoned = true,
@@ -432,29 +488,45 @@ impl Registry {
                 close = node.connection.take().map(|c| c.connection);
             }
         }
-        Ok((Self::row(name, node), close))
+        let changed = before != (node.cordoned, node.draining, node.revoked);
+        Ok((Self::row(name, node), close, changed))
     }
 
     /// Recomputes every status; returns the changes since the last sweep.
-    pub fn sweep(&mut self, now: Instant, timeout: Duration) -> Vec<Transition> {
-        let mut changes = Vec::new();
+    pub fn sweep(&mut self, now: Instant, timeout: Duration) -> Sweep {
+        let mut sweep = Sweep::default();
         for (name, node) in &mut self.nodes {
             if status_of(node, now, timeout) == node.status {
                 continue;
             }
             let (status, reason) = derive_status(node, now, timeout);
-            {
-                changes.push(Transition {
-                    node: name.clone(),
-                    from: node.status,
-                    to: status,
-                    reason,
-                });
-                node.status = status;
+            sweep.transitions.push(Transition {
+                node: name.clone(),
+                from: node.status,
+                to: status,
+                reason,
+            });
+            node.status = status;
+            if status == NodeStatus::NotReady {
+                // A connection that carried no report for the whole timeout is dead weight.
+                if let Some(handle) = node.connection.take() {
+                    sweep.close.push(handle.connection);
+                }
             }
         }
-        changes.sort_by(|a, b| a.node.cmp(&b.node));
-        changes
+        sweep.transitions.sort_by(|a, b| a.node.cmp(&b.node));
+        sweep
+    }
+
+    /// Removes a node entirely (its certificate stops working; its name may join again).
+    /// Returns its live connection to close.
+    pub fn delete(&mut self, name: &str) -> Result<Option<quinn::Connection>, RegistryError> {
+        let node = self
+            .nodes
+            .remove(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        self.by_fingerprint.remove(&node.fingerprint);
+        Ok(node.connection.map(|c| c.connection))
     }
 
     /// Last-seen times changed since the previous call, to flush to the store.
@@ -565,20 +637,23 @@ mod tests {
         registry.enroll("n1", "fp1", 0).unwrap();
         let t0 = Instant::now();
         let timeout = Duration::from_secs(10);
-        assert_eq!(registry.sweep(t0, timeout), vec![]); // NotReady from the start
-                                                         // Registration needs a connection handle, which needs a live QUIC connection; the
-                                                         // link tests cover that path. Here we drive reports through a fake-free path:
+        assert_eq!(registry.sweep(t0, timeout).transitions, vec![]); // NotReady from the start
+                                                                     // Registration needs a connection handle, which needs a live QUIC connection; the
+                                                                     // link tests cover that path. Here we drive reports through a fake-free path:
         let node = registry.nodes.get_mut("n1").unwrap();
         node.last_report = Some(t0);
         node.facts = Some(NodeFacts::default());
-        let changes = registry.sweep(t0, timeout);
+        let changes = registry.sweep(t0, timeout).transitions;
         assert_eq!(changes.len(), 1);
         assert_eq!(
             (changes[0].from, changes[0].to),
             (NodeStatus::NotReady, NodeStatus::Ready)
         );
-        assert_eq!(registry.sweep(t0 + Duration::from_secs(10), timeout), vec![]);
-        let changes = registry.sweep(t0 + Duration::from_millis(10_001), timeout);
+        assert_eq!(
+            registry.sweep(t0 + Duration::from_secs(10), timeout).transitions,
+            vec![]
+        );
+        let changes = registry.sweep(t0 + Duration::from_millis(10_001), timeout).transitions;
         assert_eq!(changes[0].to, NodeStatus::NotReady);
         assert!(
             changes[0].reason.contains("no capacity report"),

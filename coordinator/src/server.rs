@@ -103,6 +103,13 @@ pub struct Shared {
     pub quic_port: u16,
 }
 
+impl StartError {
+    /// Whether this is a configuration problem (exit code 64) rather than a runtime one.
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Ca { .. })
+    }
+}
+
 impl Shared {
     /// Locks the registry (recovering from a poisoned lock: the registry's invariants
     /// hold between method calls).
@@ -186,11 +193,29 @@ fn load_or_create_ca(config: &CoordinatorConfig) -> Result<CertificateAuthority,
         write_private(&cert_path, &material.cert_pem)?;
         tracing::info!(cert = %cert_path.display(), "created the cluster CA (key stored 0600 beside it)");
     }
-    let ca = CertificateAuthority::from_pem(&read(&cert_path)?, &read(&key_path)?).map_err(|e| StartError::Ca {
-        path: cert_path.clone(),
-        reason: e.to_string(),
+    let ca = CertificateAuthority::from_pem(&read(&cert_path)?, &read(&key_path)?).map_err(|e| {
+        let path = match &e {
+            pki::PkiError::Pem { what, .. } if what.contains("key") => key_path.clone(),
+            _ => cert_path.clone(),
+        };
+        StartError::Ca {
+            path,
+            reason: e.to_string(),
+        }
     })?;
+    warn_if_exposed(&key_path);
     Ok(ca)
+}
+
+/// Warns when a secret file is readable by group or others.
+fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "secret file is readable by other users; fix with chmod 600");
+        }
+    }
 }
 
 /// Loads the admin-token hash, creating the token on first start. Returns the hash and the
@@ -204,7 +229,8 @@ fn admin_token(store: &Store, data_dir: &Path) -> Result<(String, Option<String>
             .filter(|t| tokens::sha256_hex(t) == hash);
         match &known {
             Some(_) => {
-                tracing::info!(path = %path.display(), "admin token is in this file (mode 0600)")
+                tracing::info!(path = %path.display(), "the admin token is in this file");
+                warn_if_exposed(&path);
             }
             None => {
                 tracing::warn!(path = %path.display(), "admin token file is missing or changed; the token created on first start still applies")
@@ -342,8 +368,14 @@ async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = ticker.tick() => {}
         }
         let now = Instant::now();
-        let changes = shared.registry().sweep(now, shared.config.liveness_timeout);
-        for change in changes {
+        let sweep = shared.registry().sweep(now, shared.config.liveness_timeout);
+        for connection in sweep.close {
+            connection.close(
+                quinn::VarInt::from_u32(pyxis_agent::link::close_code::REFUSED),
+                b"no capacity report within the liveness timeout",
+            );
+        }
+        for change in sweep.transitions {
             let message = format!("{} -> {}: {}", change.from.as_str(), change.to.as_str(), change.reason);
             if change.to == crate::registry::NodeStatus::NotReady {
                 tracing::warn!(node = %change.node, reason = %change.reason, "node is NotReady");

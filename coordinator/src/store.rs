@@ -115,6 +115,16 @@ CREATE INDEX IF NOT EXISTS events_object ON events(object, id);
 impl Store {
     /// Opens (creating if needed) the store file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // Create the file 0600 first: SQLite gives its -wal and -shm files the same mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+        }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -190,6 +200,15 @@ impl Store {
                 ],
             )
             .map(|_| ())
+        })
+    }
+
+    /// Deletes a node and its events.
+    pub fn delete_node(&self, name: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM nodes WHERE name = ?1", [name])?;
+            c.execute("DELETE FROM events WHERE object = ?1", [format!("node/{name}")])
+                .map(|_| ())
         })
     }
 

@@ -331,6 +331,8 @@ pub enum ErrorCode {
     BadRequest,
     /// The coordinator failed internally; retry later.
     Internal,
+    /// Another agent is connected with the same node identity right now.
+    Conflict,
 }
 
 /// A refusal with a human-readable reason.

@@ -111,11 +111,41 @@ impl CertificateAuthority {
             what: "CA certificate",
             reason: e.to_string(),
         })?;
-        Ok(Self {
+        let ca = Self {
             issuer,
             cert_der,
             cert_pem: cert_pem.to_string(),
-        })
+        };
+        ca.check_key_matches()?;
+        Ok(ca)
+    }
+
+    /// Proves the key belongs to the certificate: a certificate signed with the key must
+    /// verify against the CA certificate.
+    fn check_key_matches(&self) -> Result<(), PkiError> {
+        use rustls::client::danger::ServerCertVerifier;
+        let mismatch = |reason: String| PkiError::Pem { what: "CA key", reason };
+        let (probe, _) = self.issue_server_cert()?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert_der.clone()).map_err(|e| PkiError::Pem {
+            what: "CA certificate",
+            reason: e.to_string(),
+        })?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            crate::tls::provider(),
+        )
+        .build()
+        .map_err(|e| PkiError::Pem {
+            what: "CA certificate",
+            reason: e.to_string(),
+        })?;
+        let name =
+            rustls_pki_types::ServerName::try_from(COORDINATOR_SERVER_NAME).map_err(|e| mismatch(e.to_string()))?;
+        verifier
+            .verify_server_cert(&probe, &[], &name, &[], rustls_pki_types::UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| mismatch(format!("does not match the CA certificate ({e})")))
     }
 
     /// The CA certificate, DER.
