@@ -518,6 +518,13 @@ impl Registry {
         sweep
     }
 
+    /// Forgets every live connection handle (at shutdown, so the endpoint can close).
+    pub fn drop_connections(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.connection = None;
+        }
+    }
+
     /// Removes a node entirely (its certificate stops working; its name may join again).
     /// Returns its live connection to close.
     pub fn delete(&mut self, name: &str) -> Result<Option<quinn::Connection>, RegistryError> {

@@ -340,6 +340,7 @@ impl Coordinator {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.shared.registry().drop_connections();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         flush(&self.shared);
     }

@@ -146,10 +146,10 @@ impl Cluster {
         tokio::task::spawn_blocking(move || {
             let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
             let auth = format!("Bearer {token}");
-            let mut response = if method == "GET" {
-                agent.get(&url).header("Authorization", &auth).call().unwrap()
-            } else {
-                agent.post(&url).header("Authorization", &auth).send_empty().unwrap()
+            let mut response = match method.as_str() {
+                "GET" => agent.get(&url).header("Authorization", &auth).call().unwrap(),
+                "DELETE" => agent.delete(&url).header("Authorization", &auth).call().unwrap(),
+                _ => agent.post(&url).header("Authorization", &auth).send_empty().unwrap(),
             };
             (
                 response.status().as_u16(),
@@ -397,6 +397,19 @@ async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
     })
     .await;
     again.stop().await;
+    // Other actions on a revoked node are conflicts, not silent successes.
+    let (status, body) = cluster.api("POST", "/api/v1/nodes/victim/uncordon").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("\"code\":\"conflict\""), "{body}");
+    // Deleting the node is the way back: the name may join again with a new token.
+    let (status, body) = cluster.api("DELETE", "/api/v1/nodes/victim").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(cluster.status("victim").is_none());
+    let mut config = cluster.agent_config("victim", Some(cluster.token(Duration::from_secs(600), 1)));
+    config.data_dir = cluster.dir.path().join("agents/victim-rejoined");
+    let rejoined = Agent::start(config).await.unwrap();
+    wait_connected(&rejoined).await;
+    rejoined.stop().await;
     // Unknown nodes and actions are clean API errors.
     assert_eq!(cluster.api("POST", "/api/v1/nodes/ghost/cordon").await.0, 404);
     assert_eq!(cluster.api("POST", "/api/v1/nodes/keeper/explode").await.0, 404);
@@ -523,7 +536,18 @@ async fn registry_survives_a_coordinator_restart_and_agents_reconnect() {
         async move { down }
     })
     .await;
-    let restarted = Coordinator::start(config).await.unwrap();
+    // The old endpoint releases its UDP port once its last connection task has ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let restarted = loop {
+        match Coordinator::start(config.clone()).await {
+            Ok(coordinator) => break coordinator,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("port not free yet: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot restart: {e}"),
+        }
+    };
     // Before they reconnect, the nodes are known (from the store), cordon included.
     {
         let registry = restarted.shared.registry();
@@ -638,4 +662,39 @@ async fn configured_ca_files_are_used_instead_of_a_generated_ca() {
     wait_connected(&agent).await;
     agent.stop().await;
     coordinator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_with_the_same_identity_is_refused() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    let first = cluster.join("twin").await;
+    // A copy of the data dir, run at the same time: the classic cloned-VM mistake.
+    let copy = cluster.dir.path().join("agents/twin-copy");
+    std::fs::create_dir_all(copy.join("identity")).unwrap();
+    for file in ["ca.pem", "node.pem", "node.key", "node-name"] {
+        std::fs::copy(first.shared.config.data_dir.join("identity").join(file), copy.join("identity").join(file)).unwrap();
+    }
+    let mut config = cluster.agent_config("twin", None);
+    config.data_dir = copy;
+    config.simulate = Some("1xL4-24GB".into());
+    let second = Agent::start(config).await.unwrap();
+    eventually("duplicate refused", Duration::from_secs(10), || {
+        let err = second.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("already connected") }
+    })
+    .await;
+    // The incumbent keeps the node, and its inventory does not flip.
+    all_keep_reporting(&[&first], 5).await;
+    assert_eq!(cluster.view("twin").accelerators.len(), 2);
+    let (_, body) = cluster.api("GET", "/api/v1/nodes/twin").await;
+    assert!(body.contains("DuplicateAgent"), "{body}");
+    // When the first goes away, the second takes over.
+    first.stop().await;
+    wait_connected(&second).await;
+    eventually("inventory of the second", Duration::from_secs(5), || {
+        let n = cluster.view("twin").accelerators.len();
+        async move { n == 1 }
+    })
+    .await;
+    second.stop().await;
 }

@@ -213,11 +213,12 @@ fn operator_flow_with_real_binaries() {
         node["reason"].as_str().unwrap().contains("no capacity report"),
         "{node}"
     );
-    let a2 = agent(
-        "smoke-2",
-        &dir.path().join("a2"),
-        &["--coordinator", &quic, "--simulate", "4xTPU-v5e"],
-    );
+    // Later starts need only --coordinator and --data-dir: the name comes from the identity.
+    let mut cmd = Command::new(bin("pyxis-agent"));
+    cmd.arg("--data-dir")
+        .arg(dir.path().join("a2"))
+        .args(["--coordinator", &quic, "--metrics-addr", "off"]);
+    let a2 = Daemon::spawn("smoke-2-again", cmd);
     a2.wait_for_line("using the stored node identity", START);
     cli.wait_status("smoke-2", "Ready", START);
 
@@ -259,7 +260,68 @@ fn operator_flow_with_real_binaries() {
     cli.wait_status("smoke-1", "Ready", START);
     let registrations = a1.lines().iter().filter(|l| l.contains("registered")).count();
     assert!(registrations >= 2, "agent re-registered by itself");
-    drop(coord2);
+
+    // A crash (kill -9) of the coordinator: agents notice within seconds (missing
+    // acknowledgements), not after the QUIC idle timeout, and come back by themselves.
+    let mut coord2 = coord2;
+    coord2.kill();
+    let (coord3, _, _) = coordinator(&coord_dir, &quic_port, &api_port);
+    let restarted = Instant::now();
+    while a1.lines().iter().filter(|l| l.contains("registered")).count() <= registrations {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(15),
+            "agent did not come back after a coordinator crash"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        restarted.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        restarted.elapsed()
+    );
+    cli.wait_status("smoke-1", "Ready", START);
+
+    // The stored identity wins over contradicting flags: a clear exit 64, not a retry loop.
+    let out = Command::new(bin("pyxis-agent"))
+        .arg("--data-dir")
+        .arg(dir.path().join("a1"))
+        .args([
+            "--coordinator",
+            &quic,
+            "--name",
+            "someone-else",
+            "--metrics-addr",
+            "off",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("holds the identity of node \"smoke-1\""), "{err}");
+    let other_cluster = format!("sha256:{}", "ab".repeat(32));
+    let out = Command::new(bin("pyxis-agent"))
+        .arg("--data-dir")
+        .arg(dir.path().join("a1"))
+        .args([
+            "--coordinator",
+            &quic,
+            "--ca-hash",
+            &other_cluster,
+            "--metrics-addr",
+            "off",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("belongs to another cluster"), "{err}");
+
+    // Deleting the revoked node lets its name join again.
+    cli.ok(&["delete", "node", "smoke-2"]);
+    assert_eq!(cli.node("smoke-2"), Value::Null);
+    drop(coord3);
     drop(a1);
 }
 
@@ -318,6 +380,55 @@ fn cli_and_daemon_errors_are_clear() {
     let (code, err) = exit(Command::new(bin("pyxis-coordinator")).args(["--api-addr", "nonsense"]));
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("api_addr"), "{err}");
+    // Unsupported methods get the documented JSON error body.
+    let (status, body) = http("DELETE", &format!("http://{api}/api/v1/tokens"), Some("x"), None);
+    assert!(status == 405 || status == 401, "{status} {body}");
+    let parsed: Value = serde_json::from_str(&body).unwrap();
+    assert!(parsed["error"]["message"].is_string(), "{body}");
+
+    // A CA key that does not belong to the CA certificate is a configuration error.
+    let (_other, _, _) = coordinator(&dir.path().join("other"), "127.0.0.1:0", "127.0.0.1:0");
+    let mut mixed = Command::new(bin("pyxis-coordinator"));
+    mixed
+        .arg("--data-dir")
+        .arg(dir.path().join("mixed"))
+        .arg("--ca-cert")
+        .arg(dir.path().join("c/ca.pem"))
+        .arg("--ca-key")
+        .arg(dir.path().join("other/ca.key"))
+        .args(["--quic-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"]);
+    let (code, err) = exit(&mut mixed);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("does not match the CA certificate"), "{err}");
+
+    // SIGTERM stops an agent promptly even while its coordinator is unreachable.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let zero_pin = format!("sha256:{}", "00".repeat(32));
+    let mut lonely = agent(
+        "lonely",
+        &dir.path().join("lonely"),
+        &[
+            "--coordinator",
+            &dead,
+            "--join-token",
+            "abcdef.0123456789abcdef",
+            "--ca-hash",
+            &zero_pin,
+        ],
+    );
+    lonely.wait_for_line("joining the cluster", START);
+    let asked = Instant::now();
+    assert!(lonely.terminate(START).success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        asked.elapsed()
+    );
+
     let bad_config = dir.path().join("bad.toml");
     std::fs::write(&bad_config, "liveness = \"10s\"\n").unwrap();
     let (code, err) = exit(Command::new(bin("pyxis-coordinator")).arg("--config").arg(&bad_config));
