@@ -30,6 +30,12 @@ pub struct Device {
     pub health_reason: String,
     /// Whether this device is simulated.
     pub simulated: bool,
+    /// Temperature, if known.
+    pub temperature_celsius: Option<u16>,
+    /// Power draw, if known.
+    pub power_watts: Option<u32>,
+    /// Power limit, if known.
+    pub power_limit_watts: Option<u32>,
 }
 
 impl Device {
@@ -56,6 +62,9 @@ impl Device {
             utilization_percent: self.utilization_percent,
             health: self.health,
             health_reason: self.health_reason.clone(),
+            temperature_celsius: self.temperature_celsius,
+            power_watts: self.power_watts,
+            power_limit_watts: self.power_limit_watts,
         }
     }
 }
@@ -86,20 +95,20 @@ pub enum SimulateError {
 }
 
 /// Simulated hardware classes: class name, vendor, model string as a driver would report it,
-/// memory in GiB.
-const SIMULATED_CLASSES: &[(&str, Vendor, &str, u64)] = &[
-    ("H100-80GB", Vendor::Nvidia, "NVIDIA H100 80GB HBM3", 80),
-    ("H200-141GB", Vendor::Nvidia, "NVIDIA H200", 141),
-    ("A100-80GB", Vendor::Nvidia, "NVIDIA A100-SXM4-80GB", 80),
-    ("A100-40GB", Vendor::Nvidia, "NVIDIA A100-SXM4-40GB", 40),
-    ("L40S-48GB", Vendor::Nvidia, "NVIDIA L40S", 48),
-    ("L4-24GB", Vendor::Nvidia, "NVIDIA L4", 24),
-    ("B200-192GB", Vendor::Nvidia, "NVIDIA B200", 192),
-    ("MI300X-192GB", Vendor::Amd, "AMD Instinct MI300X", 192),
-    ("MI250X-128GB", Vendor::Amd, "AMD Instinct MI250X", 128),
-    ("TPU-v5e", Vendor::Google, "TPU v5 lite", 16),
-    ("TPU-v5p", Vendor::Google, "TPU v5p", 95),
-    ("TPU-v4", Vendor::Google, "TPU v4", 32),
+/// memory in GiB, power limit in watts.
+const SIMULATED_CLASSES: &[(&str, Vendor, &str, u64, u32)] = &[
+    ("H100-80GB", Vendor::Nvidia, "NVIDIA H100 80GB HBM3", 80, 700),
+    ("H200-141GB", Vendor::Nvidia, "NVIDIA H200", 141, 700),
+    ("A100-80GB", Vendor::Nvidia, "NVIDIA A100-SXM4-80GB", 80, 400),
+    ("A100-40GB", Vendor::Nvidia, "NVIDIA A100-SXM4-40GB", 40, 400),
+    ("L40S-48GB", Vendor::Nvidia, "NVIDIA L40S", 48, 350),
+    ("L4-24GB", Vendor::Nvidia, "NVIDIA L4", 24, 72),
+    ("B200-192GB", Vendor::Nvidia, "NVIDIA B200", 192, 1000),
+    ("MI300X-192GB", Vendor::Amd, "AMD Instinct MI300X", 192, 750),
+    ("MI250X-128GB", Vendor::Amd, "AMD Instinct MI250X", 128, 560),
+    ("TPU-v5e", Vendor::Google, "TPU v5 lite", 16, 200),
+    ("TPU-v5p", Vendor::Google, "TPU v5p", 95, 350),
+    ("TPU-v4", Vendor::Google, "TPU v4", 32, 250),
 ];
 
 /// Parses `2xH100-80GB,1xMI300X-192GB` into simulated devices. UUIDs are derived from the
@@ -123,7 +132,7 @@ pub fn parse_simulate(spec: &str, node_name: &str) -> Result<Vec<Device>, Simula
         if total > 64 {
             return Err(SimulateError::TooMany { count: total });
         }
-        let (name, vendor, model, gib) = SIMULATED_CLASSES
+        let (name, vendor, model, gib, watts) = SIMULATED_CLASSES
             .iter()
             .find(|(name, ..)| name.eq_ignore_ascii_case(class))
             .ok_or_else(|| SimulateError::UnknownClass {
@@ -144,6 +153,10 @@ pub fn parse_simulate(spec: &str, node_name: &str) -> Result<Vec<Device>, Simula
                 health: Health::Healthy,
                 health_reason: String::new(),
                 simulated: true,
+                // An idle device: cool, drawing a tenth of its limit.
+                temperature_celsius: Some(34),
+                power_watts: Some(watts / 10),
+                power_limit_watts: Some(*watts),
             });
         }
     }

@@ -92,6 +92,9 @@ pub fn render(shared: &AgentShared) -> String {
             "pyxis_gpu_health",
             "1 for the device's current health tier (label health).",
         ),
+        ("pyxis_gpu_temperature_celsius", "Device temperature."),
+        ("pyxis_gpu_power_watts", "Device power draw."),
+        ("pyxis_gpu_power_limit_watts", "Device power limit."),
     ];
     for (name, help) in families {
         if devices.is_empty() {
@@ -114,6 +117,21 @@ pub fn render(shared: &AgentShared) -> String {
                 "pyxis_gpu_memory_total_bytes" => out.sample(name, &labels, d.memory_bytes as f64),
                 "pyxis_gpu_memory_used_bytes" => out.sample(name, &labels, d.memory_used_bytes as f64),
                 "pyxis_gpu_utilization_ratio" => out.sample(name, &labels, f64::from(d.utilization_percent) / 100.0),
+                "pyxis_gpu_temperature_celsius" => {
+                    if let Some(t) = d.temperature_celsius {
+                        out.sample(name, &labels, f64::from(t));
+                    }
+                }
+                "pyxis_gpu_power_watts" => {
+                    if let Some(w) = d.power_watts {
+                        out.sample(name, &labels, f64::from(w));
+                    }
+                }
+                "pyxis_gpu_power_limit_watts" => {
+                    if let Some(w) = d.power_limit_watts {
+                        out.sample(name, &labels, f64::from(w));
+                    }
+                }
                 _ => {
                     for tier in ["healthy", "degraded", "unhealthy"] {
                         let mut with = labels.to_vec();

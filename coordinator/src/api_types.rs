@@ -80,6 +80,12 @@ pub struct AcceleratorView {
     pub health: String,
     /// Why (empty when healthy).
     pub health_reason: String,
+    /// Temperature at the last report, when the device reports one.
+    #[serde(default)]
+    pub temperature_celsius: Option<u16>,
+    /// Power draw at the last report, when the device reports one.
+    #[serde(default)]
+    pub power_watts: Option<u32>,
     /// Simulated device.
     pub simulated: bool,
 }

@@ -610,6 +610,8 @@ fn describe_node(detail: &NodeDetail) -> String {
             "MEMORY",
             "USED",
             "UTIL",
+            "TEMP",
+            "POWER",
             "HEALTH",
             "SIMULATED",
             "UUID",
@@ -631,6 +633,10 @@ fn describe_node(detail: &NodeDetail) -> String {
                 gib(a.memory_bytes),
                 gib(a.memory_used_bytes),
                 format!("{}%", a.utilization_percent),
+                a.temperature_celsius
+                    .map(|t| format!("{t}C"))
+                    .unwrap_or_else(|| "-".into()),
+                a.power_watts.map(|w| format!("{w}W")).unwrap_or_else(|| "-".into()),
                 health,
                 a.simulated.to_string(),
                 a.uuid.clone(),

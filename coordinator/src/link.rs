@@ -557,6 +557,8 @@ fn capacity_from_wire(report: &CapacityReport) -> Capacity {
                         utilization_percent: d.utilization_percent,
                         health: d.health.as_str(),
                         health_reason: d.health_reason.clone(),
+                        temperature_celsius: d.temperature_celsius,
+                        power_watts: d.power_watts,
                     },
                 )
             })

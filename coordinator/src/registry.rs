@@ -73,6 +73,10 @@ pub struct DeviceState {
     pub health: &'static str,
     /// Reason.
     pub health_reason: String,
+    /// Temperature, if reported.
+    pub temperature_celsius: Option<u16>,
+    /// Power draw, if reported.
+    pub power_watts: Option<u32>,
 }
 
 /// Capacity from a report (internal form).
@@ -596,6 +600,8 @@ impl Registry {
                     hardware_class: d.hardware_class.clone(),
                     health: state.map(|s| s.health).unwrap_or("healthy").to_string(),
                     health_reason: state.map(|s| s.health_reason.clone()).unwrap_or_default(),
+                    temperature_celsius: state.and_then(|s| s.temperature_celsius),
+                    power_watts: state.and_then(|s| s.power_watts),
                     simulated: d.simulated,
                 }
             })

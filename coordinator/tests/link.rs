@@ -672,7 +672,11 @@ async fn a_second_agent_with_the_same_identity_is_refused() {
     let copy = cluster.dir.path().join("agents/twin-copy");
     std::fs::create_dir_all(copy.join("identity")).unwrap();
     for file in ["ca.pem", "node.pem", "node.key", "node-name"] {
-        std::fs::copy(first.shared.config.data_dir.join("identity").join(file), copy.join("identity").join(file)).unwrap();
+        std::fs::copy(
+            first.shared.config.data_dir.join("identity").join(file),
+            copy.join("identity").join(file),
+        )
+        .unwrap();
     }
     let mut config = cluster.agent_config("twin", None);
     config.data_dir = copy;

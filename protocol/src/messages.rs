@@ -217,6 +217,12 @@ pub struct DeviceUsage {
     pub health: Health,
     /// Reason for the tier (empty when healthy).
     pub health_reason: String,
+    /// Temperature, when the device reports one.
+    pub temperature_celsius: Option<u16>,
+    /// Power draw, when the device reports one.
+    pub power_watts: Option<u32>,
+    /// Power limit, when the device reports one.
+    pub power_limit_watts: Option<u32>,
 }
 
 /// Phase of a replica on a node.

@@ -41,6 +41,9 @@ fn sample_capacity(seq: u64) -> CapacityReport {
             utilization_percent: 42,
             health: Health::Degraded,
             health_reason: "XID 13".into(),
+            temperature_celsius: Some(61),
+            power_watts: Some(350),
+            power_limit_watts: Some(700),
         }],
     }
 }
@@ -234,6 +237,9 @@ proptest! {
                 utilization_percent: util,
                 health: [Health::Healthy, Health::Degraded, Health::Unhealthy][h as usize],
                 health_reason: String::new(),
+                temperature_celsius: None,
+                power_watts: Some(u32::from(util)),
+                power_limit_watts: None,
             }).collect(),
         };
         let message = AgentMessage::Capacity(report);

@@ -1,0 +1,122 @@
+//! Both daemons' `/metrics` pass `promtool check metrics` (the real Prometheus tool).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use pyxis_smoke::{bin, http, log_field, Daemon};
+
+const START: Duration = Duration::from_secs(30);
+
+fn promtool(what: &str, exposition: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}); install it with `apt-get install prometheus` (.ci/run does)")
+        });
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool on {what}: {report}\n{exposition}"
+    );
+}
+
+#[test]
+fn coordinator_and_agent_metrics_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin("pyxis-coordinator"));
+    cmd.args([
+        "--dev",
+        "--quic-addr",
+        "127.0.0.1:0",
+        "--api-addr",
+        "127.0.0.1:0",
+        "--gateway-addr",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("c"));
+    let coordinator = Daemon::spawn("coordinator", cmd);
+    let api = log_field(&coordinator.wait_for_line("admin API listening", START), "addr")
+        .unwrap()
+        .to_string();
+    let quic = log_field(&coordinator.wait_for_line("agent link listening", START), "addr")
+        .unwrap()
+        .to_string();
+    let admin = std::fs::read_to_string(dir.path().join("c/admin-token")).unwrap();
+    let (status, body) = http(
+        "POST",
+        &format!("http://{api}/api/v1/tokens"),
+        Some(admin.trim()),
+        Some("{}"),
+    );
+    assert_eq!(status, 201, "{body}");
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut cmd = Command::new(bin("pyxis-agent"));
+    cmd.args([
+        "--coordinator",
+        &quic,
+        "--name",
+        "metrics-node",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ])
+    .args(["--simulate", "2xH100-80GB,1xMI300X-192GB,4xTPU-v5e"])
+    .args([
+        "--join-token",
+        token["token"].as_str().unwrap(),
+        "--ca-hash",
+        token["ca_hash"].as_str().unwrap(),
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("a"));
+    let agent = Daemon::spawn("agent", cmd);
+    let agent_addr = log_field(&agent.wait_for_line("serving /metrics", START), "addr")
+        .unwrap()
+        .to_string();
+    agent.wait_for_line("registered", START);
+    // Let a few reports land so that counters and histograms have samples.
+    coordinator.wait_for_line("node status changed", START);
+
+    let (status, text) = http("GET", &format!("http://{agent_addr}/metrics"), None, None);
+    assert_eq!(status, 200);
+    for family in [
+        "pyxis_gpu_utilization_ratio",
+        "pyxis_gpu_memory_used_bytes",
+        "pyxis_gpu_memory_total_bytes",
+        "pyxis_gpu_temperature_celsius",
+        "pyxis_gpu_power_watts",
+        "pyxis_gpu_health",
+    ] {
+        assert!(
+            text.contains(&format!("{family}{{node=\"metrics-node\"")),
+            "{family} missing:\n{text}"
+        );
+    }
+    assert!(text.contains("simulated=\"true\""));
+    promtool("agent", &text);
+
+    let (status, text) = http("GET", &format!("http://{api}/metrics"), None, None);
+    assert_eq!(status, 200);
+    for family in [
+        "pyxis_nodes{status=\"Ready\"}",
+        "pyxis_capacity_reports_total",
+        "pyxis_capacity_report_lag_seconds_bucket",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    promtool("coordinator", &text);
+}
