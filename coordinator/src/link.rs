@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Refusal,
-    registry::{Capacity, ConnectionHandle, DeviceFacts, DeviceState, NodeFacts, RegistryError},
+    registry::{Capacity, ConnectionHandle, DeviceFacts, DeviceState, NewSession, NodeFacts, RegistryError},
     server::Shared,
     time::now_ms,
     tokens,
@@ -382,9 +382,11 @@ impl Session {
             .registry()
             .register(
                 &name,
-                facts,
-                capacity,
-                handle,
+                NewSession {
+                    facts,
+                    capacity,
+                    connection: handle,
+                },
                 Instant::now(),
                 now_ms(),
                 busy_window(&self.shared),

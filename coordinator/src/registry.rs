@@ -148,6 +148,17 @@ struct Node {
     status: NodeStatus,
 }
 
+/// What a registering agent brings: its facts, its first capacity, its connection.
+#[derive(Debug)]
+pub struct NewSession {
+    /// Node facts.
+    pub facts: NodeFacts,
+    /// Capacity at registration.
+    pub capacity: Capacity,
+    /// The connection it registered on.
+    pub connection: ConnectionHandle,
+}
+
 /// A status change found by [`Registry::sweep`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -388,13 +399,16 @@ impl Registry {
     pub fn register(
         &mut self,
         name: &str,
-        facts: NodeFacts,
-        capacity: Capacity,
-        connection: ConnectionHandle,
+        session: NewSession,
         now: Instant,
         now_ms: i64,
         busy_window: Duration,
     ) -> Result<(NodeRow, Option<quinn::Connection>), RegistryError> {
+        let NewSession {
+            facts,
+            capacity,
+            connection,
+        } = session;
         let node = self
             .nodes
             .get_mut(name)
