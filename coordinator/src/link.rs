@@ -7,7 +7,6 @@
 //! affects other connections.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -55,6 +54,19 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdow
             let remote = incoming.remote_address();
             let connection = match incoming.await {
                 Ok(connection) => connection,
+                // A peer that gave up or went silent mid-handshake is not a security event
+                // (it is what overload or a restarting agent looks like); a failed TLS check is.
+                Err(
+                    e @ (quinn::ConnectionError::TimedOut
+                    | quinn::ConnectionError::ApplicationClosed(_)
+                    | quinn::ConnectionError::ConnectionClosed(_)
+                    | quinn::ConnectionError::LocallyClosed
+                    | quinn::ConnectionError::Reset),
+                ) => {
+                    shared.metrics.refused(Refusal::Aborted);
+                    tracing::debug!(peer = %remote, error = %e, "agent connection abandoned during the handshake");
+                    return;
+                }
                 Err(e) => {
                     shared.metrics.refused(Refusal::Handshake);
                     tracing::warn!(peer = %remote, error = %e, "refused agent connection: TLS handshake failed (certificate from another CA, or not a Pyxis agent)");
@@ -376,7 +388,8 @@ impl Session {
         };
         let facts = facts_from_wire(&registration.node);
         let devices = facts.devices.len();
-        let capacity = capacity_from_wire(&registration.capacity);
+        let agent_version = registration.node.agent_version.clone();
+        let capacity = capacity_from_wire(registration.capacity);
         let (row, old) = self
             .shared
             .registry()
@@ -409,12 +422,14 @@ impl Session {
                 b"replaced by a newer connection of the same node",
             );
         }
-        let shared = self.shared.clone();
-        let persisted = tokio::task::spawn_blocking(move || shared.store.upsert_node(&row)).await;
-        if let Ok(Err(e)) = persisted {
-            tracing::warn!(node = %name, error = %e, "cannot persist node facts");
+        if let Some(row) = row {
+            let shared = self.shared.clone();
+            let persisted = tokio::task::spawn_blocking(move || shared.store.upsert_node(&row)).await;
+            if let Ok(Err(e)) = persisted {
+                tracing::warn!(node = %name, error = %e, "cannot persist node facts");
+            }
         }
-        tracing::info!(peer = %self.remote, node = %name, accelerators = devices, agent_version = %registration.node.agent_version, "node registered");
+        tracing::info!(peer = %self.remote, node = %name, accelerators = devices, agent_version = %agent_version, "node registered");
         let interval_ms = self.shared.config.report_interval.as_millis() as u64;
         let result = async {
             self.send(&CoordinatorMessage::Registered(RegisterAck {
@@ -456,13 +471,12 @@ impl Session {
             match message {
                 AgentMessage::Capacity(report) => {
                     let lag_ms = now_ms().saturating_sub(report.sent_at_unix_ms as i64).max(0);
-                    let accepted = self.shared.registry().report(
-                        name,
-                        connection_id,
-                        capacity_from_wire(&report),
-                        Instant::now(),
-                        now_ms(),
-                    );
+                    let seq = report.seq;
+                    let capacity = capacity_from_wire(report);
+                    let accepted =
+                        self.shared
+                            .registry()
+                            .report(name, connection_id, capacity, Instant::now(), now_ms());
                     if !accepted {
                         // Replaced or revoked meanwhile; the connection is being closed.
                         return Ok(());
@@ -473,7 +487,7 @@ impl Session {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.shared.metrics.report_lag.observe(lag_ms as f64 / 1000.0);
                     self.send(&CoordinatorMessage::Ack(Ack {
-                        of: AckOf::Capacity(report.seq),
+                        of: AckOf::Capacity(seq),
                     }))
                     .await?;
                 }
@@ -545,25 +559,22 @@ fn facts_from_wire(info: &NodeInfo) -> NodeFacts {
     }
 }
 
-fn capacity_from_wire(report: &CapacityReport) -> Capacity {
+fn capacity_from_wire(report: CapacityReport) -> Capacity {
+    // By value: the strings move instead of being cloned on every report.
     Capacity {
         memory_available_bytes: report.memory_available_bytes,
         devices: report
             .devices
-            .iter()
-            .map(|d| {
-                (
-                    d.uuid.clone(),
-                    DeviceState {
-                        memory_used_bytes: d.memory_used_bytes,
-                        utilization_percent: d.utilization_percent,
-                        health: d.health.as_str(),
-                        health_reason: d.health_reason.clone(),
-                        temperature_celsius: d.temperature_celsius,
-                        power_watts: d.power_watts,
-                    },
-                )
+            .into_iter()
+            .map(|d| DeviceState {
+                health: d.health.as_str(),
+                uuid: d.uuid,
+                memory_used_bytes: d.memory_used_bytes,
+                utilization_percent: d.utilization_percent,
+                health_reason: d.health_reason,
+                temperature_celsius: d.temperature_celsius,
+                power_watts: d.power_watts,
             })
-            .collect::<HashMap<_, _>>(),
+            .collect(),
     }
 }

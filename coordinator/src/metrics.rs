@@ -26,10 +26,12 @@ pub enum Refusal {
     Protocol,
     /// A second agent with the identity of a connected node.
     Duplicate,
+    /// The peer gave up or went silent during the handshake.
+    Aborted,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 8] = [
         Refusal::Handshake,
         Refusal::Token,
         Refusal::Revoked,
@@ -37,6 +39,7 @@ impl Refusal {
         Refusal::Version,
         Refusal::Protocol,
         Refusal::Duplicate,
+        Refusal::Aborted,
     ];
 
     fn as_str(&self) -> &'static str {
@@ -48,6 +51,7 @@ impl Refusal {
             Refusal::Version => "version",
             Refusal::Protocol => "protocol",
             Refusal::Duplicate => "duplicate",
+            Refusal::Aborted => "aborted",
         }
     }
 }
@@ -59,7 +63,9 @@ pub struct Metrics {
     pub capacity_reports: AtomicU64,
     /// Successful enrollments.
     pub enrollments: AtomicU64,
-    refusals: [AtomicU64; 7],
+    refusals: [AtomicU64; 8],
+    /// Events dropped because the writer fell behind.
+    pub events_dropped: AtomicU64,
     /// Agent clock to registry update, per report.
     pub report_lag: Histogram,
 }
@@ -71,6 +77,7 @@ impl Default for Metrics {
         Self {
             capacity_reports: AtomicU64::new(0),
             enrollments: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
             refusals: Default::default(),
             report_lag: Histogram::new(LAG_BOUNDS),
         }
@@ -147,6 +154,16 @@ pub fn render(shared: &Shared) -> String {
             m.refusals[why as usize].load(Ordering::Relaxed) as f64,
         );
     }
+    out.family(
+        "pyxis_events_dropped_total",
+        Kind::Counter,
+        "Events not recorded because the writer fell behind.",
+    );
+    out.sample(
+        "pyxis_events_dropped_total",
+        &[],
+        m.events_dropped.load(Ordering::Relaxed) as f64,
+    );
     out.family(
         "pyxis_capacity_report_lag_seconds",
         Kind::Histogram,

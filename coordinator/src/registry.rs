@@ -65,6 +65,8 @@ pub struct DeviceFacts {
 /// Live device state from the last report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceState {
+    /// Device UUID.
+    pub uuid: String,
     /// Memory in use.
     pub memory_used_bytes: u64,
     /// Utilization 0-100.
@@ -84,8 +86,8 @@ pub struct DeviceState {
 pub struct Capacity {
     /// Host memory available.
     pub memory_available_bytes: u64,
-    /// Device states by UUID.
-    pub devices: HashMap<String, DeviceState>,
+    /// Device states, in the order of the node's devices (looked up by UUID).
+    pub devices: Vec<DeviceState>,
 }
 
 /// Node status as users see it.
@@ -394,8 +396,8 @@ impl Registry {
         }
     }
 
-    /// A node registered on `connection`. Returns the row to persist and a replaced
-    /// older connection to close.
+    /// A node registered on `connection`. Returns the row to persist (only when the facts
+    /// changed) and a replaced older connection to close.
     pub fn register(
         &mut self,
         name: &str,
@@ -403,7 +405,7 @@ impl Registry {
         now: Instant,
         now_ms: i64,
         busy_window: Duration,
-    ) -> Result<(NodeRow, Option<quinn::Connection>), RegistryError> {
+    ) -> Result<(Option<NodeRow>, Option<quinn::Connection>), RegistryError> {
         let NewSession {
             facts,
             capacity,
@@ -432,13 +434,16 @@ impl Registry {
                 });
             }
         }
+        // Re-registrations with unchanged facts (the usual case after a network blip or a
+        // coordinator restart) need no write to the store.
+        let changed = node.facts.as_ref() != Some(&facts);
         node.facts = Some(facts);
         node.capacity = Some(capacity);
         node.last_report = Some(now);
         node.last_seen_ms = Some(now_ms);
-        node.last_seen_dirty = false;
+        node.last_seen_dirty = !changed;
         let old = node.connection.replace(connection).map(|c| c.connection);
-        Ok((Self::row(name, node), old))
+        Ok((changed.then(|| Self::row(name, node)), old))
     }
 
     /// A capacity report on connection `connection_id`. Returns false if that connection
@@ -602,7 +607,7 @@ impl Registry {
             .devices
             .iter()
             .map(|d| {
-                let state = capacity.and_then(|c| c.devices.get(&d.uuid));
+                let state = capacity.and_then(|c| c.devices.iter().find(|s| s.uuid == d.uuid));
                 AcceleratorView {
                     index: d.index,
                     vendor: d.vendor.clone(),
@@ -653,7 +658,7 @@ mod tests {
     fn capacity() -> Capacity {
         Capacity {
             memory_available_bytes: 1,
-            devices: HashMap::new(),
+            devices: Vec::new(),
         }
     }
 

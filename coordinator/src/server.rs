@@ -89,7 +89,8 @@ pub struct Shared {
     /// Configuration.
     pub config: CoordinatorConfig,
     /// Durable store.
-    pub store: Store,
+    pub store: Arc<Store>,
+    events: std::sync::mpsc::SyncSender<EventRow>,
     registry: Mutex<Registry>,
     /// Cluster CA.
     pub ca: CertificateAuthority,
@@ -136,8 +137,10 @@ impl Shared {
             reason: reason.to_string(),
             message: message.to_string(),
         };
-        if let Err(e) = self.store.add_event(&row) {
-            tracing::warn!(error = %e, object, reason, "cannot record event");
+        // Events are written by a background thread in batches: a burst (thousands of
+        // nodes changing status at once) never blocks the async workers on SQLite.
+        if self.events.try_send(row).is_err() {
+            self.metrics.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -207,6 +210,84 @@ fn load_or_create_ca(config: &CoordinatorConfig) -> Result<CertificateAuthority,
     Ok(ca)
 }
 
+/// UDP buffer size asked of the kernel for the agent link. The default (about 208 KiB)
+/// holds only ~90 full datagrams: thousands of agents reconnecting at once overflow it,
+/// and every dropped handshake packet costs a QUIC retransmission timeout.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Binds the agent-link socket with large buffers and starts the QUIC endpoint on it.
+fn bind_quic(server_config: quinn::ServerConfig, addr: SocketAddr) -> Result<quinn::Endpoint, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_error = |source: std::io::Error| StartError::Bind {
+        what: "the QUIC agent link",
+        addr,
+        source,
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_error)?;
+    if addr.is_ipv6() {
+        // Accept IPv4-mapped peers too when bound to [::].
+        let _ = socket.set_only_v6(false);
+    }
+    for (what, set, get) in [
+        (
+            "receive",
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+            Socket::recv_buffer_size as fn(&Socket) -> std::io::Result<usize>,
+        ),
+        ("send", Socket::set_send_buffer_size, Socket::send_buffer_size),
+    ] {
+        let _ = set(&socket, UDP_BUFFER_BYTES);
+        match get(&socket) {
+            // Linux reports twice the usable size it granted.
+            Ok(granted) if granted >= UDP_BUFFER_BYTES => {}
+            Ok(granted) => tracing::warn!(
+                buffer = what,
+                granted,
+                wanted = UDP_BUFFER_BYTES,
+                "the kernel capped the agent-link UDP buffer; large fleets may see dropped packets and slow reconnects (raise net.core.rmem_max / wmem_max)"
+            ),
+            Err(e) => tracing::warn!(buffer = what, error = %e, "cannot read the agent-link UDP buffer size"),
+        }
+    }
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    let socket: std::net::UdpSocket = socket.into();
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind_error)
+}
+
+/// Events queued for the writer before new ones are dropped (and counted).
+const EVENT_QUEUE: usize = 65_536;
+
+/// Starts the thread that writes events in batches, one transaction per batch. It ends
+/// when the coordinator's shared state is dropped.
+fn spawn_event_writer(store: Arc<Store>) -> std::sync::mpsc::SyncSender<EventRow> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<EventRow>(EVENT_QUEUE);
+    let spawned = std::thread::Builder::new().name("event-writer".into()).spawn(move || {
+        while let Ok(first) = receiver.recv() {
+            let mut batch = vec![first];
+            while batch.len() < 1024 {
+                match receiver.try_recv() {
+                    Ok(row) => batch.push(row),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = store.add_events(&batch) {
+                tracing::warn!(error = %e, events = batch.len(), "cannot record events");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the event writer; events will not be recorded");
+    }
+    sender
+}
+
 /// Warns when a secret file is readable by group or others.
 fn warn_if_exposed(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -263,7 +344,7 @@ impl Coordinator {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
         }
-        let store = Store::open(&data_dir.join("pyxis.db"))?;
+        let store = Arc::new(Store::open(&data_dir.join("pyxis.db"))?);
         let registry = Registry::load(store.nodes()?)?;
         let ca = load_or_create_ca(&config)?;
         let (admin_token_sha256, admin_token) = admin_token(&store, &data_dir)?;
@@ -271,11 +352,7 @@ impl Coordinator {
 
         let (server_cert, server_key) = ca.issue_server_cert()?;
         let server_config = pyxis_transport::tls::server_config(ca.cert_der().clone(), server_cert, server_key)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.quic_addr).map_err(|source| StartError::Bind {
-            what: "the QUIC agent link",
-            addr: config.quic_addr,
-            source,
-        })?;
+        let endpoint = bind_quic(server_config, config.quic_addr)?;
         let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
             what: "the QUIC agent link",
             addr: config.quic_addr,
@@ -296,6 +373,7 @@ impl Coordinator {
 
         let shared = Arc::new(Shared {
             config,
+            events: spawn_event_writer(store.clone()),
             store,
             registry: Mutex::new(registry),
             ca,
@@ -358,8 +436,12 @@ fn flush(shared: &Shared) {
     }
 }
 
+/// How often last-seen times go to the store. They are for display after a restart only
+/// (liveness lives in memory), so rarely is enough: each flush rewrites every node's row.
+const LAST_SEEN_FLUSH: Duration = Duration::from_secs(30);
+
 /// Recomputes node statuses every 200 ms, logging and recording each change, and flushes
-/// last-seen times to the store every 5 s.
+/// last-seen times to the store every 30 s.
 async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     let mut last_flush = Instant::now();
@@ -391,7 +473,7 @@ async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
                 );
             }
         }
-        if now.duration_since(last_flush) >= Duration::from_secs(5) {
+        if now.duration_since(last_flush) >= LAST_SEEN_FLUSH {
             last_flush = now;
             let shared = shared.clone();
             let _ = tokio::task::spawn_blocking(move || flush(&shared)).await;

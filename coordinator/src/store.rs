@@ -287,16 +287,31 @@ impl Store {
 
     /// Appends an event, keeping at most 100 per object.
     pub fn add_event(&self, event: &EventRow) -> Result<(), StoreError> {
+        self.add_events(std::slice::from_ref(event))
+    }
+
+    /// Appends events in one transaction, keeping at most 100 per object.
+    pub fn add_events(&self, events: &[EventRow]) -> Result<(), StoreError> {
         self.with(|c| {
-            c.execute(
-                "INSERT INTO events(at_ms, object, kind, reason, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![event.at_ms, event.object, event.kind, event.reason, event.message],
-            )?;
-            c.execute(
-                "DELETE FROM events WHERE object = ?1 AND id NOT IN (SELECT id FROM events WHERE object = ?1 ORDER BY id DESC LIMIT 100)",
-                [&event.object],
-            )
-            .map(|_| ())
+            let tx = c.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO events(at_ms, object, kind, reason, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for e in events {
+                    insert.execute(params![e.at_ms, e.object, e.kind, e.reason, e.message])?;
+                }
+                let mut trim = tx.prepare_cached(
+                    "DELETE FROM events WHERE object = ?1 AND id NOT IN (SELECT id FROM events WHERE object = ?1 ORDER BY id DESC LIMIT 100)",
+                )?;
+                let mut objects: Vec<&str> = events.iter().map(|e| e.object.as_str()).collect();
+                objects.sort_unstable();
+                objects.dedup();
+                for object in objects {
+                    trim.execute([object])?;
+                }
+            }
+            tx.commit()
         })
     }
 
