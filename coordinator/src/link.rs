@@ -54,6 +54,15 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdow
             let remote = incoming.remote_address();
             let connection = match incoming.await {
                 Ok(connection) => connection,
+                // The agent refused *our* certificate (TLS alert): almost always a stale
+                // --ca-hash on the agent, which an operator must fix there.
+                Err(quinn::ConnectionError::ConnectionClosed(close))
+                    if (0x100..0x200).contains(&u64::from(close.error_code)) =>
+                {
+                    shared.metrics.refused(Refusal::Handshake);
+                    tracing::warn!(peer = %remote, error = %close, "an agent rejected the coordinator's certificate: check that its --ca-hash is this cluster's (pyxis token create prints it)");
+                    return;
+                }
                 // A peer that gave up or went silent mid-handshake is not a security event
                 // (it is what overload or a restarting agent looks like); a failed TLS check is.
                 Err(

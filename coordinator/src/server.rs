@@ -262,7 +262,7 @@ fn bind_quic(server_config: quinn::ServerConfig, addr: SocketAddr) -> Result<qui
 }
 
 /// Events queued for the writer before new ones are dropped (and counted).
-const EVENT_QUEUE: usize = 65_536;
+const EVENT_QUEUE: usize = 8_192;
 
 /// Starts the thread that writes events in batches, one transaction per batch. It ends
 /// when the coordinator's shared state is dropped.
