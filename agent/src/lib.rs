@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod link;
 pub mod prom;
+pub mod runtimes;
 
 use std::{
     net::SocketAddr,
@@ -75,6 +76,8 @@ pub struct AgentShared {
     state: watch::Sender<LinkState>,
     /// Capacity reports sent.
     pub reports_sent: AtomicU64,
+    /// Runtime kinds this node can launch, with how (configured or found on `PATH`).
+    pub runtimes: std::collections::BTreeMap<String, String>,
 }
 
 fn unix_ms() -> u64 {
@@ -102,7 +105,7 @@ impl AgentShared {
             memory_bytes: self.host.memory_bytes,
             agent_version: AGENT_VERSION.to_string(),
             accelerators: devices,
-            runtimes: self.config.runtimes.keys().cloned().collect(),
+            runtimes: self.runtimes.keys().cloned().collect(),
         }
     }
 
@@ -248,6 +251,12 @@ impl Agent {
         if stored.is_some() {
             tracing::info!(dir = %identity::Identity::dir(&config.data_dir).display(), "using the stored node identity");
         }
+        let runtimes = runtimes::discover(&config.runtimes, std::env::var_os("PATH").as_deref());
+        if runtimes.is_empty() {
+            tracing::info!("no runtime configured or found on PATH (configure one with --runtime KIND=COMMAND)");
+        } else {
+            tracing::info!(runtimes = ?runtimes, "runtimes this node can launch");
+        }
         let (state, _) = watch::channel(LinkState::default());
         let shared = Arc::new(AgentShared {
             host: host::probe_host(),
@@ -258,6 +267,7 @@ impl Agent {
             system: Mutex::new(sysinfo::System::new().ok()),
             state,
             reports_sent: AtomicU64::new(0),
+            runtimes,
         });
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();

@@ -89,7 +89,8 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutd
 /// The full router.
 pub fn router(shared: Arc<Shared>) -> Router {
     let admin = Router::new()
-        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(delete_token))
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{name}", get(get_node).delete(delete_node))
         .route("/api/v1/nodes/{name}/{action}", post(node_action))
@@ -230,6 +231,50 @@ async fn create_token(
         .map_err(ApiError::internal)?;
     created.coordinator = join_hint(&headers, shared.quic_port);
     Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn list_tokens(State(shared): State<Arc<Shared>>) -> Result<Json<List<crate::api_types::TokenInfo>>, ApiError> {
+    let shared2 = shared.clone();
+    let rows = tokio::task::spawn_blocking(move || shared2.store.tokens())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let now = crate::time::now_ms();
+    let items = rows
+        .into_iter()
+        .map(|(row, created)| crate::api_types::TokenInfo {
+            id: row.id,
+            created_at: rfc3339_ms(created),
+            expires_at: rfc3339_ms(row.expires_at_ms),
+            uses_left: row.uses_left,
+            expired: now > row.expires_at_ms,
+        })
+        .collect();
+    Ok(Json(List { items }))
+}
+
+async fn delete_token(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(id) = path.map_err(path_error)?;
+    // Accept the whole token too: only its id part is used.
+    let id = id.split('.').next().unwrap_or_default().to_string();
+    let shared2 = shared.clone();
+    let id2 = id.clone();
+    let existed = tokio::task::spawn_blocking(move || shared2.store.delete_token(&id2))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    if !existed {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("join token {id} not found (see `pyxis token list`)"),
+        ));
+    }
+    tracing::info!(token_id = %id, "join token deleted by an operator");
+    Ok(Json(serde_json::json!({"deleted": id})))
 }
 
 /// `HOST:QUIC_PORT` from the Host header the API was reached by.

@@ -143,6 +143,21 @@ pub struct TokenResponse {
     pub coordinator: Option<String>,
 }
 
+/// A join token as `pyxis token list` shows it (never the secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Public token id (the part before the dot).
+    pub id: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
+    /// Enrollments left.
+    pub uses_left: i64,
+    /// Past its expiry.
+    pub expired: bool,
+}
+
 /// Error body of every non-2xx answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

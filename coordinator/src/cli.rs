@@ -133,6 +133,18 @@ fn parse_name(text: &str) -> Result<String, String> {
 /// Token actions.
 #[derive(Debug, Subcommand)]
 pub enum TokenAction {
+    /// List join tokens (ids, expiry, uses left; never the secrets).
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Delete a join token at once (for example one that leaked).
+    Delete {
+        /// Token id (the part before the dot), or the whole token.
+        #[arg(value_parser = parse_name)]
+        id: String,
+    },
     /// Create a join token; prints the token, the CA hash and the agent command.
     Create {
         /// Time to live, for example 30m, 1h, 7d (1m to 720h).
@@ -343,6 +355,48 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                     ),
                 ),
             }
+        }
+        Command::Token {
+            action: TokenAction::List { output },
+        } => {
+            let list: List<crate::api_types::TokenInfo> = client.call("GET", "/api/v1/tokens", None::<&()>)?;
+            match output {
+                Output::Json | Output::Yaml => print_structured(out, &list, output),
+                _ => {
+                    if list.items.is_empty() {
+                        eprintln!("No join tokens. Create one with `pyxis token create`.");
+                        return Ok(());
+                    }
+                    let mut rows = vec![["ID", "CREATED", "EXPIRES", "USES-LEFT", "STATE"]
+                        .map(String::from)
+                        .to_vec()];
+                    for t in &list.items {
+                        let state = if t.expired {
+                            "expired"
+                        } else if t.uses_left <= 0 {
+                            "used up"
+                        } else {
+                            "valid"
+                        };
+                        rows.push(vec![
+                            t.id.clone(),
+                            t.created_at.clone(),
+                            t.expires_at.clone(),
+                            t.uses_left.to_string(),
+                            state.to_string(),
+                        ]);
+                    }
+                    write(out, table(rows))
+                }
+            }
+        }
+        Command::Token {
+            action: TokenAction::Delete { id },
+        } => {
+            let id = id.split('.').next().unwrap_or_default().to_string();
+            let _: serde_json::Value =
+                client.call("DELETE", &format!("/api/v1/tokens/{}", encode(&id)), None::<&()>)?;
+            write(out, format!("join token {id} deleted\n"))
         }
         Command::Get {
             kind: GetKind::Nodes,

@@ -259,6 +259,27 @@ impl Store {
         })
     }
 
+    /// All join tokens with their creation time (ms), oldest first.
+    pub fn tokens(&self) -> Result<Vec<(TokenRow, i64)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, secret_sha256, expires_at_ms, uses_left, created_at_ms FROM join_tokens ORDER BY created_at_ms, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    TokenRow { id: r.get(0)?, secret_sha256: r.get(1)?, expires_at_ms: r.get(2)?, uses_left: r.get(3)? },
+                    r.get(4)?,
+                ))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Deletes a join token; returns whether it existed.
+    pub fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        self.with(|c| c.execute("DELETE FROM join_tokens WHERE id = ?1", [id]).map(|n| n > 0))
+    }
+
     /// Consumes one use of a token if any is left; returns the uses left after, or `None`
     /// if none was left. Atomic with respect to concurrent enrollments.
     pub fn consume_token(&self, id: &str) -> Result<Option<i64>, StoreError> {

@@ -139,6 +139,39 @@ fn operator_flow_with_real_binaries() {
         "the printed address is the one to dial"
     );
     let human = cli.ok(&["token", "create"]);
+    // Tokens can be listed (never their secrets) and withdrawn.
+    let listed = cli.json(&["token", "list", "-o", "json"]);
+    let ids: Vec<String> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    assert!(ids.contains(&join[..6].to_string()), "{listed}");
+    assert!(
+        !listed.to_string().contains(&join[7..]),
+        "a secret leaked into the list"
+    );
+    let withdrawn = human
+        .lines()
+        .find_map(|l| l.strip_prefix("token:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(cli.ok(&["token", "delete", &withdrawn]).contains("deleted"));
+    assert_eq!(
+        cli.json(&["token", "list", "-o", "json"])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        cli.run(&["token", "delete", &withdrawn]).0,
+        1,
+        "deleting twice is an error"
+    );
     assert!(
         human.contains(&format!("pyxis-agent --coordinator {quic} --join-token")),
         "{human}"
