@@ -315,40 +315,22 @@ fn operator_flow_with_real_binaries() {
     cli.wait_status("smoke-1", "Ready", START);
 
     // The stored identity wins over contradicting flags: a clear exit 64, not a retry loop.
-    let out = Command::new(bin("pyxis-agent"))
-        .arg("--data-dir")
-        .arg(dir.path().join("a1"))
-        .args([
-            "--coordinator",
-            &quic,
-            "--name",
-            "someone-else",
-            "--metrics-addr",
-            "off",
-        ])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let refused = |extra: &[&str]| {
+        let out = Command::new(bin("pyxis-agent"))
+            .arg("--data-dir")
+            .arg(dir.path().join("a1"))
+            .args(["--coordinator", &quic, "--metrics-addr", "off"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        err
+    };
+    let err = refused(&["--name", "someone-else"]);
     assert!(err.contains("holds the identity of node \"smoke-1\""), "{err}");
-    let other_cluster = format!("sha256:{}", "ab".repeat(32));
-    let out = Command::new(bin("pyxis-agent"))
-        .arg("--data-dir")
-        .arg(dir.path().join("a1"))
-        .args([
-            "--coordinator",
-            &quic,
-            "--ca-hash",
-            &other_cluster,
-            "--metrics-addr",
-            "off",
-        ])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let err = refused(&["--ca-hash", &format!("sha256:{}", "ab".repeat(32))]);
     assert!(err.contains("belongs to another cluster"), "{err}");
 
     // Deleting the revoked node lets its name join again.
