@@ -254,6 +254,12 @@ impl AgentConfig {
             Some(text) => parse_duration("max_backoff", &text)?,
             None => Duration::from_secs(30),
         };
+        if max_backoff < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid {
+                key: "max_backoff",
+                reason: format!("{max_backoff:?} is below 100ms; reconnecting that fast would hammer the coordinator"),
+            });
+        }
         let min_backoff = Duration::from_millis(200).min(max_backoff);
         let simulate = flags.simulate.or(file.simulate).filter(|s| !s.trim().is_empty());
         if let Some(spec) = &simulate {
@@ -432,6 +438,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("KIND=COMMAND"));
+        let mut f = flags();
+        f.max_backoff = Some("0s".into());
+        assert!(AgentConfig::resolve(FileConfig::default(), f, "h")
+            .unwrap_err()
+            .to_string()
+            .contains("max_backoff"));
         let mut f = flags();
         f.simulate = Some("3xFOO".into());
         assert!(AgentConfig::resolve(FileConfig::default(), f, "h")

@@ -170,22 +170,34 @@ impl Identity {
 
 /// Writes `text` to `path` atomically with mode 0600.
 pub fn write_private(path: &Path, text: &str) -> Result<(), IdentityError> {
-    let tmp = path.with_extension("tmp");
     let io = |action: &'static str, source: std::io::Error| IdentityError::Io {
         action,
         path: path.to_path_buf(),
         source,
     };
+    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    // A stale temporary file might carry a looser mode: remove it and create afresh.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot remove a stale temporary file for", e)),
+    }
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| io("cannot create", e))?;
     file.write_all(text.as_bytes()).map_err(|e| io("cannot write", e))?;
     file.sync_all().map_err(|e| io("cannot sync", e))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).map_err(|e| io("cannot chmod", e))?;
     fs::rename(&tmp, path).map_err(|e| io("cannot rename into", e))?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable.
+        if let Ok(dir) = fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
     Ok(())
 }

@@ -369,6 +369,8 @@ pub async fn run(shared: Arc<AgentShared>, shutdown: CancellationToken) {
                     };
                     tracing::info!(coordinator = %addr, node = %config.name, "joining the cluster with the join token (key generated locally)");
                     let identity = enroll(&endpoint, addr, token, pin, &config.name).await?;
+                    // Check that certificate and key work together before anything is stored.
+                    identity.client_config()?;
                     identity.save(&config.data_dir)?;
                     tracing::info!(dir = %Identity::dir(&config.data_dir).display(), "joined: node certificate stored (mode 0600); the join token is no longer needed");
                     identity
@@ -491,6 +493,9 @@ async fn session(
                 shared.reports_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             _ = shared.devices_changed.notified() => {
+                if seq > acked_seq && last_ack.elapsed() > ack_deadline {
+                    break Err(SessionError::Timeout { addr, what: "acknowledgements of capacity reports", after: ack_deadline });
+                }
                 seq += 1;
                 let report = AgentMessage::Capacity(shared.capacity(seq));
                 if let Err(source) = writer.send(&report).await {

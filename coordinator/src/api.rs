@@ -337,7 +337,7 @@ async fn node_action(
     }
     if changed {
         let shared2 = shared.clone();
-        tokio::task::spawn_blocking(move || shared2.store.upsert_node(&row))
+        tokio::task::spawn_blocking(move || shared2.store.set_flags(&row))
             .await
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?;

@@ -34,6 +34,10 @@ use crate::{
 };
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Everything an unauthenticated connection may take, from arrival to `Enrolled`.
+const ENROLLMENT_DEADLINE: Duration = Duration::from_secs(30);
+/// Frame limit before authentication (a CSR is about 1 KiB).
+const MAX_UNAUTHENTICATED_FRAME_BYTES: u32 = 64 * 1024;
 /// Connections without a certificate (enrollment) allowed at once; more wait.
 const MAX_CONCURRENT_ENROLLMENTS: usize = 256;
 
@@ -99,7 +103,7 @@ async fn handle_connection(
 ) {
     let node = match peer_certificates(&connection).and_then(|chain| chain.first().map(|c| fingerprint(c.as_ref()))) {
         Some(fp) => match shared.registry().identify(&fp) {
-            Ok(name) => Some(name),
+            Ok(name) => Some((name, fp)),
             Err(RegistryError::Revoked(name)) => {
                 shared.metrics.refused(Refusal::Revoked);
                 tracing::warn!(peer = %remote, node = %name, "refused connection: node is revoked");
@@ -118,13 +122,27 @@ async fn handle_connection(
         },
         None => None,
     };
-    let _permit = match node {
-        Some(_) => None,
-        None => match enrollments.acquire_owned().await {
-            Ok(permit) => Some(permit),
-            Err(_) => return,
-        },
-    };
+    match node {
+        Some((name, fp)) => serve(connection, remote, shared, Some((name, fp))).await,
+        None => {
+            // Everything an unauthenticated peer does (waiting for a slot included) has one
+            // deadline, so stalled or hostile peers cannot hold slots or tasks for long.
+            let deadline = tokio::time::timeout(ENROLLMENT_DEADLINE, async {
+                let Ok(_permit) = enrollments.acquire_owned().await else {
+                    return;
+                };
+                serve(connection.clone(), remote, shared, None).await;
+            });
+            if deadline.await.is_err() {
+                tracing::warn!(peer = %remote, "dropped an unauthenticated connection that did not finish joining in {ENROLLMENT_DEADLINE:?}");
+                refuse(&connection, "did not finish joining in time");
+            }
+        }
+    }
+}
+
+/// Runs one session on an identified (or, for `None`, unauthenticated) connection.
+async fn serve(connection: quinn::Connection, remote: SocketAddr, shared: Arc<Shared>, node: Option<(String, String)>) {
     let stream = tokio::time::timeout(STEP_TIMEOUT, connection.accept_bi()).await;
     let (send, recv) = match stream {
         Ok(Ok(streams)) => streams,
@@ -134,28 +152,32 @@ async fn handle_connection(
             return;
         }
     };
+    // Before authentication only small messages (Hello, Enroll with a CSR) make sense.
+    let max_frame = if node.is_some() {
+        MAX_FRAME_BYTES
+    } else {
+        MAX_UNAUTHENTICATED_FRAME_BYTES
+    };
     let mut session = Session {
         connection: connection.clone(),
         remote,
         shared: shared.clone(),
         writer: FrameWriter::new(send, SUPPORTED_VERSIONS.max, MAX_FRAME_BYTES),
-        reader: FrameReader::new(recv, MAX_FRAME_BYTES),
+        reader: FrameReader::new(recv, max_frame),
     };
     let result = match node {
-        Some(name) => session.run_node(name).await,
+        Some((name, fp)) => session.run_node(name, fp).await,
         None => session.run_enrollment().await,
     };
     if let Err(refusal) = result {
         shared.metrics.refused(refusal.metric);
         tracing::warn!(peer = %remote, node = refusal.node.as_deref().unwrap_or("-"), reason = %refusal.message, "refused agent");
         if let Some(code) = refusal.code {
-            let _ = session
-                .writer
-                .send(&CoordinatorMessage::Error(ErrorMessage {
-                    code,
-                    message: refusal.message.clone(),
-                }))
-                .await;
+            let error = CoordinatorMessage::Error(ErrorMessage {
+                code,
+                message: refusal.message.clone(),
+            });
+            let _ = tokio::time::timeout(Duration::from_secs(2), session.writer.send(&error)).await;
             session.writer.finish();
             // Give the agent a moment to read the error before the close.
             let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
@@ -232,13 +254,19 @@ impl Session {
     }
 
     async fn send(&mut self, message: &CoordinatorMessage) -> Result<(), Refused> {
-        // A failed write means the agent is gone; the caller ends the session quietly.
-        self.writer.send(message).await.map_err(|e| Refused {
+        // A failed or stalled write means the agent is gone or not reading; the caller ends
+        // the session quietly.
+        let gone = |why: String| Refused {
             metric: Refusal::Protocol,
             code: None,
             node: None,
-            message: format!("write failed: {e}"),
-        })
+            message: why,
+        };
+        match tokio::time::timeout(STEP_TIMEOUT, self.writer.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(gone(format!("write failed: {e}"))),
+            Err(_) => Err(gone(format!("the agent did not read for {STEP_TIMEOUT:?}"))),
+        }
     }
 
     /// Reads `Hello`, negotiates, answers `HelloAck`.
@@ -304,42 +332,57 @@ impl Session {
         let (id, secret) = tokens::parse(&request.token)
             .map_err(|e| Refused::new(Refusal::Token, ErrorCode::InvalidToken, node, e.to_string()))?;
         let shared = self.shared.clone();
-        let row = shared.store.token(id).map_err(|e| internal(node, &e))?;
+        let row = blocking(&shared, {
+            let id = id.to_string();
+            move |s| s.store.token(&id)
+        })
+        .await
+        .map_err(|e| internal(node, &e))?;
         tokens::check(row.as_ref(), id, secret, now_ms())
             .map_err(|e| Refused::new(Refusal::Token, ErrorCode::InvalidToken, node, e.to_string()))?;
         shared
             .registry()
-            .can_enroll(&name)
-            .map_err(|e| Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()))?;
+            .can_enroll(&name, Instant::now(), busy_window(&shared))
+            .map_err(|e| enroll_refusal(node, e))?;
         let certificate_pem = shared
             .ca
             .sign_node_csr(&request.csr_pem, &name, 365)
             .map_err(|e| Refused::new(Refusal::Protocol, ErrorCode::BadRequest, node, e.to_string()))?;
-        let uses_left = shared
-            .store
-            .consume_token(id)
-            .map_err(|e| internal(node, &e))?
-            .ok_or_else(|| {
-                Refused::new(
-                    Refusal::Token,
-                    ErrorCode::InvalidToken,
-                    node,
-                    tokens::TokenError::UsedUp { id: id.to_string() }.to_string(),
-                )
-            })?;
+        let uses_left = blocking(&shared, {
+            let id = id.to_string();
+            move |s| s.store.consume_token(&id)
+        })
+        .await
+        .map_err(|e| internal(node, &e))?
+        .ok_or_else(|| {
+            Refused::new(
+                Refusal::Token,
+                ErrorCode::InvalidToken,
+                node,
+                tokens::TokenError::UsedUp { id: id.to_string() }.to_string(),
+            )
+        })?;
         let der = rustls_pki_types::CertificateDer::from_pem_slice(certificate_pem.as_bytes())
             .map_err(|e| internal(node, &e))?;
         let (row, old) = shared
             .registry()
-            .enroll(&name, &fingerprint(der.as_ref()), now_ms())
-            .map_err(|e| Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()))?;
+            .enroll(
+                &name,
+                &fingerprint(der.as_ref()),
+                Instant::now(),
+                now_ms(),
+                busy_window(&shared),
+            )
+            .map_err(|e| enroll_refusal(node, e))?;
         if let Some(old) = old {
             old.close(
                 quinn::VarInt::from_u32(close_code::REPLACED),
                 b"node re-joined with a new certificate",
             );
         }
-        shared.store.upsert_node(&row).map_err(|e| internal(node, &e))?;
+        blocking(&shared, move |s| s.store.enroll_node(&row))
+            .await
+            .map_err(|e| internal(node, &e))?;
         shared
             .metrics
             .enrollments
@@ -361,7 +404,7 @@ impl Session {
         Ok(())
     }
 
-    async fn run_node(&mut self, name: String) -> Result<(), Refused> {
+    async fn run_node(&mut self, name: String, fingerprint: String) -> Result<(), Refused> {
         let node = Some(name.as_str());
         if !self.hello(node).await? {
             return Ok(());
@@ -408,6 +451,7 @@ impl Session {
                     facts,
                     capacity,
                     connection: handle,
+                    fingerprint: fingerprint.clone(),
                 },
                 Instant::now(),
                 now_ms(),
@@ -423,7 +467,15 @@ impl Session {
                     );
                     Refused::new(Refusal::Duplicate, ErrorCode::Conflict, node, e.to_string())
                 }
-                e => Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()),
+                e @ RegistryError::Revoked(_) => {
+                    Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string())
+                }
+                e => Refused::new(
+                    Refusal::UnknownCertificate,
+                    ErrorCode::Unauthorized,
+                    node,
+                    e.to_string(),
+                ),
             })?;
         if let Some(old) = old {
             old.close(
@@ -432,9 +484,10 @@ impl Session {
             );
         }
         if let Some(row) = row {
-            let shared = self.shared.clone();
-            let persisted = tokio::task::spawn_blocking(move || shared.store.upsert_node(&row)).await;
-            if let Ok(Err(e)) = persisted {
+            // Only the facts, and only while the certificate is still the node's: a revoke,
+            // cordon or delete that races with this write is never undone by it.
+            let persisted = blocking(&self.shared, move |s| s.store.update_facts(&row)).await;
+            if let Err(e) = persisted {
                 tracing::warn!(node = %name, error = %e, "cannot persist node facts");
             }
         }
@@ -520,6 +573,28 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Runs a store call on the blocking pool (SQLite never runs on an async worker).
+async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    call: impl FnOnce(&Shared) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, crate::store::StoreError> {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || call(&shared))
+        .await
+        .unwrap_or(Err(crate::store::StoreError::Poisoned))
+}
+
+/// Maps a registry refusal of an enrollment to what the agent is told.
+fn enroll_refusal(node: Option<&str>, e: RegistryError) -> Refused {
+    match e {
+        RegistryError::AlreadyConnected { .. } => {
+            Refused::new(Refusal::Duplicate, ErrorCode::Conflict, node, e.to_string())
+        }
+        RegistryError::Revoked(_) => Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()),
+        other => Refused::new(Refusal::Protocol, ErrorCode::Unauthorized, node, other.to_string()),
     }
 }
 

@@ -159,6 +159,8 @@ pub struct NewSession {
     pub capacity: Capacity,
     /// The connection it registered on.
     pub connection: ConnectionHandle,
+    /// Fingerprint of the certificate the connection presented.
+    pub fingerprint: String,
 }
 
 /// A status change found by [`Registry::sweep`].
@@ -247,6 +249,17 @@ impl NodeAction {
 pub struct Registry {
     nodes: HashMap<String, Node>,
     by_fingerprint: HashMap<String, String>,
+}
+
+/// The address of the node's current connection if it is open and has reported within
+/// `window`: a live agent holds the node.
+fn busy(node: &Node, now: Instant, window: Duration) -> Option<SocketAddr> {
+    let current = node.connection.as_ref()?;
+    let live = current.connection.close_reason().is_none();
+    let recent = node
+        .last_report
+        .is_some_and(|at| now.saturating_duration_since(at) < window);
+    (live && recent).then_some(current.remote)
 }
 
 /// The status alone (cheap: used by the sweeper on every node several times a second).
@@ -342,11 +355,20 @@ impl Registry {
         self.nodes.is_empty()
     }
 
-    /// Whether a node may (re-)enroll under `name`.
-    pub fn can_enroll(&self, name: &str) -> Result<(), RegistryError> {
+    /// Whether a node may (re-)enroll under `name`: not if it is revoked (delete it first),
+    /// and not while a live agent holds the name and reports (a join token must not be a
+    /// way to take over a working node).
+    pub fn can_enroll(&self, name: &str, now: Instant, busy_window: Duration) -> Result<(), RegistryError> {
         match self.nodes.get(name) {
             Some(node) if node.revoked => Err(RegistryError::Revoked(name.to_string())),
-            _ => Ok(()),
+            Some(node) => match busy(node, now, busy_window) {
+                Some(from) => Err(RegistryError::AlreadyConnected {
+                    node: name.to_string(),
+                    from,
+                }),
+                None => Ok(()),
+            },
+            None => Ok(()),
         }
     }
 
@@ -356,9 +378,11 @@ impl Registry {
         &mut self,
         name: &str,
         fingerprint: &str,
+        now: Instant,
         now_ms: i64,
+        busy_window: Duration,
     ) -> Result<(NodeRow, Option<quinn::Connection>), RegistryError> {
-        self.can_enroll(name)?;
+        self.can_enroll(name, now, busy_window)?;
         let node = self.nodes.entry(name.to_string()).or_insert_with(|| Node {
             fingerprint: String::new(),
             facts: None,
@@ -410,6 +434,7 @@ impl Registry {
             facts,
             capacity,
             connection,
+            fingerprint,
         } = session;
         let node = self
             .nodes
@@ -418,21 +443,20 @@ impl Registry {
         if node.revoked {
             return Err(RegistryError::Revoked(name.to_string()));
         }
+        // The certificate must still be the node's: it may have been re-enrolled or deleted
+        // and re-joined while this session was opening.
+        if node.fingerprint != fingerprint {
+            return Err(RegistryError::UnknownCertificate);
+        }
         // A second agent with the same identity: the current connection is open and has
         // reported within `busy_window`. Refusing the newcomer (rather than replacing the
         // incumbent) keeps the node's inventory stable and makes the duplicate visible; a
         // restarted agent gets in as soon as its old connection falls silent.
-        if let Some(current) = &node.connection {
-            let live = current.connection.close_reason().is_none();
-            let recent = node
-                .last_report
-                .is_some_and(|at| now.saturating_duration_since(at) < busy_window);
-            if live && recent {
-                return Err(RegistryError::AlreadyConnected {
-                    node: name.to_string(),
-                    from: current.remote,
-                });
-            }
+        if let Some(from) = busy(node, now, busy_window) {
+            return Err(RegistryError::AlreadyConnected {
+                node: name.to_string(),
+                from,
+            });
         }
         // Re-registrations with unchanged facts (the usual case after a network blip or a
         // coordinator restart) need no write to the store.
@@ -519,7 +543,14 @@ impl Registry {
     pub fn sweep(&mut self, now: Instant, timeout: Duration) -> Sweep {
         let mut sweep = Sweep::default();
         for (name, node) in &mut self.nodes {
-            if status_of(node, now, timeout) == node.status {
+            let status = status_of(node, now, timeout);
+            if status == NodeStatus::NotReady && node.connection.is_some() {
+                // A connection that carried no report for the whole timeout is dead weight.
+                if let Some(handle) = node.connection.take() {
+                    sweep.close.push(handle.connection);
+                }
+            }
+            if status == node.status {
                 continue;
             }
             let (status, reason) = derive_status(node, now, timeout);
@@ -530,12 +561,6 @@ impl Registry {
                 reason,
             });
             node.status = status;
-            if status == NodeStatus::NotReady {
-                // A connection that carried no report for the whole timeout is dead weight.
-                if let Some(handle) = node.connection.take() {
-                    sweep.close.push(handle.connection);
-                }
-            }
         }
         sweep.transitions.sort_by(|a, b| a.node.cmp(&b.node));
         sweep
@@ -666,7 +691,9 @@ mod tests {
     #[test]
     fn liveness_transitions_follow_reports() {
         let mut registry = Registry::default();
-        registry.enroll("n1", "fp1", 0).unwrap();
+        registry
+            .enroll("n1", "fp1", Instant::now(), 0, Duration::from_secs(3))
+            .unwrap();
         let t0 = Instant::now();
         let timeout = Duration::from_secs(10);
         assert_eq!(registry.sweep(t0, timeout).transitions, vec![]); // NotReady from the start
@@ -699,7 +726,9 @@ mod tests {
     #[test]
     fn operator_actions_and_revocation() {
         let mut registry = Registry::default();
-        registry.enroll("n1", "fp1", 0).unwrap();
+        registry
+            .enroll("n1", "fp1", Instant::now(), 0, Duration::from_secs(3))
+            .unwrap();
         let now = Instant::now();
         registry.nodes.get_mut("n1").unwrap().last_report = Some(now);
         let timeout = Duration::from_secs(10);
@@ -713,7 +742,10 @@ mod tests {
         registry.act("n1", NodeAction::Revoke).unwrap();
         assert_eq!(registry.identify("fp1"), Err(RegistryError::Revoked("n1".into())));
         assert_eq!(registry.view("n1", now, timeout).unwrap().status, "NotReady");
-        assert_eq!(registry.can_enroll("n1"), Err(RegistryError::Revoked("n1".into())));
+        assert_eq!(
+            registry.can_enroll("n1", now, Duration::from_secs(3)),
+            Err(RegistryError::Revoked("n1".into()))
+        );
         assert_eq!(registry.identify("nope"), Err(RegistryError::UnknownCertificate));
         assert!(matches!(
             registry.act("ghost", NodeAction::Cordon),

@@ -90,7 +90,8 @@ pub struct Shared {
     pub config: CoordinatorConfig,
     /// Durable store.
     pub store: Arc<Store>,
-    events: std::sync::mpsc::SyncSender<EventRow>,
+    events: Mutex<Option<std::sync::mpsc::SyncSender<EventRow>>>,
+    event_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     registry: Mutex<Registry>,
     /// Cluster CA.
     pub ca: CertificateAuthority,
@@ -139,7 +140,11 @@ impl Shared {
         };
         // Events are written by a background thread in batches: a burst (thousands of
         // nodes changing status at once) never blocks the async workers on SQLite.
-        if self.events.try_send(row).is_err() {
+        let sent = match self.events.lock() {
+            Ok(guard) => guard.as_ref().is_some_and(|events| events.try_send(row).is_ok()),
+            Err(_) => false,
+        };
+        if !sent {
             self.metrics.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -179,7 +184,7 @@ pub struct Coordinator {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn load_or_create_ca(config: &CoordinatorConfig) -> Result<CertificateAuthority, StartError> {
+fn load_or_create_ca(config: &CoordinatorConfig, has_nodes: bool) -> Result<CertificateAuthority, StartError> {
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| StartError::Ca {
             path: path.to_path_buf(),
@@ -191,6 +196,13 @@ fn load_or_create_ca(config: &CoordinatorConfig) -> Result<CertificateAuthority,
         None => (config.data_dir.join("ca.pem"), config.data_dir.join("ca.key")),
     };
     if config.ca_files.is_none() && !cert_path.exists() {
+        // A new CA would silently cut off every joined node: only on a truly fresh start.
+        if key_path.exists() || has_nodes {
+            return Err(StartError::Ca {
+                path: cert_path.clone(),
+                reason: "is missing, but this data dir already has a CA key or joined nodes; restore ca.pem from a backup (generating a new CA would cut off every node)".into(),
+            });
+        }
         let material = pki::generate_ca(&config.cluster_name)?;
         write_private(&key_path, &material.key_pem)?;
         write_private(&cert_path, &material.cert_pem)?;
@@ -266,7 +278,12 @@ const EVENT_QUEUE: usize = 8_192;
 
 /// Starts the thread that writes events in batches, one transaction per batch. It ends
 /// when the coordinator's shared state is dropped.
-fn spawn_event_writer(store: Arc<Store>) -> std::sync::mpsc::SyncSender<EventRow> {
+fn spawn_event_writer(
+    store: Arc<Store>,
+) -> (
+    std::sync::mpsc::SyncSender<EventRow>,
+    Option<std::thread::JoinHandle<()>>,
+) {
     let (sender, receiver) = std::sync::mpsc::sync_channel::<EventRow>(EVENT_QUEUE);
     let spawned = std::thread::Builder::new().name("event-writer".into()).spawn(move || {
         while let Ok(first) = receiver.recv() {
@@ -282,10 +299,13 @@ fn spawn_event_writer(store: Arc<Store>) -> std::sync::mpsc::SyncSender<EventRow
             }
         }
     });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the event writer; events will not be recorded");
+    match spawned {
+        Ok(handle) => (sender, Some(handle)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the event writer; events will not be recorded");
+            (sender, None)
+        }
     }
-    sender
 }
 
 /// Warns when a secret file is readable by group or others.
@@ -336,17 +356,25 @@ impl Coordinator {
     /// Opens state, binds listeners and spawns the tasks.
     pub async fn start(config: CoordinatorConfig) -> Result<Self, StartError> {
         let data_dir = config.data_dir.clone();
+        let existed = data_dir.exists();
         std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
+            if !existed {
+                // Only a directory we created: an existing one (say /srv) keeps its mode.
+                let _ = std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700));
+            } else if let Ok(meta) = std::fs::metadata(&data_dir) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(dir = %data_dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "the data dir is accessible to other users; it holds the CA key and the store (chmod 700 recommended)");
+                }
+            }
         }
         let store = Arc::new(Store::open(&data_dir.join("pyxis.db"))?);
         let registry = Registry::load(store.nodes()?)?;
-        let ca = load_or_create_ca(&config)?;
+        let ca = load_or_create_ca(&config, !registry.is_empty())?;
         let (admin_token_sha256, admin_token) = admin_token(&store, &data_dir)?;
         tracing::info!(ca_hash = %ca.hash(), nodes = registry.len(), "state loaded");
 
@@ -371,9 +399,11 @@ impl Coordinator {
             source,
         })?;
 
+        let (events, event_writer) = spawn_event_writer(store.clone());
         let shared = Arc::new(Shared {
             config,
-            events: spawn_event_writer(store.clone()),
+            events: Mutex::new(Some(events)),
+            event_writer: Mutex::new(event_writer),
             store,
             registry: Mutex::new(registry),
             ca,
@@ -419,6 +449,17 @@ impl Coordinator {
             let _ = task.await;
         }
         self.shared.registry().drop_connections();
+        // Close the event queue and let the writer store what is queued.
+        if let Ok(mut events) = self.shared.events.lock() {
+            events.take();
+        }
+        let writer = self.shared.event_writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            let joined = tokio::task::spawn_blocking(move || writer.join());
+            if tokio::time::timeout(Duration::from_secs(5), joined).await.is_err() {
+                tracing::warn!("the event writer did not finish in 5s; some events may be lost");
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         flush(&self.shared);
     }

@@ -212,6 +212,51 @@ impl Store {
         })
     }
 
+    /// Records a (re-)enrollment: a new node, or a new certificate for an existing one. The
+    /// operator flags of an existing node are left as they are.
+    pub fn enroll_node(&self, row: &NodeRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO nodes(name, cert_fingerprint, facts, cordoned, draining, revoked, joined_at_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(name) DO UPDATE SET cert_fingerprint = excluded.cert_fingerprint, joined_at_ms = excluded.joined_at_ms",
+                params![
+                    row.name,
+                    row.cert_fingerprint,
+                    row.facts_json,
+                    row.cordoned,
+                    row.draining,
+                    row.revoked,
+                    row.joined_at_ms,
+                    row.last_seen_ms
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Updates a node's facts, only while `row.cert_fingerprint` is still its certificate.
+    pub fn update_facts(&self, row: &NodeRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE nodes SET facts = ?3 WHERE name = ?1 AND cert_fingerprint = ?2",
+                params![row.name, row.cert_fingerprint, row.facts_json],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Updates a node's operator flags (cordon, drain, revoke) and nothing else.
+    pub fn set_flags(&self, row: &NodeRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE nodes SET cordoned = ?2, draining = ?3, revoked = ?4 WHERE name = ?1",
+                params![row.name, row.cordoned, row.draining, row.revoked],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Writes many last-seen times in one transaction.
     pub fn flush_last_seen(&self, updates: &[(String, i64)]) -> Result<(), StoreError> {
         if updates.is_empty() {

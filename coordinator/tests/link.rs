@@ -687,6 +687,16 @@ async fn a_second_agent_with_the_same_identity_is_refused() {
         async move { err.contains("already connected") }
     })
     .await;
+    // A fresh join token is no way to take over a live node's name either.
+    let mut config = cluster.agent_config("twin", Some(cluster.token(Duration::from_secs(600), 1)));
+    config.data_dir = cluster.dir.path().join("agents/twin-impostor");
+    let impostor = Agent::start(config).await.unwrap();
+    eventually("takeover by enrollment refused", Duration::from_secs(10), || {
+        let err = impostor.shared.link_state().last_error.unwrap_or_default();
+        async move { err.contains("already connected") }
+    })
+    .await;
+    impostor.stop().await;
     // The incumbent keeps the node, and its inventory does not flip.
     all_keep_reporting(&[&first], 5).await;
     assert_eq!(cluster.view("twin").accelerators.len(), 2);
@@ -701,4 +711,19 @@ async fn a_second_agent_with_the_same_identity_is_refused() {
     })
     .await;
     second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ca_certificate_is_not_silently_replaced() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    let agent = cluster.join("orphan-guard").await;
+    agent.stop().await;
+    let mut cluster = cluster;
+    let coordinator = cluster.coordinator.take().unwrap();
+    let config = coordinator.shared.config.clone();
+    coordinator.stop().await;
+    std::fs::remove_file(config.data_dir.join("ca.pem")).unwrap();
+    let err = Coordinator::start(config).await.unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(err.to_string().contains("restore ca.pem"), "{err}");
 }
