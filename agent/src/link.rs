@@ -156,15 +156,23 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The shortest time without an acknowledgement after which a session is given up.
 const ACK_DEADLINE_MIN: Duration = Duration::from_secs(3);
 
-async fn resolve(addr: &str) -> Result<SocketAddr, SessionError> {
-    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| SessionError::Resolve {
-        addr: addr.to_string(),
-        reason: e.to_string(),
-    })?;
-    addrs.next().ok_or_else(|| SessionError::Resolve {
-        addr: addr.to_string(),
-        reason: "no addresses".into(),
-    })
+/// Resolves `addr` and picks its `turn`-th address (modulo their number), so that a name
+/// with several addresses (say `localhost`: `::1` and `127.0.0.1`) is tried on each in turn.
+async fn resolve(addr: &str, turn: usize) -> Result<SocketAddr, SessionError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| SessionError::Resolve {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(SessionError::Resolve {
+            addr: addr.to_string(),
+            reason: "no addresses".into(),
+        });
+    }
+    Ok(addrs[turn % addrs.len()])
 }
 
 async fn timed<T>(
@@ -340,9 +348,10 @@ pub async fn run(shared: Arc<AgentShared>, shutdown: CancellationToken) {
             break;
         }
         let target = &config.coordinators[next % config.coordinators.len()];
+        let turn = next / config.coordinators.len();
         next = next.wrapping_add(1);
         let attempt = async {
-            let addr = resolve(target).await?;
+            let addr = resolve(target, turn).await?;
             let endpoint = match endpoints.get(&addr.is_ipv6()) {
                 Some(e) => e.clone(),
                 None => {
