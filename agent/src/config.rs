@@ -71,6 +71,9 @@ pub struct FileConfig {
     pub max_backoff: Option<String>,
     /// Runtime launch commands by kind (`--runtime KIND=COMMAND`).
     pub runtimes: Option<BTreeMap<String, String>>,
+    /// Hardware-class overrides: the exact model string a driver reports = the class to
+    /// use (config file only).
+    pub hardware_classes: Option<BTreeMap<String, String>>,
 }
 
 /// Validated agent configuration.
@@ -98,6 +101,8 @@ pub struct AgentConfig {
     pub max_backoff: Duration,
     /// Runtime launch commands by kind.
     pub runtimes: BTreeMap<String, String>,
+    /// Hardware-class overrides by exact model string.
+    pub hardware_classes: BTreeMap<String, String>,
 }
 
 /// Flag values (all optional: the file or defaults fill the rest).
@@ -293,6 +298,15 @@ impl AgentConfig {
                 });
             }
         }
+        let hardware_classes = file.hardware_classes.unwrap_or_default();
+        for (model, class) in &hardware_classes {
+            if model.trim().is_empty() || class.trim().is_empty() || class.contains(char::is_whitespace) {
+                return Err(ConfigError::Invalid {
+                    key: "hardware_classes",
+                    reason: format!("{model:?} = {class:?}: both must be non-empty and the class has no spaces"),
+                });
+            }
+        }
         Ok(Self {
             coordinators,
             join_token,
@@ -305,6 +319,7 @@ impl AgentConfig {
             min_backoff,
             max_backoff,
             runtimes,
+            hardware_classes,
         })
     }
 }

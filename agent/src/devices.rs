@@ -105,7 +105,7 @@ const SIMULATED_CLASSES: &[(&str, Vendor, &str, u64, u32)] = &[
     ("L4-24GB", Vendor::Nvidia, "NVIDIA L4", 24, 72),
     ("B200-192GB", Vendor::Nvidia, "NVIDIA B200", 192, 1000),
     ("MI300X-192GB", Vendor::Amd, "AMD Instinct MI300X", 192, 750),
-    ("MI250X-128GB", Vendor::Amd, "AMD Instinct MI250X", 128, 560),
+    ("MI250X-64GB", Vendor::Amd, "AMD Instinct MI250X", 64, 280),
     ("TPU-v5e", Vendor::Google, "TPU v5 lite", 16, 200),
     ("TPU-v5p", Vendor::Google, "TPU v5p", 95, 350),
     ("TPU-v4", Vendor::Google, "TPU v4", 32, 250),
@@ -197,6 +197,15 @@ mod tests {
         assert_eq!(devices[0].uuid, parse_simulate("1xH100-80GB", "n1").unwrap()[0].uuid);
         assert_ne!(devices[0].uuid, devices[1].uuid);
         assert_ne!(devices[0].uuid, parse_simulate("1xH100-80GB", "n2").unwrap()[0].uuid);
+    }
+
+    /// Simulated devices carry the class the real derivation would give their model.
+    #[test]
+    fn simulated_classes_match_the_derivation_rules() {
+        for (class, vendor, model, gib, _) in SIMULATED_CLASSES {
+            let derived = crate::hwclass::derive(*vendor, model, gib << 30, &Default::default());
+            assert_eq!(&derived, class, "{model}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod devices;
 pub mod host;
 pub mod http;
+pub mod hwclass;
 pub mod identity;
 pub mod link;
 pub mod prom;
@@ -237,10 +238,14 @@ impl Agent {
             source,
         })?;
         let stored = identity::Identity::load(&config.data_dir)?;
-        let devices = match &config.simulate {
+        let mut devices = match &config.simulate {
             Some(spec) => devices::parse_simulate(spec, &config.name)?,
             None => Vec::new(),
         };
+        let overrides = hwclass::ClassOverrides::new(config.hardware_classes.clone());
+        for device in &mut devices {
+            device.hardware_class = hwclass::derive(device.vendor, &device.model, device.memory_bytes, &overrides);
+        }
         if devices.is_empty() {
             tracing::info!(
                 "no accelerators reported (real probing is not enabled in this build; use --simulate for demos)"

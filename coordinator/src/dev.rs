@@ -86,6 +86,7 @@ fn agent_config(
         min_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(5),
         runtimes: Default::default(),
+        hardware_classes: Default::default(),
     }
 }
 

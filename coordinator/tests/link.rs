@@ -112,6 +112,7 @@ impl Cluster {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),
             runtimes: Default::default(),
+            hardware_classes: Default::default(),
         }
     }
 
@@ -574,12 +575,20 @@ async fn device_changes_are_reported_at_once_and_keys_stay_private() {
     let cluster = Cluster::start(Duration::from_secs(10)).await;
     let mut config = cluster.agent_config("changer", Some(cluster.token(Duration::from_secs(600), 1)));
     config.report_interval = Duration::from_secs(30); // only on-change reports would be fast
+    config
+        .hardware_classes
+        .insert("NVIDIA H100 80GB HBM3".into(), "H100-SXM-80GB".into());
     let agent = Agent::start(config).await.unwrap();
     let mut watch = agent.watch();
     tokio::time::timeout(Duration::from_secs(15), watch.wait_for(|s| s.connected))
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(
+        cluster.view("changer").accelerators[0].hardware_class,
+        "H100-SXM-80GB",
+        "operator override applied"
+    );
     agent
         .shared
         .set_device_health(1, pyxis_protocol::Health::Unhealthy, "simulated fault");
@@ -656,6 +665,7 @@ async fn configured_ca_files_are_used_instead_of_a_generated_ca() {
         min_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(500),
         runtimes: Default::default(),
+        hardware_classes: Default::default(),
     })
     .await
     .unwrap();
