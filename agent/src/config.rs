@@ -74,6 +74,9 @@ pub struct FileConfig {
     /// Hardware-class overrides: the exact model string a driver reports = the class to
     /// use (config file only).
     pub hardware_classes: Option<BTreeMap<String, String>>,
+    /// Path of `libnvidia-ml.so.1` when it is not where the dynamic loader looks (config
+    /// file only).
+    pub nvml_library: Option<PathBuf>,
 }
 
 /// Validated agent configuration.
@@ -103,6 +106,8 @@ pub struct AgentConfig {
     pub runtimes: BTreeMap<String, String>,
     /// Hardware-class overrides by exact model string.
     pub hardware_classes: BTreeMap<String, String>,
+    /// NVML library path override.
+    pub nvml_library: Option<PathBuf>,
 }
 
 /// Flag values (all optional: the file or defaults fill the rest).
@@ -320,6 +325,7 @@ impl AgentConfig {
             max_backoff,
             runtimes,
             hardware_classes,
+            nvml_library: file.nvml_library,
         })
     }
 }

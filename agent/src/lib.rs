@@ -15,6 +15,7 @@ pub mod http;
 pub mod hwclass;
 pub mod identity;
 pub mod link;
+pub mod nvml;
 pub mod prom;
 pub mod runtimes;
 
@@ -79,6 +80,8 @@ pub struct AgentShared {
     pub reports_sent: AtomicU64,
     /// Runtime kinds this node can launch, with how (configured or found on `PATH`).
     pub runtimes: std::collections::BTreeMap<String, String>,
+    nvml: Option<nvml::NvmlProbe>,
+    class_overrides: hwclass::ClassOverrides,
 }
 
 fn unix_ms() -> u64 {
@@ -112,6 +115,7 @@ impl AgentShared {
 
     /// A capacity report now.
     pub fn capacity(&self, seq: u64) -> CapacityReport {
+        self.refresh_probed();
         let devices = self
             .devices
             .lock()
@@ -127,6 +131,31 @@ impl AgentShared {
             sent_at_unix_ms: unix_ms(),
             memory_available_bytes,
             devices,
+        }
+    }
+
+    /// Re-reads usage (memory, utilization, temperature, power, health) of probed devices.
+    fn refresh_probed(&self) {
+        let Some(probe) = self.nvml.as_ref() else { return };
+        let fresh = match probe.devices(&self.class_overrides) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot refresh NVIDIA device usage");
+                return;
+            }
+        };
+        if let Ok(mut devices) = self.devices.lock() {
+            for device in devices.iter_mut() {
+                if let Some(now) = fresh.iter().find(|f| f.index == device.index) {
+                    device.memory_used_bytes = now.memory_used_bytes;
+                    device.utilization_percent = now.utilization_percent;
+                    device.temperature_celsius = now.temperature_celsius;
+                    device.power_watts = now.power_watts;
+                    device.power_limit_watts = now.power_limit_watts;
+                    device.health = now.health;
+                    device.health_reason = now.health_reason.clone();
+                }
+            }
         }
     }
 
@@ -238,19 +267,39 @@ impl Agent {
             source,
         })?;
         let stored = identity::Identity::load(&config.data_dir)?;
-        let mut devices = match &config.simulate {
-            Some(spec) => devices::parse_simulate(spec, &config.name)?,
-            None => Vec::new(),
-        };
         let overrides = hwclass::ClassOverrides::new(config.hardware_classes.clone());
-        for device in &mut devices {
+        // Simulated devices replace probing entirely, so the two are never mixed up.
+        let (mut devices, nvml) = match &config.simulate {
+            Some(spec) => (devices::parse_simulate(spec, &config.name)?, None),
+            None => match nvml::NvmlProbe::open(config.nvml_library.as_deref()) {
+                Ok(probe) => match probe.devices(&overrides) {
+                    Ok(found) => {
+                        tracing::info!(
+                            count = found.len(),
+                            driver = probe.driver_version.as_deref().unwrap_or("unknown"),
+                            "NVIDIA GPUs found through NVML"
+                        );
+                        (found, Some(probe))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "NVML is loaded but cannot list devices; no NVIDIA GPU reported");
+                        (Vec::new(), None)
+                    }
+                },
+                Err(e) => {
+                    tracing::info!(reason = %e, "no NVIDIA GPU probed");
+                    (Vec::new(), None)
+                }
+            },
+        };
+        for device in devices.iter_mut().filter(|d| d.simulated) {
             device.hardware_class = hwclass::derive(device.vendor, &device.model, device.memory_bytes, &overrides);
         }
         if devices.is_empty() {
             tracing::info!(
-                "no accelerators reported (real probing is not enabled in this build; use --simulate for demos)"
+                "this node reports no accelerators (NVIDIA through NVML is probed; AMD and TPU probing come later; --simulate gives demo devices)"
             );
-        } else {
+        } else if config.simulate.is_some() {
             tracing::info!(count = devices.len(), "reporting simulated accelerators");
         }
         if stored.is_some() {
@@ -273,6 +322,8 @@ impl Agent {
             state,
             reports_sent: AtomicU64::new(0),
             runtimes,
+            nvml,
+            class_overrides: overrides,
         });
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();

@@ -87,6 +87,7 @@ fn agent_config(
         max_backoff: Duration::from_secs(5),
         runtimes: Default::default(),
         hardware_classes: Default::default(),
+        nvml_library: None,
     }
 }
 

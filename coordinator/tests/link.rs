@@ -113,6 +113,7 @@ impl Cluster {
             max_backoff: Duration::from_millis(500),
             runtimes: Default::default(),
             hardware_classes: Default::default(),
+            nvml_library: None,
         }
     }
 
@@ -666,6 +667,7 @@ async fn configured_ca_files_are_used_instead_of_a_generated_ca() {
         max_backoff: Duration::from_millis(500),
         runtimes: Default::default(),
         hardware_classes: Default::default(),
+        nvml_library: None,
     })
     .await
     .unwrap();
