@@ -77,6 +77,9 @@ pub struct FileConfig {
     /// Path of `libnvidia-ml.so.1` when it is not where the dynamic loader looks (config
     /// file only).
     pub nvml_library: Option<PathBuf>,
+    /// GCE metadata base URL, asked for the TPU type when TPU device nodes exist (config
+    /// file only).
+    pub gce_metadata_url: Option<String>,
 }
 
 /// Validated agent configuration.
@@ -108,6 +111,8 @@ pub struct AgentConfig {
     pub hardware_classes: BTreeMap<String, String>,
     /// NVML library path override.
     pub nvml_library: Option<PathBuf>,
+    /// GCE metadata base URL.
+    pub gce_metadata_url: String,
 }
 
 /// Flag values (all optional: the file or defaults fill the rest).
@@ -326,6 +331,9 @@ impl AgentConfig {
             runtimes,
             hardware_classes,
             nvml_library: file.nvml_library,
+            gce_metadata_url: file
+                .gce_metadata_url
+                .unwrap_or_else(|| crate::tpu::DEFAULT_METADATA_URL.to_string()),
         })
     }
 }

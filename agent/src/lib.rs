@@ -18,6 +18,7 @@ pub mod link;
 pub mod nvml;
 pub mod prom;
 pub mod runtimes;
+pub mod tpu;
 
 use std::{
     net::SocketAddr,
@@ -292,12 +293,25 @@ impl Agent {
                 }
             },
         };
+        if config.simulate.is_none() {
+            let tpus = tpu::probe(
+                std::path::Path::new("/dev"),
+                &config.gce_metadata_url,
+                &config.name,
+                devices.len() as u32,
+                &overrides,
+            );
+            if !tpus.is_empty() {
+                tracing::info!(count = tpus.len(), class = %tpus[0].hardware_class, "TPU chips found");
+            }
+            devices.extend(tpus);
+        }
         for device in devices.iter_mut().filter(|d| d.simulated) {
             device.hardware_class = hwclass::derive(device.vendor, &device.model, device.memory_bytes, &overrides);
         }
         if devices.is_empty() {
             tracing::info!(
-                "this node reports no accelerators (NVIDIA through NVML is probed; AMD and TPU probing come later; --simulate gives demo devices)"
+                "this node reports no accelerators (probed: NVIDIA through NVML, TPUs through /dev and GCE metadata; AMD comes later; --simulate gives demo devices)"
             );
         } else if config.simulate.is_some() {
             tracing::info!(count = devices.len(), "reporting simulated accelerators");

@@ -88,6 +88,7 @@ fn agent_config(
         runtimes: Default::default(),
         hardware_classes: Default::default(),
         nvml_library: None,
+        gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
     }
 }
 

@@ -114,6 +114,7 @@ impl Cluster {
             runtimes: Default::default(),
             hardware_classes: Default::default(),
             nvml_library: None,
+            gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
         }
     }
 
@@ -668,6 +669,7 @@ async fn configured_ca_files_are_used_instead_of_a_generated_ca() {
         runtimes: Default::default(),
         hardware_classes: Default::default(),
         nvml_library: None,
+        gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
     })
     .await
     .unwrap();
