@@ -54,38 +54,54 @@ pub fn notify_stopping() {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT. A second signal exits the process at once.
-pub async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let first = async {
-        match term.as_mut() {
-            Some(term) => {
-                tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = tokio::signal::ctrl_c() => "SIGINT",
-                }
-            }
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
+/// SIGTERM and SIGINT handlers, installed as the very first thing a daemon does, so that a
+/// signal arriving during start-up is a graceful stop and not the default (death).
+#[derive(Debug)]
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the async runtime).
+    pub fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
         }
-    };
-    let name = first.await;
-    tracing::info!(
-        signal = name,
-        "shutting down gracefully; send another signal to stop at once"
-    );
-    tokio::spawn(async move {
-        if let Some(term) = term.as_mut() {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    }
+
+    async fn next(&mut self) -> &'static str {
+        let term = async {
+            match self.term.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
             }
-        } else {
-            let _ = tokio::signal::ctrl_c().await;
+        };
+        let int = async {
+            match self.int.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term => "SIGTERM",
+            _ = int => "SIGINT",
         }
-        tracing::warn!("second signal: exiting immediately");
-        std::process::exit(130);
-    });
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT. A second signal exits the process at once.
+    pub async fn wait(mut self) {
+        let name = self.next().await;
+        tracing::info!(
+            signal = name,
+            "shutting down gracefully; send another signal to stop at once"
+        );
+        tokio::spawn(async move {
+            self.next().await;
+            tracing::warn!("second signal: exiting immediately");
+            std::process::exit(130);
+        });
+    }
 }

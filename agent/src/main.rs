@@ -117,6 +117,7 @@ fn main() {
         }
     };
     let code = runtime.block_on(async move {
+        let signals = daemon::Signals::install();
         tracing::info!(node = %config.name, coordinators = ?config.coordinators, version = pyxis_agent::AGENT_VERSION, "starting pyxis-agent");
         let agent = match Agent::start(config).await {
             Ok(agent) => agent,
@@ -127,7 +128,7 @@ fn main() {
         };
         let watchdog = tokio_util::sync::CancellationToken::new();
         daemon::notify_ready("reporting to the coordinator", watchdog.clone());
-        daemon::wait_for_signal().await;
+        signals.wait().await;
         daemon::notify_stopping();
         watchdog.cancel();
         if tokio::time::timeout(std::time::Duration::from_secs(10), agent.stop()).await.is_err() {

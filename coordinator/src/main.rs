@@ -96,6 +96,7 @@ fn main() {
         }
     };
     let code = runtime.block_on(async move {
+        let signals = daemon::Signals::install();
         tracing::info!(version = pyxis_coordinator::VERSION, data_dir = %config.data_dir.display(), "starting pyxis-coordinator");
         let coordinator = match Coordinator::start(config).await {
             Ok(coordinator) => coordinator,
@@ -119,7 +120,7 @@ fn main() {
         };
         let watchdog = tokio_util::sync::CancellationToken::new();
         daemon::notify_ready("serving", watchdog.clone());
-        daemon::wait_for_signal().await;
+        signals.wait().await;
         daemon::notify_stopping();
         watchdog.cancel();
         let drain = async {
