@@ -6,6 +6,7 @@
 //! ([`http`]). Runtime supervision arrives with the runtime issue; for now the agent
 //! records and acknowledges the desired state it is sent.
 
+pub mod amd;
 pub mod backoff;
 pub mod config;
 pub mod daemon;
@@ -82,6 +83,7 @@ pub struct AgentShared {
     /// Runtime kinds this node can launch, with how (configured or found on `PATH`).
     pub runtimes: std::collections::BTreeMap<String, String>,
     nvml: Option<nvml::NvmlProbe>,
+    amd_present: bool,
     class_overrides: hwclass::ClassOverrides,
 }
 
@@ -137,17 +139,30 @@ impl AgentShared {
 
     /// Re-reads usage (memory, utilization, temperature, power, health) of probed devices.
     fn refresh_probed(&self) {
-        let Some(probe) = self.nvml.as_ref() else { return };
-        let fresh = match probe.devices(&self.class_overrides) {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot refresh NVIDIA device usage");
-                return;
+        let mut fresh = Vec::new();
+        if let Some(probe) = self.nvml.as_ref() {
+            match probe.devices(&self.class_overrides) {
+                Ok(found) => fresh.extend(found),
+                Err(e) => tracing::debug!(error = %e, "cannot refresh NVIDIA device usage"),
             }
-        };
+        }
+        if self.amd_present {
+            // Indices continue after the NVIDIA devices, as at start-up.
+            let first = fresh.len() as u32;
+            fresh.extend(amd::sysfs_devices(
+                std::path::Path::new("/sys"),
+                first,
+                &self.class_overrides,
+            ));
+        }
+        if fresh.is_empty() {
+            return;
+        }
         if let Ok(mut devices) = self.devices.lock() {
             for device in devices.iter_mut() {
-                if let Some(now) = fresh.iter().find(|f| f.index == device.index) {
+                // By index and vendor: a lost NVIDIA GPU can no longer tell its UUID.
+                let same = |f: &&devices::Device| f.index == device.index && f.vendor == device.vendor;
+                if let Some(now) = fresh.iter().find(same).filter(|_| !device.simulated) {
                     device.memory_used_bytes = now.memory_used_bytes;
                     device.utilization_percent = now.utilization_percent;
                     device.temperature_celsius = now.temperature_celsius;
@@ -293,7 +308,14 @@ impl Agent {
                 }
             },
         };
+        let mut amd_present = false;
         if config.simulate.is_none() {
+            let amd = amd::sysfs_devices(std::path::Path::new("/sys"), devices.len() as u32, &overrides);
+            if !amd.is_empty() {
+                tracing::info!(count = amd.len(), "AMD GPUs found through amdgpu sysfs");
+                amd_present = true;
+            }
+            devices.extend(amd);
             let tpus = tpu::probe(
                 std::path::Path::new("/dev"),
                 &config.gce_metadata_url,
@@ -311,7 +333,7 @@ impl Agent {
         }
         if devices.is_empty() {
             tracing::info!(
-                "this node reports no accelerators (probed: NVIDIA through NVML, TPUs through /dev and GCE metadata; AMD comes later; --simulate gives demo devices)"
+                "this node reports no accelerators (probed: NVIDIA through NVML, AMD through amdgpu sysfs, TPUs through /dev and GCE metadata; --simulate gives demo devices)"
             );
         } else if config.simulate.is_some() {
             tracing::info!(count = devices.len(), "reporting simulated accelerators");
@@ -337,6 +359,7 @@ impl Agent {
             reports_sent: AtomicU64::new(0),
             runtimes,
             nvml,
+            amd_present,
             class_overrides: overrides,
         });
         let shutdown = CancellationToken::new();
