@@ -222,28 +222,43 @@ async fn open(
         .send(&hello)
         .await
         .map_err(|source| link_error(&connection, addr, source))?;
-    match timed(addr, "HelloAck", reader.recv::<CoordinatorMessage>()).await? {
-        Ok(Some((_, CoordinatorMessage::HelloAck(ack)))) => {
-            writer.version = ack.version;
-            reader.version = Some(ack.version);
-            Ok(Opened {
-                connection,
-                writer,
-                reader,
-            })
-        }
+    let ack = expect(&mut reader, &connection, addr, "HelloAck", |m| match m {
+        CoordinatorMessage::HelloAck(ack) => Ok(ack),
+        other => Err(other),
+    })
+    .await?;
+    writer.version = ack.version;
+    reader.version = Some(ack.version);
+    Ok(Opened {
+        connection,
+        writer,
+        reader,
+    })
+}
+
+/// Reads the one reply a step waits for: `pick` takes the expected message (handing back
+/// anything else), an `Error` is the coordinator's refusal, and a closed stream reports the
+/// connection's close reason.
+async fn expect<T>(
+    reader: &mut FrameReader,
+    connection: &quinn::Connection,
+    addr: SocketAddr,
+    expected: &'static str,
+    pick: impl FnOnce(CoordinatorMessage) -> Result<T, CoordinatorMessage>,
+) -> Result<T, SessionError> {
+    match timed(addr, expected, reader.recv::<CoordinatorMessage>()).await? {
         Ok(Some((_, CoordinatorMessage::Error(e)))) => Err(SessionError::Refused {
             addr,
             code: e.code,
             message: e.message,
         }),
-        Ok(Some((_, other))) => Err(SessionError::Unexpected {
+        Ok(Some((_, message))) => pick(message).map_err(|other| SessionError::Unexpected {
             addr,
-            expected: "HelloAck",
+            expected,
             got: message_name(&other),
         }),
-        Ok(None) => Err(closed(&connection, addr)),
-        Err(source) => Err(link_error(&connection, addr, source)),
+        Ok(None) => Err(closed(connection, addr)),
+        Err(source) => Err(link_error(connection, addr, source)),
     }
 }
 
@@ -299,36 +314,26 @@ pub async fn enroll(
         .send(&request)
         .await
         .map_err(|source| link_error(&opened.connection, addr, source))?;
-    let answer = timed(addr, "Enrolled", opened.reader.recv::<CoordinatorMessage>()).await?;
-    let result = match answer {
-        Ok(Some((_, CoordinatorMessage::Enrolled(response)))) => {
-            let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(response.ca_pem.as_bytes()).ok();
-            let matches = ca_der
-                .is_some_and(|der| ring::digest::digest(&ring::digest::SHA256, der.as_ref()).as_ref() == pinned_ca);
-            if matches {
-                Ok(Identity {
-                    ca_pem: response.ca_pem,
-                    cert_pem: response.certificate_pem,
-                    key_pem: key.key_pem,
-                    node_name: node_name.to_string(),
-                })
-            } else {
-                Err(SessionError::CaMismatch { addr })
-            }
+    let answer = expect(&mut opened.reader, &opened.connection, addr, "Enrolled", |m| match m {
+        CoordinatorMessage::Enrolled(response) => Ok(response),
+        other => Err(other),
+    })
+    .await;
+    let result = answer.and_then(|response| {
+        let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(response.ca_pem.as_bytes()).ok();
+        let matches =
+            ca_der.is_some_and(|der| ring::digest::digest(&ring::digest::SHA256, der.as_ref()).as_ref() == pinned_ca);
+        if matches {
+            Ok(Identity {
+                ca_pem: response.ca_pem,
+                cert_pem: response.certificate_pem,
+                key_pem: key.key_pem,
+                node_name: node_name.to_string(),
+            })
+        } else {
+            Err(SessionError::CaMismatch { addr })
         }
-        Ok(Some((_, CoordinatorMessage::Error(e)))) => Err(SessionError::Refused {
-            addr,
-            code: e.code,
-            message: e.message,
-        }),
-        Ok(Some((_, other))) => Err(SessionError::Unexpected {
-            addr,
-            expected: "Enrolled",
-            got: message_name(&other),
-        }),
-        Ok(None) => Err(closed(&opened.connection, addr)),
-        Err(source) => Err(link_error(&opened.connection, addr, source)),
-    };
+    });
     opened
         .connection
         .close(quinn::VarInt::from_u32(close_code::ENROLLED), b"enrolled");
@@ -439,28 +444,14 @@ async fn session(
         .send(&registration)
         .await
         .map_err(|source| link_error(&connection, addr, source))?;
-    let interval = match timed(addr, "Registered", reader.recv::<CoordinatorMessage>()).await? {
-        Ok(Some((_, CoordinatorMessage::Registered(ack)))) => {
-            tracing::info!(coordinator = %addr, node = %ack.node_name, version = writer.version, "registered");
-            Duration::from_millis(ack.report_interval_ms).clamp(Duration::from_millis(50), Duration::from_secs(60))
-        }
-        Ok(Some((_, CoordinatorMessage::Error(e)))) => {
-            return Err(SessionError::Refused {
-                addr,
-                code: e.code,
-                message: e.message,
-            })
-        }
-        Ok(Some((_, other))) => {
-            return Err(SessionError::Unexpected {
-                addr,
-                expected: "Registered",
-                got: message_name(&other),
-            })
-        }
-        Ok(None) => return Err(closed(&connection, addr)),
-        Err(source) => return Err(link_error(&connection, addr, source)),
-    };
+    let ack = expect(&mut reader, &connection, addr, "Registered", |m| match m {
+        CoordinatorMessage::Registered(ack) => Ok(ack),
+        other => Err(other),
+    })
+    .await?;
+    tracing::info!(coordinator = %addr, node = %ack.node_name, version = writer.version, "registered");
+    let interval =
+        Duration::from_millis(ack.report_interval_ms).clamp(Duration::from_millis(50), Duration::from_secs(60));
     let interval = interval.min(shared.config.report_interval);
     backoff.reset();
     shared.set_connected(true, Some(addr));

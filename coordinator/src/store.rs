@@ -179,30 +179,6 @@ impl Store {
         })
     }
 
-    /// Inserts or replaces a node row.
-    pub fn upsert_node(&self, row: &NodeRow) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute(
-                "INSERT INTO nodes(name, cert_fingerprint, facts, cordoned, draining, revoked, joined_at_ms, last_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(name) DO UPDATE SET cert_fingerprint = excluded.cert_fingerprint, facts = excluded.facts,
-                   cordoned = excluded.cordoned, draining = excluded.draining, revoked = excluded.revoked,
-                   joined_at_ms = excluded.joined_at_ms, last_seen_ms = excluded.last_seen_ms",
-                params![
-                    row.name,
-                    row.cert_fingerprint,
-                    row.facts_json,
-                    row.cordoned,
-                    row.draining,
-                    row.revoked,
-                    row.joined_at_ms,
-                    row.last_seen_ms
-                ],
-            )
-            .map(|_| ())
-        })
-    }
-
     /// Deletes a node and its events.
     pub fn delete_node(&self, name: &str) -> Result<(), StoreError> {
         self.with(|c| {
@@ -406,7 +382,7 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             store
-                .upsert_node(&NodeRow {
+                .enroll_node(&NodeRow {
                     name: "n1".into(),
                     cert_fingerprint: "ab".into(),
                     facts_json: None,

@@ -175,6 +175,16 @@ async fn wait_connected(agent: &Agent) {
     .unwrap();
 }
 
+/// Waits until the agent's last link error mentions `needle` (a refusal it was given).
+async fn wait_for_error(agent: &Agent, needle: &str, deadline: Duration) {
+    eventually(&format!("link error containing {needle:?}"), deadline, || {
+        let err = agent.shared.link_state().last_error.unwrap_or_default();
+        let found = err.contains(needle);
+        async move { found }
+    })
+    .await;
+}
+
 /// Waits until every agent has had at least `n` more capacity reports acknowledged.
 async fn all_keep_reporting(agents: &[&Agent], n: u64) {
     let start: Vec<u64> = agents
@@ -266,11 +276,7 @@ async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
     let bad = Agent::start(cluster.agent_config("wrong-token", Some((wrong, pin))))
         .await
         .unwrap();
-    eventually("wrong token refused", Duration::from_secs(10), || {
-        let err = bad.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("wrong secret") }
-    })
-    .await;
+    wait_for_error(&bad, "wrong secret", Duration::from_secs(10)).await;
     assert!(!bad.shared.link_state().connected);
     assert!(!log_lines_with(&["refused agent", "wrong-token", "wrong secret"]).is_empty());
     bad.stop().await;
@@ -281,11 +287,7 @@ async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
     let expired = Agent::start(cluster.agent_config("expired-token", Some((token, pin))))
         .await
         .unwrap();
-    eventually("expired token refused", Duration::from_secs(10), || {
-        let err = expired.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("expired") }
-    })
-    .await;
+    wait_for_error(&expired, "expired", Duration::from_secs(10)).await;
     assert!(!log_lines_with(&["refused agent", "expired-token", "expired"]).is_empty());
     expired.stop().await;
 
@@ -298,11 +300,7 @@ async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
     let second = Agent::start(cluster.agent_config("uses-2", Some((token, pin))))
         .await
         .unwrap();
-    eventually("used-up token refused", Duration::from_secs(10), || {
-        let err = second.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("no uses left") }
-    })
-    .await;
+    wait_for_error(&second, "no uses left", Duration::from_secs(10)).await;
     second.stop().await;
 
     // A pinned hash that is not this coordinator's CA: the agent refuses the coordinator.
@@ -310,11 +308,7 @@ async fn wrong_and_expired_tokens_are_refused_without_disturbing_others() {
     let mitm = Agent::start(cluster.agent_config("wrong-pin", Some((token, [7u8; 32]))))
         .await
         .unwrap();
-    eventually("wrong pin refused by the agent", Duration::from_secs(10), || {
-        let err = mitm.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("does not match --ca-hash") }
-    })
-    .await;
+    wait_for_error(&mitm, "does not match --ca-hash", Duration::from_secs(10)).await;
     mitm.stop().await;
 
     all_keep_reporting(&[&good, &first], 3).await;
@@ -374,11 +368,7 @@ async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
         .unwrap()
         .unwrap();
     // Its reconnects are refused with a clear reason.
-    eventually("reconnect refused as revoked", Duration::from_secs(10), || {
-        let err = victim.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("revoked") }
-    })
-    .await;
+    wait_for_error(&victim, "revoked", Duration::from_secs(10)).await;
     eventually("refusal logged", Duration::from_secs(5), || {
         let ok = !log_lines_with(&["refused connection", "victim", "revoked"]).is_empty();
         async move { ok }
@@ -394,11 +384,7 @@ async fn revoked_node_is_dropped_at_once_and_refused_afterwards() {
     let again = Agent::start(cluster.agent_config("victim", Some(cluster.token(Duration::from_secs(600), 1))))
         .await
         .unwrap();
-    eventually("re-join refused", Duration::from_secs(10), || {
-        let err = again.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("revoked") }
-    })
-    .await;
+    wait_for_error(&again, "revoked", Duration::from_secs(10)).await;
     again.stop().await;
     // Other actions on a revoked node are conflicts, not silent successes.
     let (status, body) = cluster.api("POST", "/api/v1/nodes/victim/uncordon").await;
@@ -696,20 +682,12 @@ async fn a_second_agent_with_the_same_identity_is_refused() {
     config.data_dir = copy;
     config.simulate = Some("1xL4-24GB".into());
     let second = Agent::start(config).await.unwrap();
-    eventually("duplicate refused", Duration::from_secs(10), || {
-        let err = second.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("already connected") }
-    })
-    .await;
+    wait_for_error(&second, "already connected", Duration::from_secs(10)).await;
     // A fresh join token is no way to take over a live node's name either.
     let mut config = cluster.agent_config("twin", Some(cluster.token(Duration::from_secs(600), 1)));
     config.data_dir = cluster.dir.path().join("agents/twin-impostor");
     let impostor = Agent::start(config).await.unwrap();
-    eventually("takeover by enrollment refused", Duration::from_secs(10), || {
-        let err = impostor.shared.link_state().last_error.unwrap_or_default();
-        async move { err.contains("already connected") }
-    })
-    .await;
+    wait_for_error(&impostor, "already connected", Duration::from_secs(10)).await;
     impostor.stop().await;
     // The incumbent keeps the node, and its inventory does not flip.
     all_keep_reporting(&[&first], 5).await;
