@@ -91,6 +91,8 @@ pub fn sysfs_devices(sys: &Path, first_index: u32, overrides: &ClassOverrides) -
                 .or_else(|| hwmon(&device, "power1_input"))
                 .and_then(|uw| u32::try_from(uw / 1_000_000).ok()),
             power_limit_watts: hwmon(&device, "power1_cap").and_then(|uw| u32::try_from(uw / 1_000_000).ok()),
+            details: Default::default(),
+            telemetry: Default::default(),
         });
     }
     devices

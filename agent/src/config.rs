@@ -80,6 +80,11 @@ pub struct FileConfig {
     /// GCE metadata base URL, asked for the TPU type when TPU device nodes exist (config
     /// file only).
     pub gce_metadata_url: Option<String>,
+    /// Path of `librocm_smi64.so.1` when it is not where the dynamic loader looks (config
+    /// file only).
+    pub rocm_library: Option<PathBuf>,
+    /// GPU health policy (config file only).
+    pub health: Option<crate::health::HealthFile>,
 }
 
 /// Validated agent configuration.
@@ -113,6 +118,10 @@ pub struct AgentConfig {
     pub nvml_library: Option<PathBuf>,
     /// GCE metadata base URL.
     pub gce_metadata_url: String,
+    /// ROCm SMI library path override.
+    pub rocm_library: Option<PathBuf>,
+    /// GPU health policy.
+    pub health: crate::health::HealthPolicy,
 }
 
 /// Flag values (all optional: the file or defaults fill the rest).
@@ -334,6 +343,8 @@ impl AgentConfig {
             gce_metadata_url: file
                 .gce_metadata_url
                 .unwrap_or_else(|| crate::tpu::DEFAULT_METADATA_URL.to_string()),
+            rocm_library: file.rocm_library,
+            health: crate::health::HealthPolicy::from_file(file.health.unwrap_or_default())?,
         })
     }
 }

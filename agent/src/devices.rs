@@ -3,7 +3,7 @@
 //! Real probing (NVML, ROCm SMI, TPU) plugs in here; simulated devices are always marked
 //! `simulated` so that nothing downstream can mistake them for real hardware.
 
-use pyxis_protocol::{Accelerator, DeviceUsage, Health, Vendor};
+use pyxis_protocol::{Accelerator, DeviceDetails, DeviceTelemetry, DeviceUsage, Health, Vendor};
 
 /// One accelerator and its current state.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +36,10 @@ pub struct Device {
     pub power_watts: Option<u32>,
     /// Power limit, if known.
     pub power_limit_watts: Option<u32>,
+    /// Static facts beyond identity (PCI, NUMA, versions, MIG, interconnect).
+    pub details: DeviceDetails,
+    /// Clocks, throttling, ECC, XIDs.
+    pub telemetry: DeviceTelemetry,
 }
 
 impl Device {
@@ -51,6 +55,7 @@ impl Device {
             health: self.health,
             health_reason: self.health_reason.clone(),
             simulated: self.simulated,
+            details: self.details.clone(),
         }
     }
 
@@ -65,6 +70,7 @@ impl Device {
             temperature_celsius: self.temperature_celsius,
             power_watts: self.power_watts,
             power_limit_watts: self.power_limit_watts,
+            telemetry: self.telemetry.clone(),
         }
     }
 }
@@ -157,6 +163,8 @@ pub fn parse_simulate(spec: &str, node_name: &str) -> Result<Vec<Device>, Simula
                 temperature_celsius: Some(34),
                 power_watts: Some(watts / 10),
                 power_limit_watts: Some(*watts),
+                details: DeviceDetails::default(),
+                telemetry: DeviceTelemetry::default(),
             });
         }
     }

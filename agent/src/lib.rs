@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod config;
 pub mod daemon;
 pub mod devices;
+pub mod health;
 pub mod host;
 pub mod http;
 pub mod hwclass;

@@ -81,6 +81,8 @@ impl NvmlProbe {
             temperature_celsius: None,
             power_watts: None,
             power_limit_watts: None,
+            details: Default::default(),
+            telemetry: Default::default(),
         };
         let device = match self.nvml.device_by_index(index) {
             Ok(device) => device,
@@ -123,6 +125,8 @@ impl NvmlProbe {
                 .and_then(|t| u16::try_from(t).ok()),
             power_watts: device.power_usage().ok().map(|mw| mw / 1000),
             power_limit_watts: device.enforced_power_limit().ok().map(|mw| mw / 1000),
+            details: Default::default(),
+            telemetry: Default::default(),
         }
     }
 }

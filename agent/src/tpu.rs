@@ -113,6 +113,8 @@ pub fn probe(
             temperature_celsius: None,
             power_watts: None,
             power_limit_watts: None,
+            details: Default::default(),
+            telemetry: Default::default(),
         })
         .collect()
 }

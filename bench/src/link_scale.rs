@@ -687,6 +687,7 @@ fn node_info(name: &str, gpus: u32) -> NodeInfo {
                 health: Health::Healthy,
                 health_reason: String::new(),
                 simulated: true,
+                details: Default::default(),
             })
             .collect(),
         runtimes: vec!["vllm".into()],
@@ -731,6 +732,7 @@ fn device_template(name: &str, gpus: u32) -> Vec<DeviceUsage> {
             temperature_celsius: Some(34),
             power_watts: Some(70),
             power_limit_watts: Some(700),
+            telemetry: Default::default(),
         })
         .collect()
 }

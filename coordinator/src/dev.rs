@@ -89,6 +89,8 @@ fn agent_config(
         hardware_classes: Default::default(),
         nvml_library: None,
         gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
+        rocm_library: None,
+        health: Default::default(),
     }
 }
 

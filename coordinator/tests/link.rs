@@ -115,6 +115,8 @@ impl Cluster {
             hardware_classes: Default::default(),
             nvml_library: None,
             gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
+            rocm_library: None,
+            health: Default::default(),
         }
     }
 
@@ -656,6 +658,8 @@ async fn configured_ca_files_are_used_instead_of_a_generated_ca() {
         hardware_classes: Default::default(),
         nvml_library: None,
         gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
+        rocm_library: None,
+        health: Default::default(),
     })
     .await
     .unwrap();

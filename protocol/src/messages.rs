@@ -189,6 +189,112 @@ pub struct Accelerator {
     pub health_reason: String,
     /// True for `--simulate` devices; never mixed up with real ones.
     pub simulated: bool,
+    /// Placement-relevant facts: PCI address, NUMA node, versions, MIG, interconnect.
+    pub details: DeviceDetails,
+}
+
+/// Static facts about a device beyond its identity. Every field is optional: a backend
+/// fills what its driver tells it and leaves the rest empty rather than guessing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceDetails {
+    /// PCI bus id, `DDDD:BB:DD.F` (lower case).
+    pub pci_bus_id: Option<String>,
+    /// NUMA node the device is attached to.
+    pub numa_node: Option<u32>,
+    /// Kernel driver version.
+    pub driver_version: Option<String>,
+    /// CUDA driver API version (NVIDIA, for example `12.4`) or ROCm version (AMD).
+    pub compute_api_version: Option<String>,
+    /// Compute capability (NVIDIA, `9.0`), gfx target (AMD, `gfx942`) or TPU generation.
+    pub architecture: Option<String>,
+    /// Maximum SM / graphics clock.
+    pub max_sm_clock_mhz: Option<u32>,
+    /// Maximum memory clock.
+    pub max_memory_clock_mhz: Option<u32>,
+    /// Whether ECC is enabled, when the device can tell.
+    pub ecc_enabled: Option<bool>,
+    /// MIG mode and instances (NVIDIA A100/H100 class devices that support it).
+    pub mig: Option<MigConfig>,
+    /// How this device reaches each other device on the node (by device index).
+    pub links: Vec<PeerLink>,
+}
+
+/// MIG (multi-instance GPU) state of a device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MigConfig {
+    /// MIG mode in effect now.
+    pub enabled: bool,
+    /// MIG mode after the next GPU reset (differs from `enabled` until the reset).
+    pub pending_enabled: bool,
+    /// MIG instances; each is schedulable on its own, the parent GPU then is not.
+    pub instances: Vec<MigInstance>,
+}
+
+/// One MIG instance (a GPU instance with a compute instance).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MigInstance {
+    /// MIG device UUID (`MIG-...`), what `CUDA_VISIBLE_DEVICES` takes.
+    pub uuid: String,
+    /// Profile, for example `1g.10gb`.
+    pub profile: String,
+    /// Memory of the instance.
+    pub memory_bytes: u64,
+    /// GPU instance id.
+    pub gpu_instance_id: u32,
+    /// Compute instance id.
+    pub compute_instance_id: u32,
+    /// Hardware class of the instance, for example `H100-80GB-MIG-1g.10gb`.
+    pub hardware_class: String,
+}
+
+/// The path between two devices on a node, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Interconnect {
+    /// NVIDIA NVLink (direct or through NVSwitch).
+    NvLink,
+    /// AMD Infinity Fabric (xGMI).
+    XGmi,
+    /// PCIe, through one or more PCIe switches (no host bridge).
+    PcieSwitch,
+    /// PCIe through the CPU's host bridge.
+    PcieHostBridge,
+    /// PCIe across host bridges within one NUMA node.
+    NumaNode,
+    /// Across NUMA nodes (SMP interconnect such as QPI/UPI or Infinity Fabric between sockets).
+    System,
+}
+
+impl Interconnect {
+    /// Name used in JSON, metrics and the CLI.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Interconnect::NvLink => "nvlink",
+            Interconnect::XGmi => "xgmi",
+            Interconnect::PcieSwitch => "pcie-switch",
+            Interconnect::PcieHostBridge => "pcie-host-bridge",
+            Interconnect::NumaNode => "numa-node",
+            Interconnect::System => "system",
+        }
+    }
+
+    /// A direct GPU-to-GPU fabric (NVLink or xGMI), what multi-GPU replicas want.
+    pub fn is_fabric(&self) -> bool {
+        matches!(self, Interconnect::NvLink | Interconnect::XGmi)
+    }
+}
+
+/// A path from one device to a peer device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLink {
+    /// The peer's device index on this node.
+    pub peer: u32,
+    /// Best path between the two.
+    pub kind: Interconnect,
+    /// Active NVLink / xGMI links to the peer (0 for PCIe paths).
+    pub lanes: u32,
 }
 
 /// Capacity at a point in time. Sent periodically and whenever it changes.
@@ -223,6 +329,50 @@ pub struct DeviceUsage {
     pub power_watts: Option<u32>,
     /// Power limit, when the device reports one.
     pub power_limit_watts: Option<u32>,
+    /// Clocks, throttling, ECC and XID counters.
+    pub telemetry: DeviceTelemetry,
+}
+
+/// Fast-changing device counters. Fields a driver does not provide stay empty.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceTelemetry {
+    /// Current SM / graphics clock.
+    pub sm_clock_mhz: Option<u32>,
+    /// Current memory clock.
+    pub memory_clock_mhz: Option<u32>,
+    /// Active clock throttle reasons (`hw_slowdown`, `hw_thermal_slowdown`, `sw_power_cap`, ...).
+    pub throttle_reasons: Vec<String>,
+    /// ECC / RAS error counts, when the device has ECC.
+    pub ecc: Option<EccCounts>,
+    /// XID errors seen since the agent started.
+    pub xid_count: u64,
+    /// The most recent XID.
+    pub last_xid: Option<u64>,
+}
+
+/// ECC and memory-repair counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EccCounts {
+    /// Corrected errors since the last driver load.
+    pub volatile_corrected: u64,
+    /// Uncorrected errors since the last driver load.
+    pub volatile_uncorrected: u64,
+    /// Corrected errors over the device's life.
+    pub aggregate_corrected: u64,
+    /// Uncorrected errors over the device's life.
+    pub aggregate_uncorrected: u64,
+    /// Pages retired (pre-Ampere NVIDIA).
+    pub retired_pages: u64,
+    /// A page retirement waits for a reset.
+    pub retired_pages_pending: bool,
+    /// Rows remapped, corrected plus uncorrected (Ampere and later).
+    pub remapped_rows: u64,
+    /// A row remapping waits for a reset.
+    pub remap_pending: bool,
+    /// A row remapping failed: the device needs service.
+    pub remap_failed: bool,
 }
 
 /// Phase of a replica on a node.

@@ -25,6 +25,33 @@ fn sample_node() -> NodeInfo {
             health: Health::Healthy,
             health_reason: String::new(),
             simulated: true,
+            details: DeviceDetails {
+                pci_bus_id: Some("0000:17:00.0".into()),
+                numa_node: Some(0),
+                driver_version: Some("550.54.15".into()),
+                compute_api_version: Some("12.4".into()),
+                architecture: Some("9.0".into()),
+                max_sm_clock_mhz: Some(1980),
+                max_memory_clock_mhz: Some(2619),
+                ecc_enabled: Some(true),
+                mig: Some(MigConfig {
+                    enabled: true,
+                    pending_enabled: true,
+                    instances: vec![MigInstance {
+                        uuid: "MIG-1".into(),
+                        profile: "1g.10gb".into(),
+                        memory_bytes: 10 << 30,
+                        gpu_instance_id: 9,
+                        compute_instance_id: 0,
+                        hardware_class: "H100-80GB-MIG-1g.10gb".into(),
+                    }],
+                }),
+                links: vec![PeerLink {
+                    peer: 1,
+                    kind: Interconnect::NvLink,
+                    lanes: 18,
+                }],
+            },
         }],
         runtimes: vec!["vllm".into(), "llama-cpp".into()],
     }
@@ -44,6 +71,18 @@ fn sample_capacity(seq: u64) -> CapacityReport {
             temperature_celsius: Some(61),
             power_watts: Some(350),
             power_limit_watts: Some(700),
+            telemetry: DeviceTelemetry {
+                sm_clock_mhz: Some(1755),
+                memory_clock_mhz: Some(2619),
+                throttle_reasons: vec!["sw_power_cap".into()],
+                ecc: Some(EccCounts {
+                    volatile_corrected: 3,
+                    remapped_rows: 1,
+                    ..Default::default()
+                }),
+                xid_count: 1,
+                last_xid: Some(13),
+            },
         }],
     }
 }
@@ -240,6 +279,7 @@ proptest! {
                 temperature_celsius: None,
                 power_watts: Some(u32::from(util)),
                 power_limit_watts: None,
+                telemetry: DeviceTelemetry { xid_count: used, ..Default::default() },
             }).collect(),
         };
         let message = AgentMessage::Capacity(report);
