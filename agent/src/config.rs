@@ -83,8 +83,30 @@ pub struct FileConfig {
     /// Path of `librocm_smi64.so.1` when it is not where the dynamic loader looks (config
     /// file only).
     pub rocm_library: Option<PathBuf>,
+    /// Where the host's sysfs is mounted, for an agent in a container (config file only).
+    pub sysfs_root: Option<PathBuf>,
+    /// Where the host's /dev is mounted, for an agent in a container (config file only).
+    pub devfs_root: Option<PathBuf>,
     /// GPU health policy (config file only).
     pub health: Option<crate::health::HealthFile>,
+}
+
+/// Where the host's device files are; `/sys` and `/dev` in production.
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    /// sysfs root.
+    pub sys: PathBuf,
+    /// devfs root.
+    pub dev: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        Self {
+            sys: PathBuf::from("/sys"),
+            dev: PathBuf::from("/dev"),
+        }
+    }
 }
 
 /// Validated agent configuration.
@@ -120,6 +142,8 @@ pub struct AgentConfig {
     pub gce_metadata_url: String,
     /// ROCm SMI library path override.
     pub rocm_library: Option<PathBuf>,
+    /// Host sysfs and devfs roots.
+    pub host_paths: HostPaths,
     /// GPU health policy.
     pub health: crate::health::HealthPolicy,
 }
@@ -344,6 +368,10 @@ impl AgentConfig {
                 .gce_metadata_url
                 .unwrap_or_else(|| crate::tpu::DEFAULT_METADATA_URL.to_string()),
             rocm_library: file.rocm_library,
+            host_paths: HostPaths {
+                sys: file.sysfs_root.unwrap_or_else(|| "/sys".into()),
+                dev: file.devfs_root.unwrap_or_else(|| "/dev".into()),
+            },
             health: crate::health::HealthPolicy::from_file(file.health.unwrap_or_default())?,
         })
     }

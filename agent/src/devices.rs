@@ -3,7 +3,9 @@
 //! Real probing (NVML, ROCm SMI, TPU) plugs in here; simulated devices are always marked
 //! `simulated` so that nothing downstream can mistake them for real hardware.
 
-use pyxis_protocol::{Accelerator, DeviceDetails, DeviceTelemetry, DeviceUsage, Health, Vendor};
+use pyxis_protocol::{
+    Accelerator, DeviceDetails, DeviceTelemetry, DeviceUsage, Health, Interconnect, PeerLink, Vendor,
+};
 
 /// One accelerator and its current state.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,21 +102,101 @@ pub enum SimulateError {
     },
 }
 
-/// Simulated hardware classes: class name, vendor, model string as a driver would report it,
-/// memory in GiB, power limit in watts.
-const SIMULATED_CLASSES: &[(&str, Vendor, &str, u64, u32)] = &[
-    ("H100-80GB", Vendor::Nvidia, "NVIDIA H100 80GB HBM3", 80, 700),
-    ("H200-141GB", Vendor::Nvidia, "NVIDIA H200", 141, 700),
-    ("A100-80GB", Vendor::Nvidia, "NVIDIA A100-SXM4-80GB", 80, 400),
-    ("A100-40GB", Vendor::Nvidia, "NVIDIA A100-SXM4-40GB", 40, 400),
-    ("L40S-48GB", Vendor::Nvidia, "NVIDIA L40S", 48, 350),
-    ("L4-24GB", Vendor::Nvidia, "NVIDIA L4", 24, 72),
-    ("B200-192GB", Vendor::Nvidia, "NVIDIA B200", 192, 1000),
-    ("MI300X-192GB", Vendor::Amd, "AMD Instinct MI300X", 192, 750),
-    ("MI250X-64GB", Vendor::Amd, "AMD Instinct MI250X", 64, 280),
-    ("TPU-v5e", Vendor::Google, "TPU v5 lite", 16, 200),
-    ("TPU-v5p", Vendor::Google, "TPU v5p", 95, 350),
-    ("TPU-v4", Vendor::Google, "TPU v4", 32, 250),
+/// A simulated hardware class.
+struct SimClass {
+    name: &'static str,
+    vendor: Vendor,
+    /// Model string as a driver would report it.
+    model: &'static str,
+    gib: u64,
+    watts: u32,
+    /// Compute capability, gfx target or TPU generation.
+    arch: &'static str,
+    /// Fabric between devices of this class on one node (HGX NVLink, MI300X xGMI), with
+    /// the links per peer; `None` for PCIe-only cards and TPUs.
+    fabric: Option<(Interconnect, u32)>,
+}
+
+const fn sim(
+    name: &'static str,
+    vendor: Vendor,
+    model: &'static str,
+    gib: u64,
+    watts: u32,
+    arch: &'static str,
+    fabric: Option<(Interconnect, u32)>,
+) -> SimClass {
+    SimClass {
+        name,
+        vendor,
+        model,
+        gib,
+        watts,
+        arch,
+        fabric,
+    }
+}
+
+const NV: Vendor = Vendor::Nvidia;
+const AMD: Vendor = Vendor::Amd;
+const TPU: Vendor = Vendor::Google;
+const NVLINK: Interconnect = Interconnect::NvLink;
+const XGMI: Interconnect = Interconnect::XGmi;
+
+/// Classes `--simulate` knows, shaped like the real parts (SXM boards on an NVLink fabric).
+const SIMULATED_CLASSES: &[SimClass] = &[
+    sim(
+        "H100-80GB",
+        NV,
+        "NVIDIA H100 80GB HBM3",
+        80,
+        700,
+        "9.0",
+        Some((NVLINK, 18)),
+    ),
+    sim("H200-141GB", NV, "NVIDIA H200", 141, 700, "9.0", Some((NVLINK, 18))),
+    sim(
+        "A100-80GB",
+        NV,
+        "NVIDIA A100-SXM4-80GB",
+        80,
+        400,
+        "8.0",
+        Some((NVLINK, 12)),
+    ),
+    sim(
+        "A100-40GB",
+        NV,
+        "NVIDIA A100-SXM4-40GB",
+        40,
+        400,
+        "8.0",
+        Some((NVLINK, 12)),
+    ),
+    sim("L40S-48GB", NV, "NVIDIA L40S", 48, 350, "8.9", None),
+    sim("L4-24GB", NV, "NVIDIA L4", 24, 72, "8.9", None),
+    sim("B200-192GB", NV, "NVIDIA B200", 192, 1000, "10.0", Some((NVLINK, 18))),
+    sim(
+        "MI300X-192GB",
+        AMD,
+        "AMD Instinct MI300X",
+        192,
+        750,
+        "gfx942",
+        Some((XGMI, 1)),
+    ),
+    sim(
+        "MI250X-64GB",
+        AMD,
+        "AMD Instinct MI250X",
+        64,
+        280,
+        "gfx90a",
+        Some((XGMI, 1)),
+    ),
+    sim("TPU-v5e", TPU, "TPU v5 lite", 16, 200, "v5litepod", None),
+    sim("TPU-v5p", TPU, "TPU v5p", 95, 350, "v5p", None),
+    sim("TPU-v4", TPU, "TPU v4", 32, 250, "v4", None),
 ];
 
 /// Parses `2xH100-80GB,1xMI300X-192GB` into simulated devices. UUIDs are derived from the
@@ -138,37 +220,93 @@ pub fn parse_simulate(spec: &str, node_name: &str) -> Result<Vec<Device>, Simula
         if total > 64 {
             return Err(SimulateError::TooMany { count: total });
         }
-        let (name, vendor, model, gib, watts) = SIMULATED_CLASSES
+        let sim = SIMULATED_CLASSES
             .iter()
-            .find(|(name, ..)| name.eq_ignore_ascii_case(class))
+            .find(|c| c.name.eq_ignore_ascii_case(class))
             .ok_or_else(|| SimulateError::UnknownClass {
                 class: class.to_string(),
-                known: SIMULATED_CLASSES.iter().map(|c| c.0).collect::<Vec<_>>().join(", "),
+                known: SIMULATED_CLASSES.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
             })?;
         for _ in 0..count {
             let index = devices.len() as u32;
             devices.push(Device {
                 index,
-                vendor: *vendor,
-                model: (*model).to_string(),
+                vendor: sim.vendor,
+                model: sim.model.to_string(),
                 uuid: simulated_uuid(node_name, index),
-                memory_bytes: gib << 30,
+                memory_bytes: sim.gib << 30,
                 memory_used_bytes: 0,
                 utilization_percent: 0,
-                hardware_class: (*name).to_string(),
+                hardware_class: sim.name.to_string(),
                 health: Health::Healthy,
                 health_reason: String::new(),
                 simulated: true,
                 // An idle device: cool, drawing a tenth of its limit.
                 temperature_celsius: Some(34),
-                power_watts: Some(watts / 10),
-                power_limit_watts: Some(*watts),
-                details: DeviceDetails::default(),
+                power_watts: Some(sim.watts / 10),
+                power_limit_watts: Some(sim.watts),
+                details: DeviceDetails {
+                    pci_bus_id: Some(format!("0000:{:02x}:00.0", 0x18 + index * 0x10)),
+                    architecture: Some(sim.arch.to_string()),
+                    ..DeviceDetails::default()
+                },
                 telemetry: DeviceTelemetry::default(),
             });
         }
     }
+    link_simulated(&mut devices);
     Ok(devices)
+}
+
+/// Gives a simulated node the topology of the real platform: devices of one class share
+/// its fabric (NVLink, xGMI), the first half of the devices sits on NUMA node 0 and the
+/// rest on node 1, and devices of different classes meet over PCIe.
+fn link_simulated(devices: &mut [Device]) {
+    let count = devices.len() as u32;
+    let half = count.div_ceil(2).max(1);
+    let facts: Vec<(String, Option<(Interconnect, u32)>)> = devices
+        .iter()
+        .map(|d| {
+            let fabric = SIMULATED_CLASSES
+                .iter()
+                .find(|c| c.name == d.hardware_class)
+                .and_then(|c| c.fabric);
+            (d.hardware_class.clone(), fabric)
+        })
+        .collect();
+    for device in devices.iter_mut() {
+        let me = device.index as usize;
+        device.details.numa_node = Some(device.index / half);
+        if device.vendor == Vendor::Google {
+            // TPU chips talk over ICI, which the interconnect model does not describe.
+            continue;
+        }
+        device.details.links = (0..count)
+            .filter(|&peer| peer != device.index)
+            .filter(|&peer| is_simulated_gpu(&facts[peer as usize].0))
+            .map(|peer| {
+                let same_class = facts[peer as usize].0 == facts[me].0;
+                match facts[me].1.filter(|_| same_class) {
+                    Some((kind, lanes)) => PeerLink { peer, kind, lanes },
+                    None => PeerLink {
+                        peer,
+                        kind: if device.index / half == peer / half {
+                            Interconnect::NumaNode
+                        } else {
+                            Interconnect::System
+                        },
+                        lanes: 0,
+                    },
+                }
+            })
+            .collect();
+    }
+}
+
+fn is_simulated_gpu(class: &str) -> bool {
+    SIMULATED_CLASSES
+        .iter()
+        .any(|c| c.name == class && c.vendor != Vendor::Google)
 }
 
 fn simulated_uuid(node_name: &str, index: u32) -> String {
@@ -207,12 +345,38 @@ mod tests {
         assert_ne!(devices[0].uuid, parse_simulate("1xH100-80GB", "n2").unwrap()[0].uuid);
     }
 
+    /// A simulated HGX node is all-to-all NVLink; a mixed node meets over PCIe; TPUs have
+    /// no GPU interconnect.
+    #[test]
+    fn simulated_topology_follows_the_platform() {
+        let devices = parse_simulate("4xH100-80GB,2xMI300X-192GB,1xTPU-v5e", "n").unwrap();
+        let h100 = &devices[0];
+        assert_eq!(h100.details.links.len(), 5);
+        assert_eq!(
+            h100.details.links[..3],
+            [1, 2, 3].map(|peer| PeerLink {
+                peer,
+                kind: Interconnect::NvLink,
+                lanes: 18
+            })
+        );
+        assert_eq!(h100.details.links[3].kind, Interconnect::System);
+        assert_eq!(
+            devices[4].details.links.iter().find(|l| l.peer == 5).unwrap().kind,
+            Interconnect::XGmi
+        );
+        assert_eq!(devices[4].details.numa_node, Some(1));
+        assert_eq!(h100.details.architecture.as_deref(), Some("9.0"));
+        assert!(devices[6].details.links.is_empty());
+        assert!(devices.iter().all(|d| d.details.links.iter().all(|l| l.peer != 6)));
+    }
+
     /// Simulated devices carry the class the real derivation would give their model.
     #[test]
     fn simulated_classes_match_the_derivation_rules() {
-        for (class, vendor, model, gib, _) in SIMULATED_CLASSES {
-            let derived = crate::hwclass::derive(*vendor, model, gib << 30, &Default::default());
-            assert_eq!(&derived, class, "{model}");
+        for c in SIMULATED_CLASSES {
+            let derived = crate::hwclass::derive(c.vendor, c.model, c.gib << 30, &Default::default());
+            assert_eq!(derived, c.name, "{}", c.model);
         }
     }
 

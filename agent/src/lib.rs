@@ -18,7 +18,9 @@ pub mod hwclass;
 pub mod identity;
 pub mod link;
 pub mod nvml;
+pub mod prober;
 pub mod prom;
+pub mod rocm;
 pub mod runtimes;
 pub mod tpu;
 
@@ -73,7 +75,7 @@ pub struct AgentShared {
     /// Validated configuration.
     pub config: config::AgentConfig,
     host: host::HostFacts,
-    devices: Mutex<Vec<devices::Device>>,
+    pub(crate) devices: Mutex<Vec<devices::Device>>,
     /// Signalled when a device changes, to send a report at once.
     pub devices_changed: Notify,
     desired: Mutex<Option<DesiredState>>,
@@ -83,9 +85,6 @@ pub struct AgentShared {
     pub reports_sent: AtomicU64,
     /// Runtime kinds this node can launch, with how (configured or found on `PATH`).
     pub runtimes: std::collections::BTreeMap<String, String>,
-    nvml: Option<nvml::NvmlProbe>,
-    amd_present: bool,
-    class_overrides: hwclass::ClassOverrides,
 }
 
 fn unix_ms() -> u64 {
@@ -119,7 +118,6 @@ impl AgentShared {
 
     /// A capacity report now.
     pub fn capacity(&self, seq: u64) -> CapacityReport {
-        self.refresh_probed();
         let devices = self
             .devices
             .lock()
@@ -135,44 +133,6 @@ impl AgentShared {
             sent_at_unix_ms: unix_ms(),
             memory_available_bytes,
             devices,
-        }
-    }
-
-    /// Re-reads usage (memory, utilization, temperature, power, health) of probed devices.
-    fn refresh_probed(&self) {
-        let mut fresh = Vec::new();
-        if let Some(probe) = self.nvml.as_ref() {
-            match probe.devices(&self.class_overrides) {
-                Ok(found) => fresh.extend(found),
-                Err(e) => tracing::debug!(error = %e, "cannot refresh NVIDIA device usage"),
-            }
-        }
-        if self.amd_present {
-            // Indices continue after the NVIDIA devices, as at start-up.
-            let first = fresh.len() as u32;
-            fresh.extend(amd::sysfs_devices(
-                std::path::Path::new("/sys"),
-                first,
-                &self.class_overrides,
-            ));
-        }
-        if fresh.is_empty() {
-            return;
-        }
-        if let Ok(mut devices) = self.devices.lock() {
-            for device in devices.iter_mut() {
-                // By index and vendor: a lost NVIDIA GPU can no longer tell its UUID.
-                let same = |f: &&devices::Device| f.index == device.index && f.vendor == device.vendor;
-                if let Some(now) = fresh.iter().find(same).filter(|_| !device.simulated) {
-                    device.memory_used_bytes = now.memory_used_bytes;
-                    device.utilization_percent = now.utilization_percent;
-                    device.temperature_celsius = now.temperature_celsius;
-                    device.power_watts = now.power_watts;
-                    device.power_limit_watts = now.power_limit_watts;
-                    device.health = now.health;
-                    device.health_reason = now.health_reason.clone();
-                }
-            }
         }
     }
 
@@ -260,6 +220,9 @@ pub enum AgentError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The probe thread could not be started.
+    #[error("cannot start the hardware probe thread: {0}")]
+    ProbeThread(std::io::Error),
     /// The stored identity is unusable.
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
@@ -274,6 +237,8 @@ pub struct Agent {
     pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Stops the probe thread when dropped.
+    _probe_thread: Option<prober::ProbeThread>,
 }
 
 impl Agent {
@@ -284,61 +249,23 @@ impl Agent {
             source,
         })?;
         let stored = identity::Identity::load(&config.data_dir)?;
-        let overrides = hwclass::ClassOverrides::new(config.hardware_classes.clone());
         // Simulated devices replace probing entirely, so the two are never mixed up.
-        let (mut devices, nvml) = match &config.simulate {
-            Some(spec) => (devices::parse_simulate(spec, &config.name)?, None),
-            None => match nvml::NvmlProbe::open(config.nvml_library.as_deref()) {
-                Ok(probe) => match probe.devices(&overrides) {
-                    Ok(found) => {
-                        tracing::info!(
-                            count = found.len(),
-                            driver = probe.driver_version.as_deref().unwrap_or("unknown"),
-                            "NVIDIA GPUs found through NVML"
-                        );
-                        (found, Some(probe))
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "NVML is loaded but cannot list devices; no NVIDIA GPU reported");
-                        (Vec::new(), None)
-                    }
-                },
-                Err(e) => {
-                    tracing::info!(reason = %e, "no NVIDIA GPU probed");
-                    (Vec::new(), None)
+        let (devices, backends) = match &config.simulate {
+            Some(spec) => {
+                let overrides = hwclass::ClassOverrides::new(config.hardware_classes.clone());
+                let mut devices = devices::parse_simulate(spec, &config.name)?;
+                for device in &mut devices {
+                    device.hardware_class =
+                        hwclass::derive(device.vendor, &device.model, device.memory_bytes, &overrides);
                 }
-            },
+                tracing::info!(count = devices.len(), "reporting simulated accelerators");
+                (devices, None)
+            }
+            None => {
+                let (devices, backends) = prober::discover(&config, config.host_paths.clone());
+                (devices, Some(backends).filter(|b| !b.is_empty()))
+            }
         };
-        let mut amd_present = false;
-        if config.simulate.is_none() {
-            let amd = amd::sysfs_devices(std::path::Path::new("/sys"), devices.len() as u32, &overrides);
-            if !amd.is_empty() {
-                tracing::info!(count = amd.len(), "AMD GPUs found through amdgpu sysfs");
-                amd_present = true;
-            }
-            devices.extend(amd);
-            let tpus = tpu::probe(
-                std::path::Path::new("/dev"),
-                &config.gce_metadata_url,
-                &config.name,
-                devices.len() as u32,
-                &overrides,
-            );
-            if !tpus.is_empty() {
-                tracing::info!(count = tpus.len(), class = %tpus[0].hardware_class, "TPU chips found");
-            }
-            devices.extend(tpus);
-        }
-        for device in devices.iter_mut().filter(|d| d.simulated) {
-            device.hardware_class = hwclass::derive(device.vendor, &device.model, device.memory_bytes, &overrides);
-        }
-        if devices.is_empty() {
-            tracing::info!(
-                "this node reports no accelerators (probed: NVIDIA through NVML, AMD through amdgpu sysfs, TPUs through /dev and GCE metadata; --simulate gives demo devices)"
-            );
-        } else if config.simulate.is_some() {
-            tracing::info!(count = devices.len(), "reporting simulated accelerators");
-        }
         if stored.is_some() {
             tracing::info!(dir = %identity::Identity::dir(&config.data_dir).display(), "using the stored node identity");
         }
@@ -359,10 +286,11 @@ impl Agent {
             state,
             reports_sent: AtomicU64::new(0),
             runtimes,
-            nvml,
-            amd_present,
-            class_overrides: overrides,
         });
+        let probe_thread = match backends {
+            Some(backends) => Some(prober::spawn(shared.clone(), backends).map_err(AgentError::ProbeThread)?),
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut metrics_addr = None;
@@ -383,6 +311,7 @@ impl Agent {
             metrics_addr,
             shutdown,
             tasks,
+            _probe_thread: probe_thread,
         })
     }
 

@@ -88,6 +88,127 @@ pub struct AcceleratorView {
     pub power_watts: Option<u32>,
     /// Simulated device.
     pub simulated: bool,
+    // Everything below was added after the first release. `#[serde(default)]` on each lets
+    // a newer CLI read the answer of an older coordinator.
+    /// PCI bus id, `DDDD:BB:DD.F` (lower case).
+    #[serde(default)]
+    pub pci_bus_id: Option<String>,
+    /// NUMA node the device is attached to.
+    #[serde(default)]
+    pub numa_node: Option<u32>,
+    /// Kernel driver version.
+    #[serde(default)]
+    pub driver_version: Option<String>,
+    /// CUDA driver API version (NVIDIA) or ROCm version (AMD).
+    #[serde(default)]
+    pub compute_api_version: Option<String>,
+    /// Compute capability (`9.0`), gfx target (`gfx942`) or TPU generation.
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// Maximum SM / graphics clock.
+    #[serde(default)]
+    pub max_sm_clock_mhz: Option<u32>,
+    /// Maximum memory clock.
+    #[serde(default)]
+    pub max_memory_clock_mhz: Option<u32>,
+    /// Whether ECC is enabled, when the device can tell.
+    #[serde(default)]
+    pub ecc_enabled: Option<bool>,
+    /// MIG mode and instances; null when the device does not report MIG.
+    #[serde(default)]
+    pub mig: Option<MigView>,
+    /// How this device reaches each other device on the node.
+    #[serde(default)]
+    pub links: Vec<PeerLinkView>,
+    /// Power limit at the last report, when the device reports one.
+    #[serde(default)]
+    pub power_limit_watts: Option<u32>,
+    /// SM / graphics clock at the last report.
+    #[serde(default)]
+    pub sm_clock_mhz: Option<u32>,
+    /// Memory clock at the last report.
+    #[serde(default)]
+    pub memory_clock_mhz: Option<u32>,
+    /// Active clock throttle reasons (`hw_slowdown`, `sw_power_cap`, ...).
+    #[serde(default)]
+    pub throttle_reasons: Vec<String>,
+    /// ECC / RAS error counts; null when the device has no ECC or does not say.
+    #[serde(default)]
+    pub ecc: Option<EccCountsView>,
+    /// XID errors seen since the agent started.
+    #[serde(default)]
+    pub xid_count: u64,
+    /// The most recent XID.
+    #[serde(default)]
+    pub last_xid: Option<u64>,
+}
+
+/// MIG (multi-instance GPU) state of a device. Also the form the registry persists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MigView {
+    /// MIG mode in effect now.
+    pub enabled: bool,
+    /// MIG mode after the next GPU reset (differs from `enabled` until then).
+    pub pending_enabled: bool,
+    /// MIG instances.
+    pub instances: Vec<MigInstanceView>,
+}
+
+/// One MIG instance. Also the form the registry persists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MigInstanceView {
+    /// MIG device UUID (`MIG-...`).
+    pub uuid: String,
+    /// Profile, for example `1g.10gb`.
+    pub profile: String,
+    /// Memory of the instance.
+    pub memory_bytes: u64,
+    /// GPU instance id.
+    pub gpu_instance_id: u32,
+    /// Compute instance id.
+    pub compute_instance_id: u32,
+    /// Hardware class of the instance, for example `H100-80GB-MIG-1g.10gb`.
+    pub hardware_class: String,
+}
+
+/// The path from a device to a peer device on the same node. Also the form the registry
+/// persists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerLinkView {
+    /// The peer's device index on the node.
+    pub peer: u32,
+    /// `nvlink`, `xgmi`, `pcie-switch`, `pcie-host-bridge`, `numa-node` or `system`
+    /// (best first).
+    pub kind: String,
+    /// Active NVLink / xGMI links to the peer (0 for PCIe paths).
+    pub lanes: u32,
+}
+
+/// ECC and memory-repair counters. Also the form the registry keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EccCountsView {
+    /// Corrected errors since the last driver load.
+    pub volatile_corrected: u64,
+    /// Uncorrected errors since the last driver load.
+    pub volatile_uncorrected: u64,
+    /// Corrected errors over the device's life.
+    pub aggregate_corrected: u64,
+    /// Uncorrected errors over the device's life.
+    pub aggregate_uncorrected: u64,
+    /// Pages retired (pre-Ampere NVIDIA).
+    pub retired_pages: u64,
+    /// A page retirement waits for a reset.
+    pub retired_pages_pending: bool,
+    /// Rows remapped (Ampere and later).
+    pub remapped_rows: u64,
+    /// A row remapping waits for a reset.
+    pub remap_pending: bool,
+    /// A row remapping failed: the device needs service.
+    pub remap_failed: bool,
 }
 
 /// `describe node`: the node plus its recent events.

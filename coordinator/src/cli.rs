@@ -9,7 +9,7 @@ use std::{io::Write, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::api_types::{ErrorBody, List, NodeDetail, NodeView, TokenRequest, TokenResponse};
+use crate::api_types::{AcceleratorView, ErrorBody, List, NodeDetail, NodeView, TokenRequest, TokenResponse};
 
 /// Default admin API URL.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7080";
@@ -565,7 +565,17 @@ fn table(rows: Vec<Vec<String>>) -> String {
 fn nodes_table(nodes: &[NodeView], wide: bool) -> String {
     let mut header = vec!["NAME", "STATUS", "ACCELERATORS", "AGENT", "LAST-SEEN"];
     if wide {
-        header.extend(["ADDRESS", "OS", "KERNEL", "CPUS", "MEMORY", "RUNTIMES", "REASON"]);
+        header.extend([
+            "HEALTH",
+            "INTERCONNECT",
+            "ADDRESS",
+            "OS",
+            "KERNEL",
+            "CPUS",
+            "MEMORY",
+            "RUNTIMES",
+            "REASON",
+        ]);
     }
     let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for n in nodes {
@@ -582,6 +592,8 @@ fn nodes_table(nodes: &[NodeView], wide: bool) -> String {
         ];
         if wide {
             row.extend([
+                health_summary(&n.accelerators),
+                interconnect_summary(&n.accelerators),
                 n.address.clone().unwrap_or_else(|| "-".into()),
                 n.os.clone(),
                 n.kernel.clone(),
@@ -655,50 +667,14 @@ fn describe_node(detail: &NodeDetail) -> String {
     out.push_str("Accelerators:\n");
     if n.accelerators.is_empty() {
         out.push_str("  none\n");
-    } else {
-        let mut rows = vec![[
-            "INDEX",
-            "VENDOR",
-            "MODEL",
-            "CLASS",
-            "MEMORY",
-            "USED",
-            "UTIL",
-            "TEMP",
-            "POWER",
-            "HEALTH",
-            "SIMULATED",
-            "UUID",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()];
-        for a in &n.accelerators {
-            let health = if a.health_reason.is_empty() {
-                a.health.clone()
-            } else {
-                format!("{} ({})", a.health, a.health_reason)
-            };
-            rows.push(vec![
-                a.index.to_string(),
-                a.vendor.clone(),
-                a.model.clone(),
-                a.hardware_class.clone(),
-                gib(a.memory_bytes),
-                gib(a.memory_used_bytes),
-                format!("{}%", a.utilization_percent),
-                a.temperature_celsius
-                    .map(|t| format!("{t}C"))
-                    .unwrap_or_else(|| "-".into()),
-                a.power_watts.map(|w| format!("{w}W")).unwrap_or_else(|| "-".into()),
-                health,
-                a.simulated.to_string(),
-                a.uuid.clone(),
-            ]);
-        }
-        for line in table(rows).lines() {
-            out.push_str(&format!("  {line}\n"));
-        }
+    }
+    for a in &n.accelerators {
+        out.push_str(&describe_accelerator(a));
+    }
+    out.push_str("Topology:\n");
+    match topology_matrix(&n.accelerators) {
+        Some(matrix) => out.push_str(&matrix),
+        None => out.push_str("  not reported (needs two or more devices with link data)\n"),
     }
     out.push_str("Events:\n");
     if detail.events.is_empty() {
@@ -723,4 +699,810 @@ fn describe_node(detail: &NodeDetail) -> String {
         }
     }
     out
+}
+
+/// Longest first non-healthy reason `get nodes -o wide` shows; `describe node` has it all.
+const WIDE_REASON_CHARS: usize = 32;
+
+/// `GPU3` (or `TPU3`): the device names `describe node` and the topology matrix use, as
+/// `nvidia-smi topo -m` does.
+fn device_label(device: &AcceleratorView) -> String {
+    let kind = if device.vendor == "google" { "TPU" } else { "GPU" };
+    format!("{kind}{}", device.index)
+}
+
+/// Cuts `text` to at most `max` characters, at a word boundary when one is near the end,
+/// marking the cut with `...`.
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(max.saturating_sub(3)).collect();
+    let kept = match kept.rfind(char::is_whitespace) {
+        Some(at) if at >= kept.len() / 2 => &kept[..at],
+        _ => kept.as_str(),
+    };
+    format!(
+        "{}...",
+        kept.trim_end_matches(|c: char| c.is_whitespace() || ",.;:-".contains(c))
+    )
+}
+
+/// Severity of a health tier, for picking the device to name; unknown tiers (from a newer
+/// coordinator) rank between degraded and unhealthy.
+fn health_severity(health: &str) -> u8 {
+    match health {
+        "healthy" => 0,
+        "degraded" => 1,
+        "unhealthy" => 3,
+        _ => 2,
+    }
+}
+
+/// `8 healthy`, or `6 healthy, 1 degraded, 1 unhealthy (GPU3: XID 79 ...)`: devices per
+/// tier, then the worst device (lowest index among equals) and its reason, cut short.
+fn health_summary(accelerators: &[AcceleratorView]) -> String {
+    if accelerators.is_empty() {
+        return "-".into();
+    }
+    let mut tiers: Vec<(&str, usize)> = vec![("healthy", 0), ("degraded", 0), ("unhealthy", 0)];
+    for a in accelerators {
+        match tiers.iter_mut().find(|(tier, _)| *tier == a.health) {
+            Some(tier) => tier.1 += 1,
+            None => tiers.push((a.health.as_str(), 1)),
+        }
+    }
+    let mut text = tiers
+        .iter()
+        .filter(|(_, count)| *count > 0)
+        .map(|(tier, count)| format!("{count} {tier}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let worst = accelerators
+        .iter()
+        .filter(|a| health_severity(&a.health) > 0)
+        .min_by_key(|a| (std::cmp::Reverse(health_severity(&a.health)), a.index));
+    if let Some(device) = worst {
+        let reason = device.health_reason.trim();
+        if reason.is_empty() {
+            text.push_str(&format!(" ({})", device_label(device)));
+        } else {
+            text.push_str(&format!(
+                " ({}: {})",
+                device_label(device),
+                truncate(reason, WIDE_REASON_CHARS)
+            ));
+        }
+    }
+    text
+}
+
+/// Whether `a` reaches `b` over `kind`, as either of them reports it.
+fn linked(a: &AcceleratorView, b: &AcceleratorView, kind: &str) -> bool {
+    a.links.iter().any(|l| l.peer == b.index && l.kind == kind)
+        || b.links.iter().any(|l| l.peer == a.index && l.kind == kind)
+}
+
+/// `nvlink 8/8`: per GPU fabric, the devices with at least one peer on it out of all
+/// devices, `partial` when those devices are not all linked to each other; `pcie` when
+/// devices reach each other only over PCIe; `-` when no device reports links.
+fn interconnect_summary(accelerators: &[AcceleratorView]) -> String {
+    let mut parts = Vec::new();
+    for kind in ["nvlink", "xgmi"] {
+        let members: Vec<&AcceleratorView> = accelerators
+            .iter()
+            .filter(|a| accelerators.iter().any(|b| b.index != a.index && linked(a, b, kind)))
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let mesh = members
+            .iter()
+            .all(|a| members.iter().all(|b| a.index == b.index || linked(a, b, kind)));
+        parts.push(format!(
+            "{kind} {}/{}{}",
+            members.len(),
+            accelerators.len(),
+            if mesh { "" } else { " partial" }
+        ));
+    }
+    if !parts.is_empty() {
+        parts.join(", ")
+    } else if accelerators.iter().any(|a| !a.links.is_empty()) {
+        "pcie".into()
+    } else {
+        "-".into()
+    }
+}
+
+/// A matrix cell in the notation of `nvidia-smi topo -m`.
+fn topology_cell(kind: &str, lanes: u32) -> String {
+    match kind {
+        "nvlink" if lanes > 0 => format!("NV{lanes}"),
+        "nvlink" => "NV".into(),
+        "xgmi" => "XGMI".into(),
+        "pcie-switch" => "PIX".into(),
+        "pcie-host-bridge" => "PHB".into(),
+        "numa-node" => "NODE".into(),
+        "system" => "SYS".into(),
+        _ => "?".into(),
+    }
+}
+
+const TOPOLOGY_LEGEND: &str =
+    "  Legend: X = self, NV# = NVLink (# links), XGMI = AMD Infinity Fabric, PIX = PCIe switch,
+          PHB = PCIe host bridge, NODE = PCIe within a NUMA node, SYS = across NUMA nodes,
+          - = not reported
+";
+
+/// The device-to-device matrix of `describe node`, like `nvidia-smi topo -m`: one row and
+/// column per device that reports links (or is named as a peer), and the NUMA node.
+/// `None` when fewer than two devices take part.
+fn topology_matrix(accelerators: &[AcceleratorView]) -> Option<String> {
+    let devices: Vec<&AcceleratorView> = accelerators
+        .iter()
+        .filter(|a| !a.links.is_empty() || accelerators.iter().any(|o| o.links.iter().any(|l| l.peer == a.index)))
+        .collect();
+    if devices.len() < 2 {
+        return None;
+    }
+    let cell = |row: &AcceleratorView, col: &AcceleratorView| {
+        if row.index == col.index {
+            return "X".to_string();
+        }
+        let forward = row.links.iter().find(|l| l.peer == col.index);
+        let backward = || col.links.iter().find(|l| l.peer == row.index);
+        match forward.or_else(backward) {
+            Some(link) => topology_cell(&link.kind, link.lanes),
+            None => "-".into(),
+        }
+    };
+    let mut rows = vec![std::iter::once(String::new())
+        .chain(devices.iter().map(|d| device_label(d)))
+        .chain(std::iter::once("NUMA".to_string()))
+        .collect::<Vec<_>>()];
+    for row in &devices {
+        let mut line = vec![device_label(row)];
+        line.extend(devices.iter().map(|col| cell(row, col)));
+        line.push(row.numa_node.map(|n| n.to_string()).unwrap_or_else(|| "-".into()));
+        rows.push(line);
+    }
+    // Every column as wide as the widest cell, two spaces apart: 8 GPUs take 60 columns.
+    let width = rows.iter().flatten().map(|c| c.chars().count()).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    for row in rows {
+        let line: String = row.iter().map(|c| format!("{c:<width$}")).collect();
+        out.push_str(&format!("  {}\n", line.trim_end()));
+    }
+    out.push_str(TOPOLOGY_LEGEND);
+    Some(out)
+}
+
+fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// `main (note)`, `- (note)`, `main` or `-`, as much as is known.
+fn with_note(main: Option<String>, note: Option<String>) -> String {
+    match (main, note) {
+        (main, Some(note)) => format!("{} ({note})", or_dash(main)),
+        (main, None) => or_dash(main),
+    }
+}
+
+/// `1755 MHz (max 1980)`, as much of it as is known.
+fn clock(now: Option<u32>, max: Option<u32>) -> String {
+    match (now, max) {
+        (Some(now), Some(max)) => format!("{now} MHz (max {max})"),
+        (Some(now), None) => format!("{now} MHz"),
+        (None, Some(max)) => format!("- (max {max} MHz)"),
+        (None, None) => "-".into(),
+    }
+}
+
+/// One device of `describe node`: identity, versions, usage, health, errors and MIG.
+fn describe_accelerator(a: &AcceleratorView) -> String {
+    let mut out = format!(
+        "  {}: {} ({}, {}{})\n",
+        device_label(a),
+        a.model,
+        a.vendor,
+        a.hardware_class,
+        if a.simulated { ", simulated" } else { "" }
+    );
+    let mut field = |k: &str, v: String| out.push_str(&format!("    {:<16}{}\n", format!("{k}:"), v));
+    field("UUID", a.uuid.clone());
+    field(
+        "PCI bus id",
+        with_note(a.pci_bus_id.clone(), a.numa_node.map(|n| format!("NUMA node {n}"))),
+    );
+    field("Architecture", or_dash(a.architecture.as_deref()));
+    let api = match a.vendor.as_str() {
+        "nvidia" => "CUDA",
+        "amd" => "ROCm",
+        _ => "compute API",
+    };
+    field(
+        "Driver",
+        with_note(
+            a.driver_version.clone(),
+            a.compute_api_version.as_ref().map(|v| format!("{api} {v}")),
+        ),
+    );
+    field(
+        "Memory",
+        format!("{} used of {}", gib(a.memory_used_bytes), gib(a.memory_bytes)),
+    );
+    field(
+        "Usage",
+        format!(
+            "util {}%, temp {}, power {}",
+            a.utilization_percent,
+            a.temperature_celsius
+                .map(|t| format!("{t}C"))
+                .unwrap_or_else(|| "-".into()),
+            with_note(
+                a.power_watts.map(|w| format!("{w}W")),
+                a.power_limit_watts.map(|w| format!("limit {w}W"))
+            )
+        ),
+    );
+    field(
+        "Clocks",
+        format!(
+            "SM {}, memory {}",
+            clock(a.sm_clock_mhz, a.max_sm_clock_mhz),
+            clock(a.memory_clock_mhz, a.max_memory_clock_mhz)
+        ),
+    );
+    field(
+        "Health",
+        if a.health_reason.is_empty() {
+            a.health.clone()
+        } else {
+            format!("{}: {}", a.health, a.health_reason)
+        },
+    );
+    let mode = match a.ecc_enabled {
+        Some(true) => "enabled",
+        Some(false) => "disabled",
+        None => "-",
+    };
+    field("ECC", mode.to_string());
+    if let Some(ecc) = &a.ecc {
+        let pad = " ".repeat(20);
+        out.push_str(&format!(
+            "{pad}volatile {} corrected, {} uncorrected; aggregate {} corrected, {} uncorrected\n",
+            ecc.volatile_corrected, ecc.volatile_uncorrected, ecc.aggregate_corrected, ecc.aggregate_uncorrected
+        ));
+        let mut repair = format!(
+            "retired pages {}; remapped rows {}",
+            ecc.retired_pages, ecc.remapped_rows
+        );
+        for (flag, text) in [
+            (ecc.retired_pages_pending, "page retirement pending a reset"),
+            (ecc.remap_pending, "row remap pending a reset"),
+            (ecc.remap_failed, "ROW REMAP FAILED: the device needs service"),
+        ] {
+            if flag {
+                repair.push_str("; ");
+                repair.push_str(text);
+            }
+        }
+        out.push_str(&format!("{pad}{repair}\n"));
+    }
+    let mut field = |k: &str, v: String| out.push_str(&format!("    {:<16}{}\n", format!("{k}:"), v));
+    field(
+        "XID errors",
+        match a.last_xid {
+            Some(last) => format!("{} (last XID {last})", a.xid_count),
+            None => a.xid_count.to_string(),
+        },
+    );
+    field(
+        "Throttling",
+        if a.throttle_reasons.is_empty() {
+            "none".into()
+        } else {
+            a.throttle_reasons.join(", ")
+        },
+    );
+    let mig = match &a.mig {
+        None => "-".to_string(),
+        Some(mig) => {
+            let mode = |on: bool| if on { "enabled" } else { "disabled" };
+            let mut text = mode(mig.enabled).to_string();
+            if mig.pending_enabled != mig.enabled {
+                text.push_str(&format!(" ({} after the next GPU reset)", mode(mig.pending_enabled)));
+            }
+            if mig.enabled || !mig.instances.is_empty() {
+                text.push_str(&format!(", {} instances", mig.instances.len()));
+            }
+            text
+        }
+    };
+    field("MIG", mig);
+    if let Some(mig) = a.mig.as_ref().filter(|m| !m.instances.is_empty()) {
+        let mut rows = vec![["PROFILE", "MEMORY", "GI/CI", "CLASS", "UUID"]
+            .map(String::from)
+            .to_vec()];
+        for i in &mig.instances {
+            rows.push(vec![
+                i.profile.clone(),
+                gib(i.memory_bytes),
+                format!("{}/{}", i.gpu_instance_id, i.compute_instance_id),
+                i.hardware_class.clone(),
+                i.uuid.clone(),
+            ]);
+        }
+        for line in table(rows).lines() {
+            out.push_str(&format!("      {line}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api_types::{EccCountsView, EventView, MigInstanceView, MigView, PeerLinkView};
+
+    fn link(peer: u32, kind: &str, lanes: u32) -> PeerLinkView {
+        PeerLinkView {
+            peer,
+            kind: kind.into(),
+            lanes,
+        }
+    }
+
+    /// A healthy, idle device with the given links and nothing else reported.
+    fn device(index: u32, class: &str, links: Vec<PeerLinkView>) -> AcceleratorView {
+        let (vendor, model) = match class {
+            "MI300X-192GB" => ("amd", "AMD Instinct MI300X"),
+            "TPU-v5e" => ("google", "TPU v5 lite"),
+            _ => ("nvidia", "NVIDIA H100 80GB HBM3"),
+        };
+        AcceleratorView {
+            index,
+            vendor: vendor.into(),
+            model: model.into(),
+            uuid: format!("GPU-{index:08}"),
+            memory_bytes: 80 << 30,
+            memory_used_bytes: 0,
+            utilization_percent: 0,
+            hardware_class: class.into(),
+            health: "healthy".into(),
+            health_reason: String::new(),
+            temperature_celsius: None,
+            power_watts: None,
+            simulated: false,
+            pci_bus_id: None,
+            numa_node: None,
+            driver_version: None,
+            compute_api_version: None,
+            architecture: None,
+            max_sm_clock_mhz: None,
+            max_memory_clock_mhz: None,
+            ecc_enabled: None,
+            mig: None,
+            links,
+            power_limit_watts: None,
+            sm_clock_mhz: None,
+            memory_clock_mhz: None,
+            throttle_reasons: Vec::new(),
+            ecc: None,
+            xid_count: 0,
+            last_xid: None,
+        }
+    }
+
+    /// An HGX board: `n` GPUs, all-to-all NVLink with 18 links, half on each NUMA node.
+    fn hgx(n: u32) -> Vec<AcceleratorView> {
+        (0..n)
+            .map(|i| {
+                let links = (0..n).filter(|&p| p != i).map(|p| link(p, "nvlink", 18)).collect();
+                AcceleratorView {
+                    numa_node: Some(i / n.div_ceil(2)),
+                    ..device(i, "H100-80GB", links)
+                }
+            })
+            .collect()
+    }
+
+    fn node(name: &str, accelerators: Vec<AcceleratorView>) -> NodeView {
+        NodeView {
+            name: name.into(),
+            status: "Ready".into(),
+            reason: "reporting".into(),
+            schedulable: true,
+            cordoned: false,
+            draining: false,
+            revoked: false,
+            connected: true,
+            address: Some("10.0.0.7:51506".into()),
+            agent_version: "0.1.0".into(),
+            hostname: name.into(),
+            os: "Linux (Ubuntu 22.04)".into(),
+            kernel: "6.5.0".into(),
+            cpu_model: "AMD EPYC 9654".into(),
+            cpu_cores: 192,
+            memory_bytes: 2048 << 30,
+            memory_available_bytes: 1900 << 30,
+            runtimes: vec!["vllm".into()],
+            last_seen: None,
+            joined_at: "2026-11-24T01:43:49Z".into(),
+            accelerators,
+        }
+    }
+
+    /// Compares a rendering with its expectation and shows both in full when they differ.
+    fn check(actual: &str, expected: &str) {
+        assert!(actual == expected, "expected:\n{expected}\nactual:\n{actual}");
+    }
+
+    /// Expected output, one line per item (each ends with a newline).
+    fn lines(lines: &[&str]) -> String {
+        lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    fn legend() -> Vec<&'static str> {
+        TOPOLOGY_LEGEND.lines().collect()
+    }
+
+    /// A fully reported H100 in MIG mode with ECC counters, XIDs and throttling.
+    fn mig_h100() -> AcceleratorView {
+        let instance = |gi: u32, profile: &str, gib: u64, uuid: &str| MigInstanceView {
+            uuid: uuid.into(),
+            profile: profile.into(),
+            memory_bytes: gib << 30,
+            gpu_instance_id: gi,
+            compute_instance_id: 0,
+            hardware_class: format!("H100-80GB-MIG-{profile}"),
+        };
+        AcceleratorView {
+            memory_used_bytes: 20 << 30,
+            utilization_percent: 35,
+            health: "degraded".into(),
+            health_reason: "2 XIDs in the last hour (last: 94, contained ECC error)".into(),
+            temperature_celsius: Some(41),
+            power_watts: Some(310),
+            pci_bus_id: Some("0000:18:00.0".into()),
+            numa_node: Some(0),
+            driver_version: Some("550.54.15".into()),
+            compute_api_version: Some("12.4".into()),
+            architecture: Some("9.0".into()),
+            max_sm_clock_mhz: Some(1980),
+            max_memory_clock_mhz: Some(2619),
+            ecc_enabled: Some(true),
+            mig: Some(MigView {
+                enabled: true,
+                pending_enabled: true,
+                instances: vec![
+                    instance(1, "3g.40gb", 40, "MIG-4f9b0bd4-0b6d-5f1a-9c4d-0123456789ab"),
+                    instance(5, "1g.10gb", 10, "MIG-7c1e2a90-55d3-5b8e-a1f0-fedcba987654"),
+                ],
+            }),
+            power_limit_watts: Some(700),
+            sm_clock_mhz: Some(1755),
+            memory_clock_mhz: Some(2619),
+            throttle_reasons: vec!["sw_power_cap".into(), "hw_thermal_slowdown".into()],
+            ecc: Some(EccCountsView {
+                volatile_corrected: 3,
+                volatile_uncorrected: 0,
+                aggregate_corrected: 12,
+                aggregate_uncorrected: 1,
+                remapped_rows: 2,
+                remap_pending: true,
+                ..EccCountsView::default()
+            }),
+            xid_count: 2,
+            last_xid: Some(94),
+            ..device(0, "H100-80GB", vec![link(1, "nvlink", 18)])
+        }
+    }
+
+    #[test]
+    fn narrow_table_keeps_its_five_columns() {
+        let table = nodes_table(&[node("hgx-1", hgx(8))], false);
+        check(
+            &table,
+            &lines(&[
+                "NAME    STATUS   ACCELERATORS   AGENT   LAST-SEEN",
+                "hgx-1   Ready    8xH100-80GB    0.1.0   never",
+            ]),
+        );
+    }
+
+    /// `-o wide` adds the health and interconnect summaries after the narrow columns.
+    #[test]
+    fn wide_row_shows_health_tiers_first_bad_reason_and_interconnect() {
+        let mut gpus = hgx(8);
+        gpus[5].health = "degraded".into();
+        gpus[5].health_reason = "12 corrected ECC errors in 10 minutes".into();
+        gpus[6].health = "unhealthy".into();
+        gpus[6].health_reason = "XID 79: the GPU has fallen off the bus; reset the GPU or reboot the node".into();
+        let tpus = node("tpu-1", (0..4).map(|i| device(i, "TPU-v5e", vec![])).collect());
+        let table = nodes_table(&[node("hgx-1", gpus), tpus], true);
+        let lines: Vec<&str> = table.lines().collect();
+        let columns: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(
+            columns,
+            [
+                "NAME",
+                "STATUS",
+                "ACCELERATORS",
+                "AGENT",
+                "LAST-SEEN",
+                "HEALTH",
+                "INTERCONNECT",
+                "ADDRESS",
+                "OS",
+                "KERNEL",
+                "CPUS",
+                "MEMORY",
+                "RUNTIMES",
+                "REASON"
+            ]
+        );
+        let at = |column: &str| lines[0].find(column).unwrap();
+        let cell = |line: &str, from: &str, to: &str| line[at(from)..at(to)].trim_end().to_string();
+        check(
+            &cell(lines[1], "HEALTH", "INTERCONNECT"),
+            "6 healthy, 1 degraded, 1 unhealthy (GPU6: XID 79: the GPU has fallen...)",
+        );
+        check(&cell(lines[1], "INTERCONNECT", "ADDRESS"), "nvlink 8/8");
+        check(&cell(lines[2], "HEALTH", "INTERCONNECT"), "4 healthy");
+        check(&cell(lines[2], "INTERCONNECT", "ADDRESS"), "-");
+    }
+
+    #[test]
+    fn health_summary_counts_tiers_and_names_the_worst_device() {
+        let with = |tiers: &[(&str, &str)]| -> Vec<AcceleratorView> {
+            tiers
+                .iter()
+                .enumerate()
+                .map(|(i, (health, reason))| AcceleratorView {
+                    health: health.to_string(),
+                    health_reason: reason.to_string(),
+                    ..device(i as u32, "H100-80GB", vec![])
+                })
+                .collect()
+        };
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "-"),
+            (&[("healthy", ""), ("healthy", "")], "2 healthy"),
+            (
+                &[("healthy", ""), ("degraded", "thermal slowdown"), ("degraded", "other")],
+                "1 healthy, 2 degraded (GPU1: thermal slowdown)",
+            ),
+            // The worst tier wins over the lower index; an empty reason names the device.
+            (
+                &[("degraded", "ECC"), ("unhealthy", "")],
+                "1 degraded, 1 unhealthy (GPU1)",
+            ),
+            // A tier this CLI does not know is counted under its own name.
+            (
+                &[("healthy", ""), ("quarantined", "by policy")],
+                "1 healthy, 1 quarantined (GPU1: by policy)",
+            ),
+            (
+                &[("unhealthy", "row remapping failed on bank 3; the device needs service")],
+                "1 unhealthy (GPU0: row remapping failed on bank...)",
+            ),
+        ];
+        for (tiers, expected) in cases {
+            check(&health_summary(&with(tiers)), expected);
+        }
+    }
+
+    #[test]
+    fn interconnect_summary_names_the_fabric() {
+        let pcie =
+            |i: u32, peers: &[u32]| device(i, "L40S-48GB", peers.iter().map(|&p| link(p, "system", 0)).collect());
+        let mixed = vec![
+            device(0, "H100-80GB", vec![link(1, "nvlink", 18), link(2, "numa-node", 0)]),
+            device(1, "H100-80GB", vec![link(0, "nvlink", 18), link(2, "system", 0)]),
+            device(2, "MI300X-192GB", vec![link(0, "numa-node", 0), link(1, "system", 0)]),
+        ];
+        // Two NVLink bridges joining pairs of PCIe cards: every card has a peer, no mesh.
+        let pairs = vec![
+            device(0, "A100-80GB", vec![link(1, "nvlink", 12), link(2, "system", 0)]),
+            device(1, "A100-80GB", vec![link(0, "nvlink", 12)]),
+            device(2, "A100-80GB", vec![link(3, "nvlink", 12), link(0, "system", 0)]),
+            device(3, "A100-80GB", vec![link(2, "nvlink", 12)]),
+        ];
+        let mi300x: Vec<AcceleratorView> = (0..8)
+            .map(|i| {
+                device(
+                    i,
+                    "MI300X-192GB",
+                    (0..8).filter(|&p| p != i).map(|p| link(p, "xgmi", 1)).collect(),
+                )
+            })
+            .collect();
+        let cases: Vec<(Vec<AcceleratorView>, &str)> = vec![
+            (hgx(8), "nvlink 8/8"),
+            (mi300x, "xgmi 8/8"),
+            (mixed, "nvlink 2/3"),
+            (pairs, "nvlink 4/4 partial"),
+            (vec![pcie(0, &[1]), pcie(1, &[0])], "pcie"),
+            (vec![device(0, "H100-80GB", vec![])], "-"),
+            (Vec::new(), "-"),
+        ];
+        for (devices, expected) in cases {
+            check(&interconnect_summary(&devices), expected);
+        }
+    }
+
+    #[test]
+    fn topology_matrix_for_two_gpus() {
+        let gpus = vec![
+            AcceleratorView {
+                numa_node: Some(0),
+                ..device(0, "H100-80GB", vec![link(1, "pcie-host-bridge", 0)])
+            },
+            // The second device reports nothing: the first one's view of the path is used.
+            device(1, "H100-80GB", vec![]),
+        ];
+        let expected = [
+            vec![
+                "        GPU0  GPU1  NUMA",
+                "  GPU0  X     PHB   0",
+                "  GPU1  PHB   X     -",
+            ],
+            legend(),
+        ];
+        check(&topology_matrix(&gpus).unwrap(), &lines(&expected.concat()));
+    }
+
+    #[test]
+    fn topology_matrix_for_eight_gpus_fits_in_100_columns() {
+        let mut gpus = hgx(8);
+        // GPU7 sits behind a PCIe switch with GPU6 and has no fabric to the rest.
+        for (i, gpu) in gpus.iter_mut().enumerate() {
+            let i = i as u32;
+            gpu.links.retain(|l| l.peer != 7 && i != 7);
+        }
+        gpus[7].links = (0..6)
+            .map(|p| link(p, if p < 4 { "system" } else { "numa-node" }, 0))
+            .collect();
+        gpus[7].links.push(link(6, "pcie-switch", 0));
+        let matrix = topology_matrix(&gpus).unwrap();
+        let expected = [
+            vec![
+                "        GPU0  GPU1  GPU2  GPU3  GPU4  GPU5  GPU6  GPU7  NUMA",
+                "  GPU0  X     NV18  NV18  NV18  NV18  NV18  NV18  SYS   0",
+                "  GPU1  NV18  X     NV18  NV18  NV18  NV18  NV18  SYS   0",
+                "  GPU2  NV18  NV18  X     NV18  NV18  NV18  NV18  SYS   0",
+                "  GPU3  NV18  NV18  NV18  X     NV18  NV18  NV18  SYS   0",
+                "  GPU4  NV18  NV18  NV18  NV18  X     NV18  NV18  NODE  1",
+                "  GPU5  NV18  NV18  NV18  NV18  NV18  X     NV18  NODE  1",
+                "  GPU6  NV18  NV18  NV18  NV18  NV18  NV18  X     PIX   1",
+                "  GPU7  SYS   SYS   SYS   SYS   NODE  NODE  PIX   X     1",
+            ],
+            legend(),
+        ];
+        check(&matrix, &lines(&expected.concat()));
+        assert!(matrix.lines().all(|l| l.chars().count() <= 100), "{matrix}");
+    }
+
+    #[test]
+    fn topology_needs_two_devices_with_link_data() {
+        assert_eq!(topology_matrix(&[]), None);
+        assert_eq!(topology_matrix(&hgx(1)), None);
+        let tpus: Vec<AcceleratorView> = (0..4).map(|i| device(i, "TPU-v5e", vec![])).collect();
+        assert_eq!(topology_matrix(&tpus), None);
+        let described = describe_node(&NodeDetail {
+            node: node("tpu-1", tpus),
+            events: Vec::new(),
+        });
+        assert!(
+            described.contains("Topology:\n  not reported (needs two or more devices with link data)\nEvents:\n"),
+            "{described}"
+        );
+    }
+
+    #[test]
+    fn describe_lists_device_details_and_mig_instances() {
+        let gpus = vec![
+            mig_h100(),
+            AcceleratorView {
+                simulated: true,
+                ..device(1, "H100-80GB", vec![link(0, "nvlink", 18)])
+            },
+        ];
+        let described = describe_node(&NodeDetail {
+            node: node("hgx-1", gpus),
+            events: vec![EventView {
+                time: "2026-11-24T01:43:49Z".into(),
+                kind: "Normal".into(),
+                reason: "Joined".into(),
+                message: "joined from 10.0.0.7:51506 with token 4p6zrq".into(),
+            }],
+        });
+        let from = described.find("Accelerators:").unwrap();
+        let expected = [
+            vec![
+                "Accelerators:",
+                "  GPU0: NVIDIA H100 80GB HBM3 (nvidia, H100-80GB)",
+                "    UUID:           GPU-00000000",
+                "    PCI bus id:     0000:18:00.0 (NUMA node 0)",
+                "    Architecture:   9.0",
+                "    Driver:         550.54.15 (CUDA 12.4)",
+                "    Memory:         20GiB used of 80GiB",
+                "    Usage:          util 35%, temp 41C, power 310W (limit 700W)",
+                "    Clocks:         SM 1755 MHz (max 1980), memory 2619 MHz (max 2619)",
+                "    Health:         degraded: 2 XIDs in the last hour (last: 94, contained ECC error)",
+                "    ECC:            enabled",
+                "                    volatile 3 corrected, 0 uncorrected; aggregate 12 corrected, 1 uncorrected",
+                "                    retired pages 0; remapped rows 2; row remap pending a reset",
+                "    XID errors:     2 (last XID 94)",
+                "    Throttling:     sw_power_cap, hw_thermal_slowdown",
+                "    MIG:            enabled, 2 instances",
+                "      PROFILE   MEMORY   GI/CI   CLASS                   UUID",
+                "      3g.40gb   40GiB    1/0     H100-80GB-MIG-3g.40gb   MIG-4f9b0bd4-0b6d-5f1a-9c4d-0123456789ab",
+                "      1g.10gb   10GiB    5/0     H100-80GB-MIG-1g.10gb   MIG-7c1e2a90-55d3-5b8e-a1f0-fedcba987654",
+                "  GPU1: NVIDIA H100 80GB HBM3 (nvidia, H100-80GB, simulated)",
+                "    UUID:           GPU-00000001",
+                "    PCI bus id:     -",
+                "    Architecture:   -",
+                "    Driver:         -",
+                "    Memory:         0GiB used of 80GiB",
+                "    Usage:          util 0%, temp -, power -",
+                "    Clocks:         SM -, memory -",
+                "    Health:         healthy",
+                "    ECC:            -",
+                "    XID errors:     0",
+                "    Throttling:     none",
+                "    MIG:            -",
+                "Topology:",
+                "        GPU0  GPU1  NUMA",
+                "  GPU0  X     NV18  0",
+                "  GPU1  NV18  X     -",
+            ],
+            legend(),
+            vec![
+                "Events:",
+                "  TIME                   TYPE     REASON   MESSAGE",
+                "  2026-11-24T01:43:49Z   Normal   Joined   joined from 10.0.0.7:51506 with token 4p6zrq",
+            ],
+        ];
+        check(&described[from..], &lines(&expected.concat()));
+        assert!(described.lines().all(|l| l.chars().count() <= 100), "{described}");
+    }
+
+    #[test]
+    fn describe_shows_an_unhealthy_reason_in_full() {
+        let reason =
+            "XID 79: the GPU has fallen off the bus; reset the GPU or reboot the node (seen 3 times since 01:40)";
+        let gpu = AcceleratorView {
+            health: "unhealthy".into(),
+            health_reason: reason.into(),
+            ..device(0, "H100-80GB", vec![])
+        };
+        let described = describe_accelerator(&gpu);
+        assert!(
+            described.contains(&format!("    Health:         unhealthy: {reason}\n")),
+            "{described}"
+        );
+        // A device that reports nothing but its identity says so plainly.
+        check(
+            &described,
+            &lines(&[
+                "  GPU0: NVIDIA H100 80GB HBM3 (nvidia, H100-80GB)",
+                "    UUID:           GPU-00000000",
+                "    PCI bus id:     -",
+                "    Architecture:   -",
+                "    Driver:         -",
+                "    Memory:         0GiB used of 80GiB",
+                "    Usage:          util 0%, temp -, power -",
+                "    Clocks:         SM -, memory -",
+                &format!("    Health:         unhealthy: {reason}"),
+                "    ECC:            -",
+                "    XID errors:     0",
+                "    Throttling:     none",
+                "    MIG:            -",
+            ]),
+        );
+    }
 }

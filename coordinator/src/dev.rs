@@ -90,6 +90,7 @@ fn agent_config(
         nvml_library: None,
         gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
         rocm_library: None,
+        host_paths: Default::default(),
         health: Default::default(),
     }
 }

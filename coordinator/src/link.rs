@@ -26,8 +26,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    api_types::{EccCountsView, MigInstanceView, MigView, PeerLinkView},
     metrics::Refusal,
-    registry::{Capacity, ConnectionHandle, DeviceFacts, DeviceState, NewSession, NodeFacts, RegistryError},
+    registry::{
+        Capacity, ConnectionHandle, DeviceDetails, DeviceFacts, DeviceState, DeviceTelemetry, NewSession, NodeFacts,
+        RegistryError,
+    },
     server::Shared,
     time::now_ms,
     tokens,
@@ -638,8 +642,70 @@ fn facts_from_wire(info: &NodeInfo) -> NodeFacts {
                 memory_bytes: a.memory_bytes,
                 hardware_class: a.hardware_class.clone(),
                 simulated: a.simulated,
+                details: details_from_wire(&a.details),
             })
             .collect(),
+    }
+}
+
+/// Wire device details -> stored facts: enums become their lower-case names here, so the
+/// registry, the store and the API never see wire types.
+fn details_from_wire(details: &pyxis_protocol::DeviceDetails) -> DeviceDetails {
+    DeviceDetails {
+        pci_bus_id: details.pci_bus_id.clone(),
+        numa_node: details.numa_node,
+        driver_version: details.driver_version.clone(),
+        compute_api_version: details.compute_api_version.clone(),
+        architecture: details.architecture.clone(),
+        max_sm_clock_mhz: details.max_sm_clock_mhz,
+        max_memory_clock_mhz: details.max_memory_clock_mhz,
+        ecc_enabled: details.ecc_enabled,
+        mig: details.mig.as_ref().map(|mig| MigView {
+            enabled: mig.enabled,
+            pending_enabled: mig.pending_enabled,
+            instances: mig
+                .instances
+                .iter()
+                .map(|i| MigInstanceView {
+                    uuid: i.uuid.clone(),
+                    profile: i.profile.clone(),
+                    memory_bytes: i.memory_bytes,
+                    gpu_instance_id: i.gpu_instance_id,
+                    compute_instance_id: i.compute_instance_id,
+                    hardware_class: i.hardware_class.clone(),
+                })
+                .collect(),
+        }),
+        links: details
+            .links
+            .iter()
+            .map(|l| PeerLinkView {
+                peer: l.peer,
+                kind: l.kind.as_str().to_string(),
+                lanes: l.lanes,
+            })
+            .collect(),
+    }
+}
+
+fn telemetry_from_wire(telemetry: pyxis_protocol::DeviceTelemetry) -> DeviceTelemetry {
+    DeviceTelemetry {
+        sm_clock_mhz: telemetry.sm_clock_mhz,
+        memory_clock_mhz: telemetry.memory_clock_mhz,
+        throttle_reasons: telemetry.throttle_reasons,
+        ecc: telemetry.ecc.map(|e| EccCountsView {
+            volatile_corrected: e.volatile_corrected,
+            volatile_uncorrected: e.volatile_uncorrected,
+            aggregate_corrected: e.aggregate_corrected,
+            aggregate_uncorrected: e.aggregate_uncorrected,
+            retired_pages: e.retired_pages,
+            retired_pages_pending: e.retired_pages_pending,
+            remapped_rows: e.remapped_rows,
+            remap_pending: e.remap_pending,
+            remap_failed: e.remap_failed,
+        }),
+        xid_count: telemetry.xid_count,
+        last_xid: telemetry.last_xid,
     }
 }
 
@@ -658,6 +724,8 @@ fn capacity_from_wire(report: CapacityReport) -> Capacity {
                 health_reason: d.health_reason,
                 temperature_celsius: d.temperature_celsius,
                 power_watts: d.power_watts,
+                power_limit_watts: d.power_limit_watts,
+                telemetry: telemetry_from_wire(d.telemetry),
             })
             .collect(),
     }

@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api_types::{AcceleratorView, NodeView},
+    api_types::{AcceleratorView, EccCountsView, MigView, NodeView, PeerLinkView},
     store::NodeRow,
     time::rfc3339_ms,
 };
@@ -60,6 +60,56 @@ pub struct DeviceFacts {
     pub hardware_class: String,
     /// Simulated.
     pub simulated: bool,
+    /// PCI address, NUMA node, versions, MIG, interconnect. Facts stored before these
+    /// existed load with everything unknown.
+    #[serde(default)]
+    pub details: DeviceDetails,
+}
+
+/// Static device facts beyond identity; each is empty when the agent could not tell.
+///
+/// The nested MIG and link shapes are the API's view types: both they and this stored
+/// form only ever gain fields, so one shape serves both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceDetails {
+    /// PCI bus id.
+    pub pci_bus_id: Option<String>,
+    /// NUMA node.
+    pub numa_node: Option<u32>,
+    /// Kernel driver version.
+    pub driver_version: Option<String>,
+    /// CUDA or ROCm version.
+    pub compute_api_version: Option<String>,
+    /// Compute capability, gfx target or TPU generation.
+    pub architecture: Option<String>,
+    /// Maximum SM clock.
+    pub max_sm_clock_mhz: Option<u32>,
+    /// Maximum memory clock.
+    pub max_memory_clock_mhz: Option<u32>,
+    /// ECC mode.
+    pub ecc_enabled: Option<bool>,
+    /// MIG mode and instances.
+    pub mig: Option<MigView>,
+    /// Paths to peer devices, by index.
+    pub links: Vec<PeerLinkView>,
+}
+
+/// Fast-changing device counters from the last report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceTelemetry {
+    /// SM clock.
+    pub sm_clock_mhz: Option<u32>,
+    /// Memory clock.
+    pub memory_clock_mhz: Option<u32>,
+    /// Active throttle reasons.
+    pub throttle_reasons: Vec<String>,
+    /// ECC counters.
+    pub ecc: Option<EccCountsView>,
+    /// XIDs since the agent started.
+    pub xid_count: u64,
+    /// Most recent XID.
+    pub last_xid: Option<u64>,
 }
 
 /// Live device state from the last report.
@@ -79,6 +129,10 @@ pub struct DeviceState {
     pub temperature_celsius: Option<u16>,
     /// Power draw, if reported.
     pub power_watts: Option<u32>,
+    /// Power limit, if reported.
+    pub power_limit_watts: Option<u32>,
+    /// Clocks, throttling, ECC, XIDs.
+    pub telemetry: DeviceTelemetry,
 }
 
 /// Capacity from a report (internal form).
@@ -633,6 +687,8 @@ impl Registry {
             .iter()
             .map(|d| {
                 let state = capacity.and_then(|c| c.devices.iter().find(|s| s.uuid == d.uuid));
+                let telemetry = state.map(|s| &s.telemetry);
+                let details = &d.details;
                 AcceleratorView {
                     index: d.index,
                     vendor: d.vendor.clone(),
@@ -647,6 +703,23 @@ impl Registry {
                     temperature_celsius: state.and_then(|s| s.temperature_celsius),
                     power_watts: state.and_then(|s| s.power_watts),
                     simulated: d.simulated,
+                    pci_bus_id: details.pci_bus_id.clone(),
+                    numa_node: details.numa_node,
+                    driver_version: details.driver_version.clone(),
+                    compute_api_version: details.compute_api_version.clone(),
+                    architecture: details.architecture.clone(),
+                    max_sm_clock_mhz: details.max_sm_clock_mhz,
+                    max_memory_clock_mhz: details.max_memory_clock_mhz,
+                    ecc_enabled: details.ecc_enabled,
+                    mig: details.mig.clone(),
+                    links: details.links.clone(),
+                    power_limit_watts: state.and_then(|s| s.power_limit_watts),
+                    sm_clock_mhz: telemetry.and_then(|t| t.sm_clock_mhz),
+                    memory_clock_mhz: telemetry.and_then(|t| t.memory_clock_mhz),
+                    throttle_reasons: telemetry.map(|t| t.throttle_reasons.clone()).unwrap_or_default(),
+                    ecc: telemetry.and_then(|t| t.ecc),
+                    xid_count: telemetry.map(|t| t.xid_count).unwrap_or(0),
+                    last_xid: telemetry.and_then(|t| t.last_xid),
                 }
             })
             .collect();
@@ -721,6 +794,121 @@ mod tests {
         );
         // A report on a connection that is not the current one is ignored.
         assert!(!registry.report("n1", 7, capacity(), t0, 0));
+    }
+
+    /// A node row as an older coordinator stored it: device facts without `details`.
+    const FACTS_BEFORE_DETAILS: &str = r#"{"hostname":"h1","os":"Linux","kernel":"6.1","cpu_model":"EPYC","cpu_cores":8,
+        "memory_bytes":1024,"agent_version":"0.1.0","runtimes":["vllm"],"devices":[{"index":0,"vendor":"nvidia",
+        "model":"NVIDIA H100 80GB HBM3","uuid":"GPU-1","memory_bytes":85899345920,"hardware_class":"H100-80GB",
+        "simulated":false}]}"#;
+
+    fn row(name: &str, facts_json: &str) -> NodeRow {
+        NodeRow {
+            name: name.into(),
+            cert_fingerprint: format!("fp-{name}"),
+            facts_json: Some(facts_json.into()),
+            cordoned: false,
+            draining: false,
+            revoked: false,
+            joined_at_ms: 0,
+            last_seen_ms: None,
+        }
+    }
+
+    #[test]
+    fn facts_stored_before_device_details_still_load() {
+        let registry = Registry::load(vec![row("old", FACTS_BEFORE_DETAILS)]).unwrap();
+        let view = registry.view("old", Instant::now(), Duration::from_secs(10)).unwrap();
+        let device = &view.accelerators[0];
+        assert_eq!(
+            (device.uuid.as_str(), device.hardware_class.as_str()),
+            ("GPU-1", "H100-80GB")
+        );
+        assert_eq!(device.pci_bus_id, None);
+        assert_eq!(device.mig, None);
+        assert!(device.links.is_empty());
+        assert_eq!((device.xid_count, device.ecc), (0, None));
+        // Stored again, the facts carry the new (empty) details and load the same way.
+        let facts = registry.nodes["old"].facts.clone().unwrap();
+        assert_eq!(facts.devices[0].details, DeviceDetails::default());
+        let again = serde_json::to_string(&facts).unwrap();
+        assert!(again.contains("\"details\""), "{again}");
+        assert_eq!(serde_json::from_str::<NodeFacts>(&again).unwrap(), facts);
+    }
+
+    #[test]
+    fn view_carries_device_details_and_telemetry() {
+        let mut registry = Registry::load(vec![row("n1", FACTS_BEFORE_DETAILS)]).unwrap();
+        let node = registry.nodes.get_mut("n1").unwrap();
+        let facts = node.facts.as_mut().unwrap();
+        facts.devices[0].details = DeviceDetails {
+            pci_bus_id: Some("0000:18:00.0".into()),
+            numa_node: Some(0),
+            driver_version: Some("550.54.15".into()),
+            compute_api_version: Some("12.4".into()),
+            architecture: Some("9.0".into()),
+            max_sm_clock_mhz: Some(1980),
+            max_memory_clock_mhz: Some(2619),
+            ecc_enabled: Some(true),
+            mig: Some(MigView {
+                enabled: true,
+                pending_enabled: true,
+                instances: vec![crate::api_types::MigInstanceView {
+                    uuid: "MIG-1".into(),
+                    profile: "1g.10gb".into(),
+                    memory_bytes: 10 << 30,
+                    gpu_instance_id: 9,
+                    compute_instance_id: 0,
+                    hardware_class: "H100-80GB-MIG-1g.10gb".into(),
+                }],
+            }),
+            links: vec![PeerLinkView {
+                peer: 1,
+                kind: "nvlink".into(),
+                lanes: 18,
+            }],
+        };
+        let ecc = EccCountsView {
+            volatile_corrected: 3,
+            ..EccCountsView::default()
+        };
+        node.capacity = Some(Capacity {
+            memory_available_bytes: 1,
+            devices: vec![DeviceState {
+                uuid: "GPU-1".into(),
+                memory_used_bytes: 5,
+                utilization_percent: 40,
+                health: "unhealthy",
+                health_reason: "XID 79: fell off the bus".into(),
+                temperature_celsius: Some(60),
+                power_watts: Some(300),
+                power_limit_watts: Some(700),
+                telemetry: DeviceTelemetry {
+                    sm_clock_mhz: Some(1755),
+                    memory_clock_mhz: Some(2619),
+                    throttle_reasons: vec!["sw_power_cap".into()],
+                    ecc: Some(ecc),
+                    xid_count: 2,
+                    last_xid: Some(79),
+                },
+            }],
+        });
+        let view = registry.view("n1", Instant::now(), Duration::from_secs(10)).unwrap();
+        let device = &view.accelerators[0];
+        assert_eq!(device.pci_bus_id.as_deref(), Some("0000:18:00.0"));
+        assert_eq!(device.compute_api_version.as_deref(), Some("12.4"));
+        assert_eq!(device.mig.as_ref().unwrap().instances[0].profile, "1g.10gb");
+        assert_eq!(device.links[0].kind, "nvlink");
+        assert_eq!(
+            (device.health.as_str(), device.health_reason.as_str()),
+            ("unhealthy", "XID 79: fell off the bus")
+        );
+        assert_eq!((device.power_limit_watts, device.sm_clock_mhz), (Some(700), Some(1755)));
+        assert_eq!(device.throttle_reasons, ["sw_power_cap"]);
+        assert_eq!(
+            (device.ecc, device.xid_count, device.last_xid),
+            (Some(ecc), 2, Some(79))
+        );
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl Cluster {
             nvml_library: None,
             gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
             rocm_library: None,
+            host_paths: Default::default(),
             health: Default::default(),
         }
     }
@@ -659,6 +660,7 @@ async fn configured_ca_files_are_used_instead_of_a_generated_ca() {
         nvml_library: None,
         gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
         rocm_library: None,
+        host_paths: Default::default(),
         health: Default::default(),
     })
     .await
@@ -722,4 +724,49 @@ async fn a_lost_ca_certificate_is_not_silently_replaced() {
     let err = Coordinator::start(config).await.unwrap_err();
     assert!(err.is_config(), "{err}");
     assert!(err.to_string().contains("restore ca.pem"), "{err}");
+}
+
+/// What the agent knows about a device beyond its identity (PCI address, architecture,
+/// NUMA node, NVLink peers, power limit) and why it is not healthy reach the admin API's
+/// node JSON under the documented field names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_details_and_health_reason_reach_the_api() {
+    let cluster = Cluster::start(Duration::from_secs(10)).await;
+    let agent = cluster.join("detailed").await;
+    agent
+        .shared
+        .set_device_health(1, pyxis_protocol::Health::Unhealthy, "XID 79: fell off the bus");
+    let node = || async {
+        let (status, body) = cluster.api("GET", "/api/v1/nodes/detailed").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    eventually("the health reason in the API", Duration::from_secs(5), || async {
+        node().await["accelerators"][1]["health"] == "unhealthy"
+    })
+    .await;
+    let node = node().await;
+    let gpus = node["accelerators"].as_array().unwrap();
+    assert_eq!(gpus[1]["health_reason"], "XID 79: fell off the bus", "{node}");
+    for (index, gpu) in gpus.iter().enumerate() {
+        assert!(gpu["pci_bus_id"].as_str().unwrap().starts_with("0000:"), "{gpu}");
+        assert_eq!(gpu["architecture"], "9.0", "{gpu}");
+        assert!(gpu["numa_node"].is_u64(), "{gpu}");
+        assert_eq!(gpu["power_limit_watts"], 700, "{gpu}");
+        let peer = 1 - index;
+        assert_eq!(
+            gpu["links"],
+            serde_json::json!([{"peer": peer, "kind": "nvlink", "lanes": 18}]),
+            "{gpu}"
+        );
+        // Not reported by the simulator: present, and empty.
+        for key in ["driver_version", "mig", "ecc", "last_xid", "sm_clock_mhz"] {
+            assert!(gpu[key].is_null(), "{key} in {gpu}");
+        }
+        assert_eq!(
+            (&gpu["xid_count"], &gpu["throttle_reasons"]),
+            (&serde_json::json!(0), &serde_json::json!([]))
+        );
+    }
+    agent.stop().await;
 }

@@ -204,6 +204,10 @@ fn operator_flow_with_real_binaries() {
     }
     assert_eq!(accelerators[0]["hardware_class"], "H100-80GB");
     assert_eq!(accelerators[2]["vendor"], "amd");
+    // Device details (docs/api.md): the simulated H100s share an NVLink fabric.
+    assert_eq!(accelerators[0]["architecture"], "9.0");
+    assert_eq!(accelerators[0]["links"][0]["kind"], "nvlink", "{node}");
+    assert!(accelerators[2]["mig"].is_null() && accelerators[2]["ecc"].is_null());
     cli.wait_status("smoke-2", "Ready", START);
     let table = cli.ok(&["get", "nodes"]);
     assert!(
@@ -212,11 +216,19 @@ fn operator_flow_with_real_binaries() {
     );
     let wide = cli.ok(&["get", "nodes", "-o", "wide"]);
     assert!(wide.contains("ADDRESS") && wide.contains("KERNEL"), "{wide}");
+    assert!(wide.contains("HEALTH") && wide.contains("INTERCONNECT"), "{wide}");
+    assert!(wide.contains("3 healthy") && wide.contains("nvlink 2/3"), "{wide}");
+    assert!(wide.contains("4 healthy"), "{wide}");
     let yaml = cli.ok(&["get", "nodes", "smoke-2", "-o", "yaml"]);
     assert!(yaml.starts_with("items:") && yaml.contains("name: smoke-2"), "{yaml}");
     let described = cli.ok(&["describe", "node", "smoke-1"]);
     assert!(
         described.contains("Accelerators:") && described.contains("Joined"),
+        "{described}"
+    );
+    assert!(described.contains("  GPU2: AMD Instinct MI300X"), "{described}");
+    assert!(
+        described.contains("Topology:\n        GPU0  GPU1  GPU2  NUMA\n  GPU0  X     NV18"),
         "{described}"
     );
 
