@@ -7,7 +7,9 @@
 //! - the PCI address (the `device` link's target, else `PCI_SLOT_NAME` in `uevent`) and the
 //!   NUMA node (`numa_node`, where `-1` means none);
 //! - the gfx target (`gfx942`) from the KFD topology (`/sys/class/kfd/kfd/topology/nodes`);
-//! - RAS error counts, summed over `ras/*_err_count` (`ue: N` / `ce: M` per block);
+//! - RAS error counts since boot, summed over `ras/*_err_count` (`ue: N` / `ce: M` per
+//!   block), as the volatile ECC counts (sysfs has no lifetime counts, page retirement or
+//!   row remapping, so those stay unknown);
 //! - current and highest graphics and memory clocks from `pp_dpm_sclk` / `pp_dpm_mclk`;
 //! - xGMI links: GPUs in the same hive (`xgmi_hive_info/xgmi_hive_id`, non-zero) are linked
 //!   by xGMI.
@@ -118,8 +120,9 @@ fn numa_node(device: &Path) -> Option<u32> {
     read(&device.join("numa_node"))?.parse::<i64>().ok()?.try_into().ok()
 }
 
-/// Sums `ras/<block>_err_count` files (`ue: N` and `ce: M` lines; newer kernels add `de:`
-/// for deferred errors, not counted). None without any readable file.
+/// Sums `ras/<block>_err_count` files (`ue: N` and `ce: M` lines, since boot; newer kernels
+/// add `de:` for deferred errors, not counted) into the volatile counts. None without any
+/// readable file.
 fn ras_counts(device: &Path) -> Option<EccCounts> {
     let entries = std::fs::read_dir(device.join("ras")).ok()?;
     let mut counts = EccCounts::default();
@@ -234,10 +237,8 @@ pub fn sysfs_devices(sys: &Path, first_index: u32, overrides: &ClassOverrides) -
             model,
             uuid,
             memory_bytes: total,
-            memory_used_bytes: read_u64(&device.join("mem_info_vram_used")).unwrap_or(0),
-            utilization_percent: read_u64(&device.join("gpu_busy_percent"))
-                .map(|p| p.min(100) as u8)
-                .unwrap_or(0),
+            memory_used_bytes: read_u64(&device.join("mem_info_vram_used")),
+            utilization_percent: read_u64(&device.join("gpu_busy_percent")).map(|p| p.min(100) as u8),
             health: Health::Healthy,
             health_reason: String::new(),
             simulated: false,

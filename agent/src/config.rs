@@ -350,6 +350,29 @@ impl AgentConfig {
                 });
             }
         }
+        for (key, path) in [
+            ("nvml_library", &file.nvml_library),
+            ("rocm_library", &file.rocm_library),
+            ("sysfs_root", &file.sysfs_root),
+            ("devfs_root", &file.devfs_root),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "is empty; leave the key out to use the default".into(),
+                });
+            }
+        }
+        for (key, path) in [("sysfs_root", &file.sysfs_root), ("devfs_root", &file.devfs_root)] {
+            if let Some(path) = path {
+                if !path.is_dir() {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        reason: format!("{} is not a directory", path.display()),
+                    });
+                }
+            }
+        }
         Ok(Self {
             coordinators,
             join_token,

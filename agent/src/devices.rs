@@ -18,12 +18,12 @@ pub struct Device {
     pub model: String,
     /// UUID or serial.
     pub uuid: String,
-    /// Total memory.
+    /// Total memory; 0 when unknown (a device lost before its memory could be read).
     pub memory_bytes: u64,
-    /// Memory in use.
-    pub memory_used_bytes: u64,
-    /// Utilization 0-100.
-    pub utilization_percent: u8,
+    /// Memory in use; `None` when the backend does not read it or the device is lost.
+    pub memory_used_bytes: Option<u64>,
+    /// Utilization 0-100; `None` when the backend does not read it or the device is lost.
+    pub utilization_percent: Option<u8>,
     /// Hardware class.
     pub hardware_class: String,
     /// Health tier.
@@ -235,8 +235,9 @@ pub fn parse_simulate(spec: &str, node_name: &str) -> Result<Vec<Device>, Simula
                 model: sim.model.to_string(),
                 uuid: simulated_uuid(node_name, index),
                 memory_bytes: sim.gib << 30,
-                memory_used_bytes: 0,
-                utilization_percent: 0,
+                // A simulated device is an idle device, so these are read as zero.
+                memory_used_bytes: Some(0),
+                utilization_percent: Some(0),
                 hardware_class: sim.name.to_string(),
                 health: Health::Healthy,
                 health_reason: String::new(),
@@ -250,7 +251,7 @@ pub fn parse_simulate(spec: &str, node_name: &str) -> Result<Vec<Device>, Simula
                     architecture: Some(sim.arch.to_string()),
                     ..DeviceDetails::default()
                 },
-                telemetry: DeviceTelemetry::default(),
+                telemetry: simulated_telemetry(sim.vendor),
             });
         }
     }
@@ -300,6 +301,19 @@ fn link_simulated(devices: &mut [Device]) {
                 }
             })
             .collect();
+    }
+}
+
+/// What an idle device of `vendor` reports: NVIDIA GPUs have throttle reasons (none
+/// active) and XIDs (none yet); other vendors' backends read neither, so neither is known.
+fn simulated_telemetry(vendor: Vendor) -> DeviceTelemetry {
+    match vendor {
+        Vendor::Nvidia => DeviceTelemetry {
+            throttle_reasons: Some(Vec::new()),
+            xid_count: Some(0),
+            ..DeviceTelemetry::default()
+        },
+        Vendor::Amd | Vendor::Google | Vendor::Other => DeviceTelemetry::default(),
     }
 }
 
@@ -369,6 +383,20 @@ mod tests {
         assert_eq!(h100.details.architecture.as_deref(), Some("9.0"));
         assert!(devices[6].details.links.is_empty());
         assert!(devices.iter().all(|d| d.details.links.iter().all(|l| l.peer != 6)));
+    }
+
+    /// A simulated device is idle (usage read as zero), and reports what its vendor's
+    /// backend reads: throttle reasons and XIDs for NVIDIA only, unknown for the others.
+    #[test]
+    fn simulated_devices_report_what_their_backend_would() {
+        let devices = parse_simulate("1xH100-80GB,1xMI300X-192GB,1xTPU-v5e", "n").unwrap();
+        assert!(devices
+            .iter()
+            .all(|d| d.memory_used_bytes == Some(0) && d.utilization_percent == Some(0)));
+        let known = |d: &Device| (d.telemetry.throttle_reasons.clone(), d.telemetry.xid_count);
+        assert_eq!(known(&devices[0]), (Some(vec![]), Some(0)));
+        assert_eq!(known(&devices[1]), (None, None));
+        assert_eq!(known(&devices[2]), (None, None));
     }
 
     /// Simulated devices carry the class the real derivation would give their model.

@@ -51,7 +51,10 @@ pub const DEGRADING_THROTTLE_REASONS: &[&str] = &[
 
 /// The `[health]` table of the agent's config file.
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [health] table with fatal_xids, transient_xids, ignored_xids and recovery_window"
+)]
 pub struct HealthFile {
     /// XIDs that mark a GPU unhealthy until it is reset.
     pub fatal_xids: Option<Vec<u64>>,
@@ -92,34 +95,52 @@ impl HealthPolicy {
     /// defaults. An XID in two lists is an error, as is a window outside 1s..=24h.
     pub fn from_file(file: HealthFile) -> Result<Self, crate::config::ConfigError> {
         let defaults = Self::default();
+        let given = [
+            file.fatal_xids.is_some(),
+            file.transient_xids.is_some(),
+            file.ignored_xids.is_some(),
+        ];
         let set = |given: Option<Vec<u64>>, default: BTreeSet<u64>| given.map_or(default, |v| v.into_iter().collect());
+        let recovery_window = match &file.recovery_window {
+            Some(text) => {
+                let window = crate::config::parse_duration("health.recovery_window", text)?;
+                if window < Duration::from_millis(100) || window > Duration::from_secs(86_400) {
+                    return Err(crate::config::ConfigError::Invalid {
+                        key: "health.recovery_window",
+                        reason: format!("{text:?} is outside 100ms to 24h"),
+                    });
+                }
+                window
+            }
+            None => defaults.recovery_window,
+        };
         let policy = Self {
             fatal_xids: set(file.fatal_xids, defaults.fatal_xids),
             transient_xids: set(file.transient_xids, defaults.transient_xids),
             ignored_xids: set(file.ignored_xids, defaults.ignored_xids),
-            recovery_window: match file.recovery_window {
-                Some(text) => crate::config::parse_duration("health.recovery_window", &text)?,
-                None => defaults.recovery_window,
-            },
+            recovery_window,
         };
-        if policy.recovery_window < Duration::from_millis(100) || policy.recovery_window > Duration::from_secs(86_400) {
-            return Err(crate::config::ConfigError::Invalid {
-                key: "health.recovery_window",
-                reason: format!("{:?} is outside 100ms..=24h", policy.recovery_window),
-            });
-        }
         let lists = [
-            ("fatal_xids", &policy.fatal_xids),
-            ("transient_xids", &policy.transient_xids),
-            ("ignored_xids", &policy.ignored_xids),
+            ("health.fatal_xids", &policy.fatal_xids, given[0]),
+            ("health.transient_xids", &policy.transient_xids, given[1]),
+            ("health.ignored_xids", &policy.ignored_xids, given[2]),
         ];
-        for (i, (a, left)) in lists.iter().enumerate() {
-            for (b, right) in &lists[i + 1..] {
+        for (i, (a, left, a_given)) in lists.iter().enumerate() {
+            for (b, right, b_given) in &lists[i + 1..] {
                 if let Some(xid) = left.intersection(right).next() {
-                    return Err(crate::config::ConfigError::Invalid {
-                        key: "health",
-                        reason: format!("XID {xid} is in both {a} and {b}; put each XID in one list"),
-                    });
+                    let (key, other, other_given) = if *a_given {
+                        (*a, *b, *b_given)
+                    } else {
+                        (*b, *a, *a_given)
+                    };
+                    let reason = if other_given {
+                        format!("XID {xid} is in both {a} and {b}; put each XID in one list")
+                    } else {
+                        format!(
+                            "XID {xid} is also in the default {other}; set {other} too, without {xid} (defaults in examples/agent.toml)"
+                        )
+                    };
+                    return Err(crate::config::ConfigError::Invalid { key, reason });
                 }
             }
         }
@@ -157,8 +178,9 @@ pub enum XidClass {
 struct Record {
     /// Sticky reason for the unhealthy tier.
     fatal: Option<String>,
-    /// Last windowed event and its description.
-    last_event: Option<(Instant, String)>,
+    /// Windowed events of the current degraded spell (cleared once the device has been
+    /// clean for the recovery window): when, and what.
+    events: Vec<(Instant, String)>,
     /// Uncorrected ECC count last seen (volatile), to notice new errors.
     uncorrected_seen: Option<u64>,
     xid_count: u64,
@@ -196,14 +218,13 @@ impl HealthTracker {
                     )
                 });
             }
-            XidClass::Transient | XidClass::Unlisted => {
-                let listed = if class == XidClass::Unlisted {
-                    ", not in the health policy, treated as transient"
-                } else {
-                    ""
-                };
-                record.last_event = Some((now, format!("XID {xid} ({}){listed}", xid_name(xid))));
-            }
+            XidClass::Transient => record.push(now, format!("XID {xid} ({})", xid_name(xid))),
+            XidClass::Unlisted => record.push(
+                now,
+                format!(
+                    "XID {xid} (not in the health policy, so treated as transient; list it under [health] to decide)"
+                ),
+            ),
             XidClass::Ignored => {}
         }
         class
@@ -218,22 +239,21 @@ impl HealthTracker {
             record.fatal.get_or_insert_with(|| device.health_reason.clone());
         }
         if let Some(ecc) = device.telemetry.ecc {
-            if ecc.remap_failed {
+            if ecc.remap_failed == Some(true) {
                 record.fatal.get_or_insert_with(|| {
                     "row remapping failed: the GPU has uncorrectable memory and needs service".into()
                 });
             }
             if let Some(seen) = record.uncorrected_seen {
                 if ecc.volatile_uncorrected > seen {
-                    record.last_event = Some((
-                        now,
-                        format!("{} new uncorrected ECC error(s)", ecc.volatile_uncorrected - seen),
-                    ));
+                    let new = ecc.volatile_uncorrected - seen;
+                    record.push(now, format!("{new} new uncorrected ECC error(s)"));
                 }
             }
             record.uncorrected_seen = Some(ecc.volatile_uncorrected);
         }
-        device.telemetry.xid_count = record.xid_count;
+        // Only NVIDIA GPUs have XIDs; for other devices the count is unknown, not zero.
+        device.telemetry.xid_count = (device.vendor == pyxis_protocol::Vendor::Nvidia).then_some(record.xid_count);
         device.telemetry.last_xid = record.last_xid;
         if let Some(reason) = &record.fatal {
             device.health = Health::Unhealthy;
@@ -242,10 +262,10 @@ impl HealthTracker {
         }
         let mut reasons = Vec::new();
         if let Some(ecc) = device.telemetry.ecc {
-            if ecc.remap_pending {
+            if ecc.remap_pending == Some(true) {
                 reasons.push("row remapping pending: reset the GPU to apply it".to_string());
             }
-            if ecc.retired_pages_pending {
+            if ecc.retired_pages_pending == Some(true) {
                 reasons.push("page retirement pending: reset the GPU to apply it".to_string());
             }
         }
@@ -253,22 +273,24 @@ impl HealthTracker {
             .telemetry
             .throttle_reasons
             .iter()
+            .flatten()
             .map(String::as_str)
             .filter(|r| DEGRADING_THROTTLE_REASONS.contains(r))
             .collect();
         if !hardware_throttle.is_empty() {
             reasons.push(format!("clocks throttled by {}", hardware_throttle.join(", ")));
         }
-        if let Some((at, what)) = &record.last_event {
-            let clean = now.saturating_duration_since(*at);
-            if clean < self.policy.recovery_window {
-                let left = self.policy.recovery_window - clean;
+        let window = self.policy.recovery_window;
+        if let Some((last, _)) = record.events.last() {
+            if now.saturating_duration_since(*last) < window {
+                // Stable text (no countdown), so the reason changes only when something happens.
                 reasons.push(format!(
-                    "{what}; healthy again after {} without errors",
-                    humantime::format_duration(Duration::from_secs(left.as_secs().max(1)))
+                    "{}; healthy again after {} without new errors",
+                    summarize(&record.events),
+                    humantime::format_duration(window)
                 ));
             } else {
-                record.last_event = None;
+                record.events.clear();
             }
         }
         if reasons.is_empty() {
@@ -279,6 +301,43 @@ impl HealthTracker {
             device.health_reason = reasons.join("; ");
         }
     }
+}
+
+impl Record {
+    fn push(&mut self, at: Instant, what: String) {
+        self.events.push((at, what));
+        // Bounded: the reason names at most a few distinct errors anyway.
+        if self.events.len() > 64 {
+            self.events.remove(0);
+        }
+    }
+}
+
+/// `XID 94 (contained ECC error), XID 31 (GPU memory page fault) x3`: distinct events in
+/// the order first seen, with repeat counts, at most four named.
+fn summarize(events: &[(Instant, String)]) -> String {
+    let mut distinct: Vec<(&str, usize)> = Vec::new();
+    for (_, what) in events {
+        match distinct.iter_mut().find(|(w, _)| *w == what.as_str()) {
+            Some((_, count)) => *count += 1,
+            None => distinct.push((what.as_str(), 1)),
+        }
+    }
+    let mut parts: Vec<String> = distinct
+        .iter()
+        .take(4)
+        .map(|(what, count)| {
+            if *count > 1 {
+                format!("{what} x{count}")
+            } else {
+                (*what).to_string()
+            }
+        })
+        .collect();
+    if distinct.len() > 4 {
+        parts.push(format!("and {} more", distinct.len() - 4));
+    }
+    parts.join(", ")
 }
 
 /// Short names of well-known XIDs (NVIDIA's XID catalog), for reasons operators can read.
@@ -337,7 +396,7 @@ mod tests {
         assert!(d.health_reason.contains("fallen off the bus"));
         tracker.assess(&mut d, t0 + Duration::from_secs(3600));
         assert_eq!(d.health, Health::Unhealthy);
-        assert_eq!(d.telemetry.xid_count, 1);
+        assert_eq!(d.telemetry.xid_count, Some(1));
         assert_eq!(d.telemetry.last_xid, Some(79));
     }
 
@@ -351,19 +410,32 @@ mod tests {
         tracker.assess(&mut d, t0 + Duration::from_secs(1));
         assert_eq!(d.health, Health::Degraded);
         assert!(d.health_reason.contains("XID 13"), "{}", d.health_reason);
-        assert!(
-            d.health_reason.contains("healthy again after 59s"),
-            "{}",
-            d.health_reason
+        assert_eq!(
+            d.health_reason,
+            "XID 13 (graphics engine exception); healthy again after 1m without new errors"
         );
         // A second error restarts the window.
         tracker.on_xid(&d.uuid, 31, t0 + Duration::from_secs(30));
+        tracker.on_xid(&d.uuid, 31, t0 + Duration::from_secs(30));
         tracker.assess(&mut d, t0 + window + Duration::from_secs(1));
         assert_eq!(d.health, Health::Degraded);
+        assert_eq!(
+            d.health_reason,
+            "XID 13 (graphics engine exception), XID 31 (GPU memory page fault) x2; healthy again after 1m without new errors",
+            "the reason names every error of the spell, and stays the same while nothing happens"
+        );
         tracker.assess(&mut d, t0 + Duration::from_secs(30) + window);
         assert_eq!(d.health, Health::Healthy);
         assert!(d.health_reason.is_empty());
-        assert_eq!(d.telemetry.xid_count, 2);
+        assert_eq!(d.telemetry.xid_count, Some(3));
+        // A later spell starts a fresh list.
+        tracker.on_xid(&d.uuid, 94, t0 + Duration::from_secs(200));
+        tracker.assess(&mut d, t0 + Duration::from_secs(201));
+        assert!(
+            d.health_reason.starts_with("XID 94 (contained ECC error);"),
+            "{}",
+            d.health_reason
+        );
     }
 
     #[test]
@@ -374,7 +446,7 @@ mod tests {
         assert_eq!(tracker.on_xid(&d.uuid, 45, t0), XidClass::Ignored);
         tracker.assess(&mut d, t0);
         assert_eq!(d.health, Health::Healthy);
-        assert_eq!(d.telemetry.xid_count, 1);
+        assert_eq!(d.telemetry.xid_count, Some(1));
         assert_eq!(tracker.on_xid(&d.uuid, 9999, t0), XidClass::Unlisted);
         tracker.assess(&mut d, t0);
         assert_eq!(d.health, Health::Degraded);
@@ -403,7 +475,7 @@ mod tests {
         // Pending remap: degraded while it lasts.
         d.telemetry.ecc = Some(EccCounts {
             volatile_uncorrected: 2,
-            remap_pending: true,
+            remap_pending: Some(true),
             ..EccCounts::default()
         });
         tracker.assess(&mut d, t0 + Duration::from_secs(13));
@@ -414,16 +486,16 @@ mod tests {
             ..EccCounts::default()
         });
         // Software power capping is normal; thermal slowdown is not.
-        d.telemetry.throttle_reasons = vec!["sw_power_cap".into()];
+        d.telemetry.throttle_reasons = Some(vec!["sw_power_cap".into()]);
         tracker.assess(&mut d, t0 + Duration::from_secs(14));
         assert_eq!(d.health, Health::Healthy);
-        d.telemetry.throttle_reasons = vec!["sw_power_cap".into(), "hw_thermal_slowdown".into()];
+        d.telemetry.throttle_reasons = Some(vec!["sw_power_cap".into(), "hw_thermal_slowdown".into()]);
         tracker.assess(&mut d, t0 + Duration::from_secs(15));
         assert_eq!(d.health, Health::Degraded);
         assert!(d.health_reason.contains("hw_thermal_slowdown"));
         // A failed remap is fatal.
         d.telemetry.ecc = Some(EccCounts {
-            remap_failed: true,
+            remap_failed: Some(true),
             ..EccCounts::default()
         });
         tracker.assess(&mut d, t0 + Duration::from_secs(16));
@@ -464,9 +536,19 @@ mod tests {
             ..HealthFile::default()
         })
         .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `health.fatal_xids`: XID 13 is also in the default health.transient_xids; set health.transient_xids too, without 13 (defaults in examples/agent.toml)"
+        );
+        let err = HealthPolicy::from_file(HealthFile {
+            fatal_xids: Some(vec![13]),
+            transient_xids: Some(vec![13]),
+            ..HealthFile::default()
+        })
+        .unwrap_err();
         assert!(
             err.to_string()
-                .contains("XID 13 is in both fatal_xids and transient_xids"),
+                .contains("XID 13 is in both health.fatal_xids and health.transient_xids"),
             "{err}"
         );
         let err = HealthPolicy::from_file(HealthFile {
@@ -474,6 +556,9 @@ mod tests {
             ..HealthFile::default()
         })
         .unwrap_err();
-        assert!(err.to_string().contains("health.recovery_window"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `health.recovery_window`: \"2d\" is outside 100ms to 24h"
+        );
     }
 }

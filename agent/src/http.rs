@@ -89,21 +89,23 @@ pub fn render(shared: &AgentShared) -> String {
 }
 
 /// Per-device families. Every sample carries node, gpu (index), uuid, model, vendor,
-/// hardware_class and simulated; facts a device does not report have no sample.
+/// hardware_class and simulated; facts a device does not report have no sample (never a
+/// made-up zero): a TPU has no utilization, an AMD GPU no XID count, a lost GPU no usage.
 fn render_devices(out: &mut Exposition, node: &str, devices: &[crate::devices::Device]) {
     if devices.is_empty() {
         return;
     }
     type Value = fn(&crate::devices::Device) -> Option<f64>;
     let gauges: [(&str, &str, Value); 11] = [
+        // Zero means unknown here: a GPU lost at start-up before its memory was read.
         ("pyxis_gpu_memory_total_bytes", "Device memory in total.", |d| {
-            Some(d.memory_bytes as f64)
+            (d.memory_bytes > 0).then_some(d.memory_bytes as f64)
         }),
         ("pyxis_gpu_memory_used_bytes", "Device memory in use.", |d| {
-            Some(d.memory_used_bytes as f64)
+            d.memory_used_bytes.map(|b| b as f64)
         }),
         ("pyxis_gpu_utilization_ratio", "Device utilization, 0 to 1.", |d| {
-            Some(f64::from(d.utilization_percent) / 100.0)
+            d.utilization_percent.map(|p| f64::from(p) / 100.0)
         }),
         ("pyxis_gpu_temperature_celsius", "Device temperature.", |d| {
             d.temperature_celsius.map(f64::from)
@@ -124,7 +126,8 @@ fn render_devices(out: &mut Exposition, node: &str, devices: &[crate::devices::D
             "pyxis_gpu_throttled",
             "1 while clocks are held down for a reason other than idling (see pyxis_gpu_throttle_reason).",
             |d| {
-                Some(if d.telemetry.throttle_reasons.iter().any(|r| r != "gpu_idle") {
+                let reasons = d.telemetry.throttle_reasons.as_ref()?;
+                Some(if reasons.iter().any(|r| r != "gpu_idle") {
                     1.0
                 } else {
                     0.0
@@ -132,10 +135,10 @@ fn render_devices(out: &mut Exposition, node: &str, devices: &[crate::devices::D
             },
         ),
         ("pyxis_gpu_retired_pages", "Memory pages retired for ECC errors.", |d| {
-            d.telemetry.ecc.map(|e| e.retired_pages as f64)
+            d.telemetry.ecc.and_then(|e| e.retired_pages).map(|n| n as f64)
         }),
         ("pyxis_gpu_remapped_rows", "Memory rows remapped for ECC errors.", |d| {
-            d.telemetry.ecc.map(|e| e.remapped_rows as f64)
+            d.telemetry.ecc.and_then(|e| e.remapped_rows).map(|n| n as f64)
         }),
     ];
     let labels_of = |d: &crate::devices::Device| -> Vec<(&'static str, String)> {
@@ -183,7 +186,7 @@ fn render_devices(out: &mut Exposition, node: &str, devices: &[crate::devices::D
     let throttled: Vec<(usize, &String)> = devices
         .iter()
         .enumerate()
-        .flat_map(|(i, d)| d.telemetry.throttle_reasons.iter().map(move |r| (i, r)))
+        .flat_map(|(i, d)| d.telemetry.throttle_reasons.iter().flatten().map(move |r| (i, r)))
         .collect();
     if !throttled.is_empty() {
         out.family(
@@ -208,11 +211,12 @@ fn render_devices(out: &mut Exposition, node: &str, devices: &[crate::devices::D
         for (d, labels) in devices.iter().zip(&labelled) {
             let Some(ecc) = d.telemetry.ecc else { continue };
             for (kind, scope, count) in [
-                ("corrected", "volatile", ecc.volatile_corrected),
-                ("uncorrected", "volatile", ecc.volatile_uncorrected),
+                ("corrected", "volatile", Some(ecc.volatile_corrected)),
+                ("uncorrected", "volatile", Some(ecc.volatile_uncorrected)),
                 ("corrected", "aggregate", ecc.aggregate_corrected),
                 ("uncorrected", "aggregate", ecc.aggregate_uncorrected),
             ] {
+                let Some(count) = count else { continue };
                 out.sample(
                     "pyxis_gpu_ecc_errors_total",
                     &borrow(&with(labels, &[("type", kind), ("scope", scope)])),
@@ -221,17 +225,16 @@ fn render_devices(out: &mut Exposition, node: &str, devices: &[crate::devices::D
             }
         }
     }
-    out.family(
-        "pyxis_gpu_xid_errors_total",
-        Kind::Counter,
-        "XID errors seen since the agent started (NVIDIA).",
-    );
-    for (d, labels) in devices.iter().zip(&labelled) {
-        out.sample(
+    if devices.iter().any(|d| d.telemetry.xid_count.is_some()) {
+        out.family(
             "pyxis_gpu_xid_errors_total",
-            &borrow(labels),
-            d.telemetry.xid_count as f64,
+            Kind::Counter,
+            "XID errors seen since the agent started (NVIDIA devices only; other vendors have no XIDs).",
         );
+        for (d, labels) in devices.iter().zip(&labelled) {
+            let Some(count) = d.telemetry.xid_count else { continue };
+            out.sample("pyxis_gpu_xid_errors_total", &borrow(labels), count as f64);
+        }
     }
     let mig: Vec<(usize, usize)> = devices
         .iter()
@@ -257,20 +260,173 @@ fn render_devices(out: &mut Exposition, node: &str, devices: &[crate::devices::D
     out.family(
         "pyxis_gpu_info",
         Kind::Gauge,
-        "Device facts as labels (always 1): PCI bus id, NUMA node, architecture, driver.",
+        "Device facts as labels (always 1): PCI bus id, NUMA node, architecture, driver; unknown ones are left out.",
     );
     for (d, labels) in devices.iter().zip(&labelled) {
-        let numa = d.details.numa_node.map(|n| n.to_string()).unwrap_or_default();
-        let extra = [
-            ("pci_bus_id", d.details.pci_bus_id.as_deref().unwrap_or("")),
-            ("numa_node", numa.as_str()),
-            ("architecture", d.details.architecture.as_deref().unwrap_or("")),
-            ("driver_version", d.details.driver_version.as_deref().unwrap_or("")),
-        ];
+        let numa = d.details.numa_node.map(|n| n.to_string());
+        let extra: Vec<(&'static str, &str)> = [
+            ("pci_bus_id", d.details.pci_bus_id.as_deref()),
+            ("numa_node", numa.as_deref()),
+            ("architecture", d.details.architecture.as_deref()),
+            ("driver_version", d.details.driver_version.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|v| (key, v)))
+        .collect();
         out.sample("pyxis_gpu_info", &borrow(&with(labels, &extra)), 1.0);
     }
 }
 
 fn borrow<'a>(labels: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use pyxis_protocol::{EccCounts, Health, Vendor};
+
+    use super::*;
+    use crate::devices::{parse_simulate, Device};
+
+    /// As the backends read real devices: an NVIDIA GPU through NVML (everything), an AMD
+    /// GPU through amdgpu sysfs (usage and volatile RAS counts only), a TPU chip (identity
+    /// only) and an NVIDIA GPU lost at start-up (nothing but its health).
+    fn probed_devices() -> Vec<Device> {
+        let mut devices = parse_simulate("2xA100-80GB,1xMI300X-192GB,1xTPU-v5e", "n1").unwrap();
+        for d in &mut devices {
+            d.simulated = false;
+        }
+        let [nvidia, lost, amd, tpu] = &mut devices[..] else {
+            unreachable!("four devices were asked for")
+        };
+        nvidia.utilization_percent = Some(37);
+        nvidia.memory_used_bytes = Some(1 << 30);
+        nvidia.telemetry.throttle_reasons = Some(vec!["sw_power_cap".into()]);
+        nvidia.telemetry.xid_count = Some(2);
+        nvidia.telemetry.ecc = Some(EccCounts {
+            volatile_corrected: 3,
+            volatile_uncorrected: 0,
+            aggregate_corrected: Some(12),
+            aggregate_uncorrected: Some(1),
+            retired_pages: Some(1),
+            retired_pages_pending: Some(false),
+            remapped_rows: Some(3),
+            remap_pending: Some(false),
+            remap_failed: Some(false),
+        });
+        *lost = Device {
+            model: "unknown NVIDIA GPU".into(),
+            hardware_class: "unknown".into(),
+            memory_bytes: 0,
+            memory_used_bytes: None,
+            utilization_percent: None,
+            health: Health::Unhealthy,
+            health_reason: "GPU is lost".into(),
+            temperature_celsius: None,
+            power_watts: None,
+            power_limit_watts: None,
+            details: Default::default(),
+            telemetry: pyxis_protocol::DeviceTelemetry {
+                xid_count: Some(0),
+                ..Default::default()
+            },
+            ..lost.clone()
+        };
+        amd.utilization_percent = Some(64);
+        amd.memory_used_bytes = Some(3 << 30);
+        amd.telemetry.ecc = Some(EccCounts {
+            volatile_corrected: 5,
+            volatile_uncorrected: 1,
+            ..EccCounts::default()
+        });
+        tpu.utilization_percent = None;
+        tpu.memory_used_bytes = None;
+        // A real TPU chip reports neither (the simulator names a generation and a bus id).
+        tpu.details.pci_bus_id = None;
+        tpu.details.architecture = None;
+        assert_eq!(
+            devices.iter().map(|d| d.vendor).collect::<Vec<_>>(),
+            [Vendor::Nvidia, Vendor::Nvidia, Vendor::Amd, Vendor::Google]
+        );
+        devices
+    }
+
+    fn render(devices: &[Device]) -> String {
+        let mut out = Exposition::default();
+        render_devices(&mut out, "n1", devices);
+        out.finish()
+    }
+
+    /// The samples of family `name` (exactly that name) for device `gpu`.
+    fn samples<'a>(text: &'a str, name: &str, gpu: u32) -> Vec<&'a str> {
+        let gpu = format!("gpu=\"{gpu}\"");
+        text.lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+            .filter(|l| l.contains(&gpu))
+            .collect()
+    }
+
+    /// Facts a backend does not read have no sample; the old rendering gave the TPU and the
+    /// AMD GPU zeros for utilization, XIDs, throttling and retired pages.
+    #[test]
+    fn unread_facts_have_no_sample() {
+        let devices = probed_devices();
+        let text = render(&devices);
+        let has = |name: &str, gpu: u32| !samples(&text, name, gpu).is_empty();
+        // (family, NVIDIA, lost NVIDIA, AMD, TPU)
+        let expected: &[(&str, [bool; 4])] = &[
+            ("pyxis_gpu_memory_total_bytes", [true, false, true, true]),
+            ("pyxis_gpu_memory_used_bytes", [true, false, true, false]),
+            ("pyxis_gpu_utilization_ratio", [true, false, true, false]),
+            ("pyxis_gpu_throttled", [true, false, false, false]),
+            ("pyxis_gpu_throttle_reason", [true, false, false, false]),
+            ("pyxis_gpu_xid_errors_total", [true, true, false, false]),
+            ("pyxis_gpu_retired_pages", [true, false, false, false]),
+            ("pyxis_gpu_remapped_rows", [true, false, false, false]),
+            ("pyxis_gpu_ecc_errors_total", [true, false, true, false]),
+            ("pyxis_gpu_health", [true, true, true, true]),
+            ("pyxis_gpu_info", [true, true, true, true]),
+        ];
+        for (name, present) in expected {
+            let actual = [0, 1, 2, 3].map(|gpu| has(name, gpu));
+            assert_eq!(actual, *present, "{name}\n{text}");
+        }
+        assert_eq!(
+            samples(&text, "pyxis_gpu_utilization_ratio", 0),
+            [format!(
+                "pyxis_gpu_utilization_ratio{{node=\"n1\",gpu=\"0\",uuid=\"{}\",model=\"NVIDIA A100-SXM4-80GB\",\
+                 vendor=\"nvidia\",hardware_class=\"A100-80GB\",simulated=\"false\"}} 0.37",
+                devices[0].uuid
+            )]
+        );
+        assert_eq!(samples(&text, "pyxis_gpu_xid_errors_total", 0).len(), 1);
+        assert!(samples(&text, "pyxis_gpu_xid_errors_total", 0)[0].ends_with("} 2"));
+        assert!(samples(&text, "pyxis_gpu_throttled", 0)[0].ends_with("} 1"));
+        // AMD RAS counts are the volatile ones only: no aggregate samples.
+        let amd_ecc = samples(&text, "pyxis_gpu_ecc_errors_total", 2);
+        assert_eq!(amd_ecc.len(), 2, "{amd_ecc:?}");
+        assert!(amd_ecc.iter().all(|l| l.contains("scope=\"volatile\"")), "{amd_ecc:?}");
+        assert_eq!(samples(&text, "pyxis_gpu_ecc_errors_total", 0).len(), 4);
+        // Unknown facts are left out of pyxis_gpu_info rather than given empty values.
+        assert!(!text.contains("=\"\""), "{text}");
+        let tpu_info = samples(&text, "pyxis_gpu_info", 3);
+        assert!(tpu_info[0].contains("numa_node=\"1\""), "{tpu_info:?}");
+        assert!(!tpu_info[0].contains("pci_bus_id"), "{tpu_info:?}");
+        assert!(samples(&text, "pyxis_gpu_info", 0)[0].contains("pci_bus_id=\"0000:18:00.0\""));
+    }
+
+    /// A node whose devices read no XIDs has no XID family at all (no HELP without samples).
+    #[test]
+    fn families_without_samples_are_left_out() {
+        let devices: Vec<Device> = probed_devices().into_iter().skip(2).collect();
+        let text = render(&devices);
+        for name in [
+            "pyxis_gpu_xid_errors_total",
+            "pyxis_gpu_throttled",
+            "pyxis_gpu_retired_pages",
+        ] {
+            assert!(!text.contains(name), "{name}\n{text}");
+        }
+        assert!(text.contains("# HELP pyxis_gpu_utilization_ratio"), "{text}");
+    }
 }

@@ -16,7 +16,19 @@ use pyxis_agent::{config, daemon, Agent};
 /// The node key is generated locally and never leaves the node; later starts need only
 /// --coordinator and --data-dir. Flags override the config file.
 #[derive(Debug, Parser)]
-#[command(name = "pyxis-agent", version, verbatim_doc_comment)]
+#[command(
+    name = "pyxis-agent",
+    version,
+    verbatim_doc_comment,
+    after_help = "Config-file-only keys (see examples/agent.toml, which shows every key with its default):
+  nvml_library, rocm_library   where libnvidia-ml.so.1 / librocm_smi64.so.1 are, when not on the loader path
+  sysfs_root, devfs_root       the host's /sys and /dev when the agent runs in a container
+  gce_metadata_url             GCE metadata server, asked for the TPU type when TPU chips exist
+  [hardware_classes]           MODEL = CLASS overrides of the derived hardware class
+  [health]                     fatal_xids, transient_xids, ignored_xids, recovery_window: the GPU
+                               health policy (docs/hardware-health.md)
+Exit codes: 0 stopped by a signal; 1 failed at run time; 64 bad configuration."
+)]
 struct Flags {
     /// TOML config file; flags override its keys.
     #[arg(long, value_name = "FILE")]

@@ -226,19 +226,22 @@ impl NvmlProbe {
     }
 
     fn device<'nvml>(&'nvml self, index: u32, overrides: &ClassOverrides) -> Probed<'nvml> {
-        let failed = |what: &str, e: NvmlError| Device {
+        let failed = |what: &str, e: NvmlError| {
+            Device {
             index,
             vendor: Vendor::Nvidia,
             model: "unknown NVIDIA GPU".into(),
             uuid: format!("nvidia-index-{index}"),
+            // Nothing could be read: a total of 0 means unknown (metrics leave it out), and
+            // there is no usage rather than an idle device's zeros.
             memory_bytes: 0,
-            memory_used_bytes: 0,
-            utilization_percent: 0,
+            memory_used_bytes: None,
+            utilization_percent: None,
             hardware_class: "unknown".into(),
             health: Health::Unhealthy,
             health_reason: match e {
                 NvmlError::GpuLost => {
-                    "GPU is lost (NVML_ERROR_GPU_IS_LOST): it fell off the bus or needs a reset".into()
+                    "GPU is lost (NVML_ERROR_GPU_IS_LOST): it fell off the bus or needs a reset; reset it (nvidia-smi -r) or reboot the node, then restart the agent".into()
                 }
                 e => format!("NVML cannot read its {what}: {e}"),
             },
@@ -247,7 +250,8 @@ impl NvmlProbe {
             power_watts: None,
             power_limit_watts: None,
             details: Default::default(),
-            telemetry: Default::default(),
+            telemetry: xid_counted(),
+        }
         };
         let unusable = |device: Device| Probed {
             device,
@@ -285,8 +289,8 @@ impl NvmlProbe {
             model,
             uuid,
             memory_bytes: memory.total,
-            memory_used_bytes: memory.used,
-            utilization_percent: handle.utilization_rates().map(|u| u.gpu.min(100) as u8).unwrap_or(0),
+            memory_used_bytes: Some(memory.used),
+            utilization_percent: handle.utilization_rates().ok().map(|u| u.gpu.min(100) as u8),
             health: Health::Healthy,
             health_reason: String::new(),
             simulated: false,
@@ -296,22 +300,19 @@ impl NvmlProbe {
                 .and_then(|t| u16::try_from(t).ok()),
             power_watts: handle.power_usage().ok().map(|mw| mw / 1000),
             power_limit_watts: handle.enforced_power_limit().ok().map(|mw| mw / 1000),
-            telemetry: Default::default(),
+            telemetry: xid_counted(),
         };
         device.telemetry.sm_clock_mhz = handle.clock_info(Clock::SM).ok();
         device.telemetry.memory_clock_mhz = handle.clock_info(Clock::Memory).ok();
-        device.telemetry.throttle_reasons = handle
-            .current_throttle_reasons()
-            .map(|active| {
-                THROTTLE_REASONS
-                    .iter()
-                    .filter(|(flag, _)| active.contains(*flag))
-                    .map(|(_, name)| (*name).to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
+        device.telemetry.throttle_reasons = handle.current_throttle_reasons().ok().map(|active| {
+            THROTTLE_REASONS
+                .iter()
+                .filter(|(flag, _)| active.contains(*flag))
+                .map(|(_, name)| (*name).to_string())
+                .collect()
+        });
         if device.details.ecc_enabled == Some(true) {
-            device.telemetry.ecc = Some(self.ecc(&handle));
+            device.telemetry.ecc = self.ecc(&handle);
         }
         Probed {
             device,
@@ -384,24 +385,27 @@ impl NvmlProbe {
         })
     }
 
-    /// ECC counters of a device with ECC enabled. Counters the device does not keep (page
-    /// retirement after Volta, row remapping before Ampere) read as zero.
-    fn ecc(&self, handle: &NvmlDevice<'_>) -> EccCounts {
-        let total = |error, counter| handle.total_ecc_errors(error, counter).unwrap_or(0);
-        let retired = |cause| handle.retired_pages(cause).map(|p| p.len() as u64).unwrap_or(0);
+    /// ECC counters of a device with ECC enabled; `None` when even the volatile counts cannot
+    /// be read. Counters the device does not keep (page retirement after Volta, row remapping
+    /// before Ampere: `NVML_ERROR_NOT_SUPPORTED`) or that cannot be read are `None`, never
+    /// zero.
+    fn ecc(&self, handle: &NvmlDevice<'_>) -> Option<EccCounts> {
+        let total = |error, counter| handle.total_ecc_errors(error, counter).ok();
+        let retired = |cause| handle.retired_pages(cause).map(|p| p.len() as u64).ok();
         let remapped = self.raw.remapped_rows(handle).ok();
-        EccCounts {
-            volatile_corrected: total(MemoryError::Corrected, EccCounter::Volatile),
-            volatile_uncorrected: total(MemoryError::Uncorrected, EccCounter::Volatile),
+        Some(EccCounts {
+            volatile_corrected: total(MemoryError::Corrected, EccCounter::Volatile)?,
+            volatile_uncorrected: total(MemoryError::Uncorrected, EccCounter::Volatile)?,
             aggregate_corrected: total(MemoryError::Corrected, EccCounter::Aggregate),
             aggregate_uncorrected: total(MemoryError::Uncorrected, EccCounter::Aggregate),
             retired_pages: retired(RetirementCause::MultipleSingleBitEccErrors)
-                + retired(RetirementCause::DoubleBitEccError),
-            retired_pages_pending: handle.are_pages_pending_retired().unwrap_or(false),
-            remapped_rows: remapped.map_or(0, |r| u64::from(r.corrected) + u64::from(r.uncorrected)),
-            remap_pending: remapped.is_some_and(|r| r.pending),
-            remap_failed: remapped.is_some_and(|r| r.failed),
-        }
+                .zip(retired(RetirementCause::DoubleBitEccError))
+                .map(|(single_bit, double_bit)| single_bit + double_bit),
+            retired_pages_pending: handle.are_pages_pending_retired().ok(),
+            remapped_rows: remapped.map(|r| u64::from(r.corrected) + u64::from(r.uncorrected)),
+            remap_pending: remapped.map(|r| r.pending),
+            remap_failed: remapped.map(|r| r.failed),
+        })
     }
 
     /// Fills `details.links` of every usable device: NVLink when active links reach the
@@ -484,6 +488,15 @@ impl XidWatch<'_> {
             uuid: event.device.uuid().ok(),
             xid,
         }))
+    }
+}
+
+/// Telemetry of a fresh reading: NVIDIA GPUs have XIDs, none seen yet. The health tracker
+/// replaces the count with the XIDs it has seen since the agent started.
+fn xid_counted() -> pyxis_protocol::DeviceTelemetry {
+    pyxis_protocol::DeviceTelemetry {
+        xid_count: Some(0),
+        ..Default::default()
     }
 }
 

@@ -93,14 +93,23 @@ pub fn discover(config: &AgentConfig, paths: HostPaths) -> (Vec<Device>, Backend
                 None
             }
         },
+        Err(e) if config.nvml_library.is_some() => {
+            tracing::warn!(library = ?config.nvml_library, reason = %e, "the configured nvml_library cannot be used; no NVIDIA GPU probed");
+            None
+        }
         Err(e) => {
-            tracing::info!(reason = %e, "no NVIDIA GPU probed");
+            tracing::info!(reason = %e, "NVIDIA probing skipped");
             None
         }
     };
     let first_amd = devices.len() as u32;
-    let rocm = match rocm::RocmProbe::open(config.rocm_library.as_deref()) {
-        Ok(probe) => {
+    // ROCm SMI reads the real /sys whatever sysfs_root says, and prints to stderr when
+    // there is no GPU: ask it only where amdgpu shows AMD cards, or when configured.
+    let amd_cards = amd::sysfs_devices(&paths.sys, first_amd, &overrides);
+    let try_rocm = config.rocm_library.is_some() || !amd_cards.is_empty();
+    let rocm = match try_rocm.then(|| rocm::RocmProbe::open(config.rocm_library.as_deref())) {
+        None => None,
+        Some(Ok(probe)) => {
             let probe = probe.with_sysfs_root(&paths.sys);
             let found = probe.devices(first_amd, &overrides);
             if found.is_empty() {
@@ -112,22 +121,23 @@ pub fn discover(config: &AgentConfig, paths: HostPaths) -> (Vec<Device>, Backend
                 Some(probe)
             }
         }
-        Err(e) => {
-            tracing::debug!(reason = %e, "ROCm SMI not used");
+        Some(Err(e)) if config.rocm_library.is_some() => {
+            tracing::warn!(library = ?config.rocm_library, reason = %e, "the configured rocm_library cannot be used");
+            None
+        }
+        Some(Err(e)) => {
+            tracing::info!(reason = %e, "ROCm SMI not used");
             None
         }
     };
     let mut amd_sysfs = false;
-    if rocm.is_none() {
-        let found = amd::sysfs_devices(&paths.sys, first_amd, &overrides);
-        if !found.is_empty() {
-            tracing::info!(
-                count = found.len(),
-                "AMD GPUs found through amdgpu sysfs (ROCm SMI not found: no ECC per block, no link types)"
-            );
-            amd_sysfs = true;
-            devices.extend(found);
-        }
+    if rocm.is_none() && !amd_cards.is_empty() {
+        tracing::info!(
+            count = amd_cards.len(),
+            "AMD GPUs found through amdgpu sysfs (without ROCm SMI: RAS counts but no link types; install ROCm SMI or set rocm_library for more)"
+        );
+        amd_sysfs = true;
+        devices.extend(amd_cards);
     }
     let tpus = tpu::probe(
         &paths.dev,
@@ -140,6 +150,9 @@ pub fn discover(config: &AgentConfig, paths: HostPaths) -> (Vec<Device>, Backend
         tracing::info!(count = tpus.len(), class = %tpus[0].hardware_class, "TPU chips found");
     }
     devices.extend(tpus);
+    for device in devices.iter().filter(|d| d.health != pyxis_protocol::Health::Healthy) {
+        tracing::error!(gpu = device.index, uuid = %device.uuid, health = device.health.as_str(), reason = %device.health_reason, "device is not healthy at start-up");
+    }
     if devices.is_empty() {
         tracing::info!(
             "this node reports no accelerators (probed: NVIDIA through NVML, AMD through ROCm SMI and amdgpu sysfs, TPUs through /dev and GCE metadata; --simulate gives demo devices)"
@@ -283,7 +296,12 @@ fn update(shared: &AgentShared, fresh: Vec<Device>, tracker: &mut HealthTracker)
     for (index, uuid, health, reason) in &changed {
         match health {
             pyxis_protocol::Health::Healthy => tracing::info!(gpu = index, %uuid, "device healthy again"),
-            tier => tracing::warn!(gpu = index, %uuid, health = tier.as_str(), %reason, "device health changed"),
+            pyxis_protocol::Health::Degraded => {
+                tracing::warn!(gpu = index, %uuid, health = "degraded", %reason, "device health changed")
+            }
+            pyxis_protocol::Health::Unhealthy => {
+                tracing::error!(gpu = index, %uuid, health = "unhealthy", %reason, "device health changed")
+            }
         }
     }
     if !changed.is_empty() {

@@ -35,7 +35,9 @@
 //! A device whose name or memory cannot be read is reported [`Health::Unhealthy`] with the
 //! failing call and status in the reason, never dropped; the others are unaffected.
 //! Uncorrectable RAS counts go to `telemetry.ecc.volatile_uncorrected`, where the health
-//! tracker degrades a device on any increase.
+//! tracker degrades a device on any increase. RAS counts are since boot. This backend
+//! reads no lifetime (aggregate) counts, page retirement, row remapping, throttle reasons
+//! or XIDs: those stay `None`, never a made-up zero.
 #![allow(unsafe_code)] // FFI into ROCm SMI; every unsafe block says why it is sound.
 
 use std::{
@@ -441,8 +443,8 @@ impl RocmProbe {
             model: "unknown AMD GPU".into(),
             uuid,
             memory_bytes: 0,
-            memory_used_bytes: 0,
-            utilization_percent: 0,
+            memory_used_bytes: None,
+            utilization_percent: None,
             hardware_class: "unknown".into(),
             health: Health::Unhealthy,
             health_reason: format!("ROCm SMI cannot read this GPU ({call} failed: {status})"),
@@ -484,15 +486,11 @@ impl RocmProbe {
             model,
             uuid,
             memory_bytes: total,
-            memory_used_bytes: self
-                .api
-                .dev_memory_usage_get
-                .and_then(|f| {
-                    // SAFETY: `rsmi_dev_memory_usage_get(dv_ind, rsmi_memory_type_t,
-                    // uint64_t *)` with a valid pointer to a u64.
-                    read_value(|out| unsafe { f(d, RSMI_MEM_TYPE_VRAM, out) })
-                })
-                .unwrap_or(0),
+            memory_used_bytes: self.api.dev_memory_usage_get.and_then(|f| {
+                // SAFETY: `rsmi_dev_memory_usage_get(dv_ind, rsmi_memory_type_t,
+                // uint64_t *)` with a valid pointer to a u64.
+                read_value(|out| unsafe { f(d, RSMI_MEM_TYPE_VRAM, out) })
+            }),
             utilization_percent: self
                 .api
                 .dev_busy_percent_get
@@ -500,8 +498,7 @@ impl RocmProbe {
                     // SAFETY: `rsmi_dev_busy_percent_get(dv_ind, uint32_t *)`, valid pointer.
                     read_value(|out| unsafe { f(d, out) })
                 })
-                .map(|p| p.min(100) as u8)
-                .unwrap_or(0),
+                .map(|p| p.min(100) as u8),
             health: Health::Healthy,
             health_reason: String::new(),
             simulated: false,
@@ -655,8 +652,9 @@ impl RocmProbe {
         read_value(|out| unsafe { f(d, out) })
     }
 
-    /// Corrected and uncorrected RAS errors summed over the blocks with ECC enabled. None
-    /// when no block's count could be read.
+    /// Corrected and uncorrected RAS errors (since boot) summed over the blocks with ECC
+    /// enabled, as the volatile counts; the other counts stay unknown. None when no block's
+    /// count could be read.
     fn ecc_counts(&self, d: u32, enabled: u64) -> Option<EccCounts> {
         let f = self.api.dev_ecc_count_get?;
         let mut counts = EccCounts::default();

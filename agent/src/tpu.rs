@@ -104,8 +104,9 @@ pub fn probe(
             model: model.clone(),
             uuid: format!("TPU-{node_name}-{}", node.replace('/', "-")),
             memory_bytes: memory,
-            memory_used_bytes: 0,
-            utilization_percent: 0,
+            // Neither is read from TPU chips: unknown, not zero.
+            memory_used_bytes: None,
+            utilization_percent: None,
             hardware_class: class.clone(),
             health: Health::Healthy,
             health_reason: String::new(),

@@ -72,8 +72,13 @@ fn amd_cards_from_sysfs() {
     assert_eq!(mi300.model, "AMD Instinct MI300X");
     assert_eq!(mi300.hardware_class, "MI300X-192GB");
     assert_eq!(mi300.uuid, "AMD-a1b2c3d4e5f60718");
-    assert_eq!(mi300.memory_used_bytes, 3 << 30);
-    assert_eq!(mi300.utilization_percent, 64);
+    assert_eq!(mi300.memory_used_bytes, Some(3 << 30));
+    assert_eq!(mi300.utilization_percent, Some(64));
+    // amdgpu sysfs gives no throttle reasons, and AMD GPUs have no XIDs: unknown, not zero.
+    assert_eq!(
+        (mi300.telemetry.throttle_reasons.as_ref(), mi300.telemetry.xid_count),
+        (None, None)
+    );
     assert_eq!(mi300.temperature_celsius, Some(52));
     assert_eq!((mi300.power_watts, mi300.power_limit_watts), (Some(310), Some(750)));
     assert!(!mi300.simulated);
@@ -82,6 +87,8 @@ fn amd_cards_from_sysfs() {
     assert_eq!(bare.uuid, "AMD-PCI-0000:c2:00.0");
     assert_eq!(bare.model, "AMD GPU (device 0x740f)");
     assert_eq!((bare.temperature_celsius, bare.power_watts), (None, None));
+    // No usage files: usage unknown rather than an idle 0.
+    assert_eq!((bare.memory_used_bytes, bare.utilization_percent), (None, None));
     // Facts whose files are absent stay absent.
     assert_eq!(bare.details.pci_bus_id.as_deref(), Some("0000:c2:00.0"));
     assert_eq!(

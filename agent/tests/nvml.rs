@@ -80,8 +80,8 @@ fn two_gpus_through_the_real_nvml_path() {
     assert_eq!(h100.uuid, "GPU-11111111-2222-3333-4444-555555555555");
     assert_eq!(h100.hardware_class, "H100-80GB");
     assert_eq!(h100.memory_bytes, 81_559 << 20);
-    assert_eq!(h100.memory_used_bytes, 1 << 30);
-    assert_eq!(h100.utilization_percent, 37);
+    assert_eq!(h100.memory_used_bytes, Some(1 << 30));
+    assert_eq!(h100.utilization_percent, Some(37));
     assert_eq!(h100.temperature_celsius, Some(41));
     assert_eq!((h100.power_watts, h100.power_limit_watts), (Some(123), Some(700)));
     assert_eq!(h100.health, Health::Healthy);
@@ -120,26 +120,38 @@ fn details_and_telemetry_of_each_gpu() {
         (h100.telemetry.sm_clock_mhz, h100.telemetry.memory_clock_mhz),
         (Some(1755), Some(2619))
     );
-    assert_eq!(h100.telemetry.throttle_reasons, vec!["sw_power_cap".to_string()]);
-    assert!(a100.telemetry.throttle_reasons.is_empty());
+    assert_eq!(h100.telemetry.throttle_reasons, Some(vec!["sw_power_cap".to_string()]));
+    // Read, and none active: known to be unthrottled.
+    assert_eq!(a100.telemetry.throttle_reasons, Some(vec![]));
     assert_eq!(
         h100.telemetry.ecc,
         Some(EccCounts {
             volatile_corrected: 3,
             volatile_uncorrected: 0,
-            aggregate_corrected: 12,
-            aggregate_uncorrected: 1,
-            // Hopper has no page retirement (NVML_ERROR_NOT_SUPPORTED): it remaps rows.
-            retired_pages: 0,
-            retired_pages_pending: false,
-            remapped_rows: 3,
-            remap_pending: false,
-            remap_failed: false,
+            aggregate_corrected: Some(12),
+            aggregate_uncorrected: Some(1),
+            // Hopper has no page retirement (NVML_ERROR_NOT_SUPPORTED): unknown, not zero. It
+            // remaps rows instead.
+            retired_pages: None,
+            retired_pages_pending: None,
+            remapped_rows: Some(3),
+            remap_pending: Some(false),
+            remap_failed: Some(false),
         })
     );
-    assert_eq!(a100.telemetry.ecc, Some(EccCounts::default()));
-    // The health tracker counts XIDs, not the probe.
-    assert_eq!((h100.telemetry.xid_count, h100.telemetry.last_xid), (0, None));
+    assert_eq!(
+        a100.telemetry.ecc,
+        Some(EccCounts {
+            aggregate_corrected: Some(0),
+            aggregate_uncorrected: Some(0),
+            remapped_rows: Some(0),
+            remap_pending: Some(false),
+            remap_failed: Some(false),
+            ..EccCounts::default()
+        })
+    );
+    // The health tracker counts XIDs, not the probe: a reading starts from none seen.
+    assert_eq!((h100.telemetry.xid_count, h100.telemetry.last_xid), (Some(0), None));
 }
 
 #[test]
@@ -408,6 +420,17 @@ fn a_lost_gpu_is_reported_unhealthy_and_the_others_still_work() {
         "{}",
         devices[1].health_reason
     );
+    // Nothing could be read: no usage, no throttle reasons, no ECC, and the memory total is
+    // unknown (0), never a made-up idle device.
+    let lost = &devices[1];
+    assert_eq!(
+        (lost.memory_bytes, lost.memory_used_bytes, lost.utilization_percent),
+        (0, None, None)
+    );
+    assert_eq!(
+        (lost.telemetry.throttle_reasons.as_ref(), lost.telemetry.ecc),
+        (None, None)
+    );
 }
 
 #[test]
@@ -464,10 +487,10 @@ async fn the_agent_reports_probed_gpus_as_real_devices() {
         }]
     );
     let report = agent.shared.capacity(1);
-    assert_eq!(report.devices[1].utilization_percent, 38);
+    assert_eq!(report.devices[1].utilization_percent, Some(38));
     assert_eq!(
         report.devices[0].telemetry.throttle_reasons,
-        vec!["sw_power_cap".to_string()]
+        Some(vec!["sw_power_cap".to_string()])
     );
     let metrics = pyxis_agent::http::render(&agent.shared);
     let labels = "node=\"gpu-host\",gpu=\"0\",uuid=\"GPU-11111111-2222-3333-4444-555555555555\",model=\"NVIDIA H100 80GB HBM3\",vendor=\"nvidia\",hardware_class=\"H100-80GB\",simulated=\"false\"";
@@ -528,7 +551,7 @@ async fn the_agent_applies_the_health_policy_to_the_xid_stream() {
         "{}",
         degraded.health_reason
     );
-    assert_eq!(degraded.telemetry.xid_count, 2, "the ignored XID is counted too");
+    assert_eq!(degraded.telemetry.xid_count, Some(2), "the ignored XID is counted too");
     assert_eq!(degraded.telemetry.last_xid, Some(13));
     let recovered = wait_device(&agent, 0, "healthy", |d| d.health == Health::Healthy).await;
     assert!(recovered.health_reason.is_empty());
@@ -559,7 +582,22 @@ async fn the_agent_applies_the_health_policy_to_the_xid_stream() {
     let report = agent.shared.capacity(1);
     let tiers: Vec<Health> = report.devices.iter().map(|d| d.health).collect();
     assert_eq!(tiers, vec![Health::Healthy, Health::Unhealthy, Health::Unhealthy]);
+    // The GPU lost at run time can no longer be read: its usage is unknown, not an idle 0.
+    let lost = &report.devices[2];
+    assert_eq!((lost.utilization_percent, lost.memory_used_bytes), (None, None));
+    assert_eq!(lost.telemetry.throttle_reasons, None);
+    assert_eq!(
+        lost.telemetry.xid_count,
+        Some(0),
+        "an NVIDIA GPU still has an XID count"
+    );
     let metrics = pyxis_agent::http::render(&agent.shared);
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("pyxis_gpu_utilization_ratio{") && l.contains("gpu=\"2\"")),
+        "{metrics}"
+    );
     assert!(metrics.contains("gpu=\"1\","), "{metrics}");
     assert!(
         metrics.lines().any(|l| l.starts_with("pyxis_gpu_health{")

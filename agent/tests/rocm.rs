@@ -80,8 +80,13 @@ fn two_mi300x_with_every_fact() {
     assert_eq!(gpu.model, "AMD Instinct MI300X");
     assert_eq!(gpu.uuid, "AMD-1a2b3c4d5e6f7081");
     assert_eq!(gpu.memory_bytes, 192 << 30);
-    assert_eq!(gpu.memory_used_bytes, 5 << 30);
-    assert_eq!(gpu.utilization_percent, 71);
+    assert_eq!(gpu.memory_used_bytes, Some(5 << 30));
+    assert_eq!(gpu.utilization_percent, Some(71));
+    // ROCm SMI is not asked for throttle reasons, and AMD GPUs have no XIDs.
+    assert_eq!(
+        (gpu.telemetry.throttle_reasons.as_ref(), gpu.telemetry.xid_count),
+        (None, None)
+    );
     // No edge sensor on an MI300X: the junction temperature.
     assert_eq!(gpu.temperature_celsius, Some(48));
     assert_eq!((gpu.power_watts, gpu.power_limit_watts), (Some(350), Some(750)));
@@ -104,7 +109,8 @@ fn two_mi300x_with_every_fact() {
         (Some(1300), Some(1300))
     );
     // UMC 5+1 and GFX 2+0; MMHUB cannot be counted; XGMI_WAFL has no ECC enabled, so its
-    // counts are not summed.
+    // counts are not summed. RAS counts are since boot (the volatile ones); lifetime counts,
+    // retired pages and remapped rows are not read, so they stay unknown.
     assert_eq!(
         gpu.telemetry.ecc,
         Some(EccCounts {
@@ -120,7 +126,10 @@ fn two_mi300x_with_every_fact() {
     assert_eq!(other.details.pci_bus_id.as_deref(), Some("0001:0d:1e.3"));
     assert_eq!(other.details.numa_node, Some(1));
     assert_eq!(other.details.architecture.as_deref(), Some("gfx942"));
-    assert_eq!((other.utilization_percent, other.temperature_celsius), (3, Some(39)));
+    assert_eq!(
+        (other.utilization_percent, other.temperature_celsius),
+        (Some(3), Some(39))
+    );
     assert_eq!(other.power_watts, Some(142));
     assert_eq!(other.telemetry.ecc, Some(EccCounts::default()));
     assert_eq!(other.health, Health::Healthy);
@@ -244,6 +253,7 @@ fn a_failing_gpu_is_reported_unhealthy_and_the_other_still_works() {
     );
     assert_eq!(bad.uuid, "amd-index-1");
     assert_eq!(bad.hardware_class, "unknown");
+    assert_eq!((bad.memory_used_bytes, bad.utilization_percent), (None, None));
     assert!(!bad.simulated);
 }
 

@@ -712,8 +712,8 @@ fn capacity(seq: u64, devices: &[DeviceUsage]) -> CapacityReport {
         devices: devices
             .iter()
             .map(|d| DeviceUsage {
-                memory_used_bytes: fastrand::u64(0..80 << 30),
-                utilization_percent: fastrand::u8(0..=100),
+                memory_used_bytes: Some(fastrand::u64(0..80 << 30)),
+                utilization_percent: Some(fastrand::u8(0..=100)),
                 ..d.clone()
             })
             .collect(),
@@ -725,14 +725,19 @@ fn device_template(name: &str, gpus: u32) -> Vec<DeviceUsage> {
     (0..gpus)
         .map(|index| DeviceUsage {
             uuid: gpu_uuid(name, index),
-            memory_used_bytes: 0,
-            utilization_percent: 0,
+            memory_used_bytes: Some(0),
+            utilization_percent: Some(0),
             health: Health::Healthy,
             health_reason: String::new(),
             temperature_celsius: Some(34),
             power_watts: Some(70),
             power_limit_watts: Some(700),
-            telemetry: Default::default(),
+            // As NVML reads an NVIDIA GPU: throttle reasons (none active) and an XID count.
+            telemetry: pyxis_protocol::DeviceTelemetry {
+                throttle_reasons: Some(Vec::new()),
+                xid_count: Some(0),
+                ..Default::default()
+            },
         })
         .collect()
 }

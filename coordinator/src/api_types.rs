@@ -57,7 +57,9 @@ pub struct NodeView {
     pub accelerators: Vec<AcceleratorView>,
 }
 
-/// An accelerator as the API shows it.
+/// An accelerator as the API shows it. A nullable field is `null` when the device does not
+/// report that fact (a TPU's utilization, an AMD GPU's XID count, a lost GPU's usage), never
+/// a made-up zero.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AcceleratorView {
     /// Index on the node.
@@ -70,10 +72,12 @@ pub struct AcceleratorView {
     pub uuid: String,
     /// Total memory.
     pub memory_bytes: u64,
-    /// Memory in use at the last report.
-    pub memory_used_bytes: u64,
-    /// Utilization at the last report, 0-100.
-    pub utilization_percent: u8,
+    /// Memory in use at the last report; null when not reported.
+    #[serde(default)]
+    pub memory_used_bytes: Option<u64>,
+    /// Utilization at the last report, 0-100; null when not reported.
+    #[serde(default)]
+    pub utilization_percent: Option<u8>,
     /// Hardware class.
     pub hardware_class: String,
     /// `healthy`, `degraded`, `unhealthy`.
@@ -129,15 +133,17 @@ pub struct AcceleratorView {
     /// Memory clock at the last report.
     #[serde(default)]
     pub memory_clock_mhz: Option<u32>,
-    /// Active clock throttle reasons (`hw_slowdown`, `sw_power_cap`, ...).
+    /// Active clock throttle reasons (`hw_slowdown`, `sw_power_cap`, ...); `[]` when none is
+    /// active, null when the device does not report throttle reasons.
     #[serde(default)]
-    pub throttle_reasons: Vec<String>,
+    pub throttle_reasons: Option<Vec<String>>,
     /// ECC / RAS error counts; null when the device has no ECC or does not say.
     #[serde(default)]
     pub ecc: Option<EccCountsView>,
-    /// XID errors seen since the agent started.
+    /// XID errors seen since the agent started; null for devices without XIDs (all but
+    /// NVIDIA GPUs).
     #[serde(default)]
-    pub xid_count: u64,
+    pub xid_count: Option<u64>,
     /// The most recent XID.
     #[serde(default)]
     pub last_xid: Option<u64>,
@@ -187,28 +193,30 @@ pub struct PeerLinkView {
     pub lanes: u32,
 }
 
-/// ECC and memory-repair counters. Also the form the registry keeps.
+/// ECC and memory-repair counters. Also the form the registry keeps. The volatile counts are
+/// always present; every other field is null when the device does not report it (AMD GPUs
+/// report only the volatile counts).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EccCountsView {
-    /// Corrected errors since the last driver load.
+    /// Corrected errors since the last driver load (NVIDIA) or since boot (AMD).
     pub volatile_corrected: u64,
-    /// Uncorrected errors since the last driver load.
+    /// Uncorrected errors since the last driver load (NVIDIA) or since boot (AMD).
     pub volatile_uncorrected: u64,
     /// Corrected errors over the device's life.
-    pub aggregate_corrected: u64,
+    pub aggregate_corrected: Option<u64>,
     /// Uncorrected errors over the device's life.
-    pub aggregate_uncorrected: u64,
+    pub aggregate_uncorrected: Option<u64>,
     /// Pages retired (pre-Ampere NVIDIA).
-    pub retired_pages: u64,
+    pub retired_pages: Option<u64>,
     /// A page retirement waits for a reset.
-    pub retired_pages_pending: bool,
+    pub retired_pages_pending: Option<bool>,
     /// Rows remapped (Ampere and later).
-    pub remapped_rows: u64,
+    pub remapped_rows: Option<u64>,
     /// A row remapping waits for a reset.
-    pub remap_pending: bool,
+    pub remap_pending: Option<bool>,
     /// A row remapping failed: the device needs service.
-    pub remap_failed: bool,
+    pub remap_failed: Option<bool>,
 }
 
 /// `describe node`: the node plus its recent events.

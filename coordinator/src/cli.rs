@@ -929,15 +929,21 @@ fn describe_accelerator(a: &AcceleratorView) -> String {
             a.compute_api_version.as_ref().map(|v| format!("{api} {v}")),
         ),
     );
+    // Unknown values print as `-`: a TPU reports no usage, a lost GPU nothing at all (its
+    // total is 0 when it was lost before the memory could be read).
     field(
         "Memory",
-        format!("{} used of {}", gib(a.memory_used_bytes), gib(a.memory_bytes)),
+        format!(
+            "{} used of {}",
+            or_dash(a.memory_used_bytes.map(gib)),
+            or_dash((a.memory_bytes > 0).then(|| gib(a.memory_bytes)))
+        ),
     );
     field(
         "Usage",
         format!(
-            "util {}%, temp {}, power {}",
-            a.utilization_percent,
+            "util {}, temp {}, power {}",
+            or_dash(a.utilization_percent.map(|u| format!("{u}%"))),
             a.temperature_celsius
                 .map(|t| format!("{t}C"))
                 .unwrap_or_else(|| "-".into()),
@@ -947,10 +953,12 @@ fn describe_accelerator(a: &AcceleratorView) -> String {
             )
         ),
     );
+    // NVIDIA calls its graphics clock the SM clock; other vendors' is the graphics clock.
+    let core_clock = if a.vendor == "nvidia" { "SM" } else { "graphics" };
     field(
         "Clocks",
         format!(
-            "SM {}, memory {}",
+            "{core_clock} {}, memory {}",
             clock(a.sm_clock_mhz, a.max_sm_clock_mhz),
             clock(a.memory_clock_mhz, a.max_memory_clock_mhz)
         ),
@@ -973,18 +981,22 @@ fn describe_accelerator(a: &AcceleratorView) -> String {
         let pad = " ".repeat(20);
         out.push_str(&format!(
             "{pad}volatile {} corrected, {} uncorrected; aggregate {} corrected, {} uncorrected\n",
-            ecc.volatile_corrected, ecc.volatile_uncorrected, ecc.aggregate_corrected, ecc.aggregate_uncorrected
+            ecc.volatile_corrected,
+            ecc.volatile_uncorrected,
+            or_dash(ecc.aggregate_corrected),
+            or_dash(ecc.aggregate_uncorrected)
         ));
         let mut repair = format!(
             "retired pages {}; remapped rows {}",
-            ecc.retired_pages, ecc.remapped_rows
+            or_dash(ecc.retired_pages),
+            or_dash(ecc.remapped_rows)
         );
         for (flag, text) in [
             (ecc.retired_pages_pending, "page retirement pending a reset"),
             (ecc.remap_pending, "row remap pending a reset"),
             (ecc.remap_failed, "ROW REMAP FAILED: the device needs service"),
         ] {
-            if flag {
+            if flag == Some(true) {
                 repair.push_str("; ");
                 repair.push_str(text);
             }
@@ -994,17 +1006,17 @@ fn describe_accelerator(a: &AcceleratorView) -> String {
     let mut field = |k: &str, v: String| out.push_str(&format!("    {:<16}{}\n", format!("{k}:"), v));
     field(
         "XID errors",
-        match a.last_xid {
-            Some(last) => format!("{} (last XID {last})", a.xid_count),
-            None => a.xid_count.to_string(),
-        },
+        with_note(
+            a.xid_count.map(|n| n.to_string()),
+            a.last_xid.map(|last| format!("last XID {last}")),
+        ),
     );
     field(
         "Throttling",
-        if a.throttle_reasons.is_empty() {
-            "none".into()
-        } else {
-            a.throttle_reasons.join(", ")
+        match &a.throttle_reasons {
+            None => "-".into(),
+            Some(reasons) if reasons.is_empty() => "none".into(),
+            Some(reasons) => reasons.join(", "),
         },
     );
     let mig = match &a.mig {
@@ -1055,7 +1067,7 @@ mod tests {
         }
     }
 
-    /// A healthy, idle device with the given links and nothing else reported.
+    /// A healthy device with the given links and nothing else reported.
     fn device(index: u32, class: &str, links: Vec<PeerLinkView>) -> AcceleratorView {
         let (vendor, model) = match class {
             "MI300X-192GB" => ("amd", "AMD Instinct MI300X"),
@@ -1068,8 +1080,8 @@ mod tests {
             model: model.into(),
             uuid: format!("GPU-{index:08}"),
             memory_bytes: 80 << 30,
-            memory_used_bytes: 0,
-            utilization_percent: 0,
+            memory_used_bytes: None,
+            utilization_percent: None,
             hardware_class: class.into(),
             health: "healthy".into(),
             health_reason: String::new(),
@@ -1089,9 +1101,9 @@ mod tests {
             power_limit_watts: None,
             sm_clock_mhz: None,
             memory_clock_mhz: None,
-            throttle_reasons: Vec::new(),
+            throttle_reasons: None,
             ecc: None,
-            xid_count: 0,
+            xid_count: None,
             last_xid: None,
         }
     }
@@ -1160,8 +1172,8 @@ mod tests {
             hardware_class: format!("H100-80GB-MIG-{profile}"),
         };
         AcceleratorView {
-            memory_used_bytes: 20 << 30,
-            utilization_percent: 35,
+            memory_used_bytes: Some(20 << 30),
+            utilization_percent: Some(35),
             health: "degraded".into(),
             health_reason: "2 XIDs in the last hour (last: 94, contained ECC error)".into(),
             temperature_celsius: Some(41),
@@ -1185,17 +1197,20 @@ mod tests {
             power_limit_watts: Some(700),
             sm_clock_mhz: Some(1755),
             memory_clock_mhz: Some(2619),
-            throttle_reasons: vec!["sw_power_cap".into(), "hw_thermal_slowdown".into()],
+            throttle_reasons: Some(vec!["sw_power_cap".into(), "hw_thermal_slowdown".into()]),
             ecc: Some(EccCountsView {
                 volatile_corrected: 3,
                 volatile_uncorrected: 0,
-                aggregate_corrected: 12,
-                aggregate_uncorrected: 1,
-                remapped_rows: 2,
-                remap_pending: true,
-                ..EccCountsView::default()
+                aggregate_corrected: Some(12),
+                aggregate_uncorrected: Some(1),
+                // Hopper remaps rows; it has no page retirement to report.
+                retired_pages: None,
+                retired_pages_pending: None,
+                remapped_rows: Some(2),
+                remap_pending: Some(true),
+                remap_failed: Some(false),
             }),
-            xid_count: 2,
+            xid_count: Some(2),
             last_xid: Some(94),
             ..device(0, "H100-80GB", vec![link(1, "nvlink", 18)])
         }
@@ -1406,8 +1421,13 @@ mod tests {
     fn describe_lists_device_details_and_mig_instances() {
         let gpus = vec![
             mig_h100(),
+            // A simulated GPU is idle: usage, throttling and XIDs read as zero / none.
             AcceleratorView {
                 simulated: true,
+                memory_used_bytes: Some(0),
+                utilization_percent: Some(0),
+                throttle_reasons: Some(Vec::new()),
+                xid_count: Some(0),
                 ..device(1, "H100-80GB", vec![link(0, "nvlink", 18)])
             },
         ];
@@ -1435,7 +1455,7 @@ mod tests {
                 "    Health:         degraded: 2 XIDs in the last hour (last: 94, contained ECC error)",
                 "    ECC:            enabled",
                 "                    volatile 3 corrected, 0 uncorrected; aggregate 12 corrected, 1 uncorrected",
-                "                    retired pages 0; remapped rows 2; row remap pending a reset",
+                "                    retired pages -; remapped rows 2; row remap pending a reset",
                 "    XID errors:     2 (last XID 94)",
                 "    Throttling:     sw_power_cap, hw_thermal_slowdown",
                 "    MIG:            enabled, 2 instances",
@@ -1485,7 +1505,8 @@ mod tests {
             described.contains(&format!("    Health:         unhealthy: {reason}\n")),
             "{described}"
         );
-        // A device that reports nothing but its identity says so plainly.
+        // A device that reports nothing but its identity says so plainly: `-`, never a
+        // made-up 0.
         check(
             &described,
             &lines(&[
@@ -1494,15 +1515,75 @@ mod tests {
                 "    PCI bus id:     -",
                 "    Architecture:   -",
                 "    Driver:         -",
-                "    Memory:         0GiB used of 80GiB",
-                "    Usage:          util 0%, temp -, power -",
+                "    Memory:         - used of 80GiB",
+                "    Usage:          util -, temp -, power -",
                 "    Clocks:         SM -, memory -",
                 &format!("    Health:         unhealthy: {reason}"),
                 "    ECC:            -",
-                "    XID errors:     0",
-                "    Throttling:     none",
+                "    XID errors:     -",
+                "    Throttling:     -",
                 "    MIG:            -",
             ]),
         );
+        // Lost before its memory could be read: the total is unknown too.
+        let lost = describe_accelerator(&AcceleratorView { memory_bytes: 0, ..gpu });
+        assert!(lost.contains("    Memory:         - used of -\n"), "{lost}");
+    }
+
+    /// What AMD and TPU backends do not read shows as `-`; the old rendering said "util 0%",
+    /// "XID errors: 0", "Throttling: none" and "aggregate 0 corrected" for them.
+    #[test]
+    fn describe_shows_unreported_facts_as_dashes() {
+        // An MI300X read through amdgpu sysfs: usage, clocks and the RAS counts since boot.
+        let amd = AcceleratorView {
+            memory_bytes: 192 << 30,
+            memory_used_bytes: Some(3 << 30),
+            utilization_percent: Some(64),
+            temperature_celsius: Some(52),
+            sm_clock_mhz: Some(1300),
+            max_sm_clock_mhz: Some(2100),
+            memory_clock_mhz: Some(1300),
+            max_memory_clock_mhz: Some(1300),
+            ecc_enabled: Some(true),
+            ecc: Some(EccCountsView {
+                volatile_corrected: 7,
+                volatile_uncorrected: 1,
+                ..EccCountsView::default()
+            }),
+            ..device(0, "MI300X-192GB", vec![])
+        };
+        check(
+            &describe_accelerator(&amd),
+            &lines(&[
+                "  GPU0: AMD Instinct MI300X (amd, MI300X-192GB)",
+                "    UUID:           GPU-00000000",
+                "    PCI bus id:     -",
+                "    Architecture:   -",
+                "    Driver:         -",
+                "    Memory:         3GiB used of 192GiB",
+                "    Usage:          util 64%, temp 52C, power -",
+                "    Clocks:         graphics 1300 MHz (max 2100), memory 1300 MHz (max 1300)",
+                "    Health:         healthy",
+                "    ECC:            enabled",
+                "                    volatile 7 corrected, 1 uncorrected; aggregate - corrected, - uncorrected",
+                "                    retired pages -; remapped rows -",
+                "    XID errors:     -",
+                "    Throttling:     -",
+                "    MIG:            -",
+            ]),
+        );
+        let tpu = describe_accelerator(&AcceleratorView {
+            memory_bytes: 16 << 30,
+            ..device(1, "TPU-v5e", vec![])
+        });
+        for expected in [
+            "    Memory:         - used of 16GiB\n",
+            "    Usage:          util -, temp -, power -\n",
+            "    Clocks:         graphics -, memory -\n",
+            "    XID errors:     -\n",
+            "    Throttling:     -\n",
+        ] {
+            assert!(tpu.contains(expected), "{expected:?} missing from\n{tpu}");
+        }
     }
 }

@@ -102,12 +102,12 @@ pub struct DeviceTelemetry {
     pub sm_clock_mhz: Option<u32>,
     /// Memory clock.
     pub memory_clock_mhz: Option<u32>,
-    /// Active throttle reasons.
-    pub throttle_reasons: Vec<String>,
+    /// Active throttle reasons; `None` when the device does not report them.
+    pub throttle_reasons: Option<Vec<String>>,
     /// ECC counters.
     pub ecc: Option<EccCountsView>,
-    /// XIDs since the agent started.
-    pub xid_count: u64,
+    /// XIDs since the agent started; `None` for devices without XIDs.
+    pub xid_count: Option<u64>,
     /// Most recent XID.
     pub last_xid: Option<u64>,
 }
@@ -117,10 +117,10 @@ pub struct DeviceTelemetry {
 pub struct DeviceState {
     /// Device UUID.
     pub uuid: String,
-    /// Memory in use.
-    pub memory_used_bytes: u64,
-    /// Utilization 0-100.
-    pub utilization_percent: u8,
+    /// Memory in use, when reported.
+    pub memory_used_bytes: Option<u64>,
+    /// Utilization 0-100, when reported.
+    pub utilization_percent: Option<u8>,
     /// `healthy` / `degraded` / `unhealthy`.
     pub health: &'static str,
     /// Reason.
@@ -695,8 +695,9 @@ impl Registry {
                     model: d.model.clone(),
                     uuid: d.uuid.clone(),
                     memory_bytes: d.memory_bytes,
-                    memory_used_bytes: state.map(|s| s.memory_used_bytes).unwrap_or(0),
-                    utilization_percent: state.map(|s| s.utilization_percent).unwrap_or(0),
+                    // Unknown until the first report, and whenever the device does not say.
+                    memory_used_bytes: state.and_then(|s| s.memory_used_bytes),
+                    utilization_percent: state.and_then(|s| s.utilization_percent),
                     hardware_class: d.hardware_class.clone(),
                     health: state.map(|s| s.health).unwrap_or("healthy").to_string(),
                     health_reason: state.map(|s| s.health_reason.clone()).unwrap_or_default(),
@@ -716,9 +717,9 @@ impl Registry {
                     power_limit_watts: state.and_then(|s| s.power_limit_watts),
                     sm_clock_mhz: telemetry.and_then(|t| t.sm_clock_mhz),
                     memory_clock_mhz: telemetry.and_then(|t| t.memory_clock_mhz),
-                    throttle_reasons: telemetry.map(|t| t.throttle_reasons.clone()).unwrap_or_default(),
+                    throttle_reasons: telemetry.and_then(|t| t.throttle_reasons.clone()),
                     ecc: telemetry.and_then(|t| t.ecc),
-                    xid_count: telemetry.map(|t| t.xid_count).unwrap_or(0),
+                    xid_count: telemetry.and_then(|t| t.xid_count),
                     last_xid: telemetry.and_then(|t| t.last_xid),
                 }
             })
@@ -827,7 +828,10 @@ mod tests {
         assert_eq!(device.pci_bus_id, None);
         assert_eq!(device.mig, None);
         assert!(device.links.is_empty());
-        assert_eq!((device.xid_count, device.ecc), (0, None));
+        assert_eq!((device.xid_count, device.ecc), (None, None));
+        // Before the first report nothing about usage is known.
+        assert_eq!((device.memory_used_bytes, device.utilization_percent), (None, None));
+        assert_eq!(device.throttle_reasons, None);
         // Stored again, the facts carry the new (empty) details and load the same way.
         let facts = registry.nodes["old"].facts.clone().unwrap();
         assert_eq!(facts.devices[0].details, DeviceDetails::default());
@@ -876,8 +880,8 @@ mod tests {
             memory_available_bytes: 1,
             devices: vec![DeviceState {
                 uuid: "GPU-1".into(),
-                memory_used_bytes: 5,
-                utilization_percent: 40,
+                memory_used_bytes: Some(5),
+                utilization_percent: Some(40),
                 health: "unhealthy",
                 health_reason: "XID 79: fell off the bus".into(),
                 temperature_celsius: Some(60),
@@ -886,9 +890,9 @@ mod tests {
                 telemetry: DeviceTelemetry {
                     sm_clock_mhz: Some(1755),
                     memory_clock_mhz: Some(2619),
-                    throttle_reasons: vec!["sw_power_cap".into()],
+                    throttle_reasons: Some(vec!["sw_power_cap".into()]),
                     ecc: Some(ecc),
-                    xid_count: 2,
+                    xid_count: Some(2),
                     last_xid: Some(79),
                 },
             }],
@@ -904,10 +908,14 @@ mod tests {
             ("unhealthy", "XID 79: fell off the bus")
         );
         assert_eq!((device.power_limit_watts, device.sm_clock_mhz), (Some(700), Some(1755)));
-        assert_eq!(device.throttle_reasons, ["sw_power_cap"]);
+        assert_eq!(device.throttle_reasons, Some(vec!["sw_power_cap".to_string()]));
         assert_eq!(
             (device.ecc, device.xid_count, device.last_xid),
-            (Some(ecc), 2, Some(79))
+            (Some(ecc), Some(2), Some(79))
+        );
+        assert_eq!(
+            (device.memory_used_bytes, device.utilization_percent),
+            (Some(5), Some(40))
         );
     }
 

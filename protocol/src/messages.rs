@@ -3,7 +3,8 @@
 //! Compatibility rules (postcard carries no schema): an enum's existing variants keep their
 //! order and shape; new variants are appended; a struct never changes shape within a
 //! protocol version. [`Hello`] and the first variant of each envelope are frozen forever,
-//! because they are read before a version has been agreed.
+//! because they are read before a version has been agreed. Version 1 is frozen from the
+//! first tagged release on; until then its shapes still move with the product.
 
 use serde::{Deserialize, Serialize};
 
@@ -315,10 +316,11 @@ pub struct CapacityReport {
 pub struct DeviceUsage {
     /// Device UUID.
     pub uuid: String,
-    /// Memory in use.
-    pub memory_used_bytes: u64,
-    /// Utilization, 0-100.
-    pub utilization_percent: u8,
+    /// Memory in use; `None` when the backend does not read it (TPUs) or the device could
+    /// not be read (a lost GPU). Never a made-up zero.
+    pub memory_used_bytes: Option<u64>,
+    /// Utilization, 0-100; `None` when not read, as for `memory_used_bytes`.
+    pub utilization_percent: Option<u8>,
     /// Current health tier.
     pub health: Health,
     /// Reason for the tier (empty when healthy).
@@ -342,37 +344,43 @@ pub struct DeviceTelemetry {
     /// Current memory clock.
     pub memory_clock_mhz: Option<u32>,
     /// Active clock throttle reasons (`hw_slowdown`, `hw_thermal_slowdown`, `sw_power_cap`, ...).
-    pub throttle_reasons: Vec<String>,
+    /// `None` when the backend does not read throttle reasons (AMD, TPUs, a lost GPU);
+    /// `Some(vec![])` when they were read and none is active.
+    pub throttle_reasons: Option<Vec<String>>,
     /// ECC / RAS error counts, when the device has ECC.
     pub ecc: Option<EccCounts>,
-    /// XID errors seen since the agent started.
-    pub xid_count: u64,
+    /// XID errors seen since the agent started. `None` for devices that have no XIDs
+    /// (everything but NVIDIA GPUs).
+    pub xid_count: Option<u64>,
     /// The most recent XID.
     pub last_xid: Option<u64>,
 }
 
-/// ECC and memory-repair counters.
+/// ECC and memory-repair counters. The volatile counts are present whenever the device
+/// reports ECC at all; every other field is `None` when the backend does not read it or the
+/// device does not keep it (page retirement after Volta, row remapping before Ampere, all of
+/// them on AMD, whose RAS counters are only the volatile ones).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EccCounts {
-    /// Corrected errors since the last driver load.
+    /// Corrected errors since the last driver load (NVIDIA) or since boot (AMD RAS counts).
     pub volatile_corrected: u64,
-    /// Uncorrected errors since the last driver load.
+    /// Uncorrected errors since the last driver load (NVIDIA) or since boot (AMD RAS counts).
     pub volatile_uncorrected: u64,
     /// Corrected errors over the device's life.
-    pub aggregate_corrected: u64,
+    pub aggregate_corrected: Option<u64>,
     /// Uncorrected errors over the device's life.
-    pub aggregate_uncorrected: u64,
+    pub aggregate_uncorrected: Option<u64>,
     /// Pages retired (pre-Ampere NVIDIA).
-    pub retired_pages: u64,
+    pub retired_pages: Option<u64>,
     /// A page retirement waits for a reset.
-    pub retired_pages_pending: bool,
+    pub retired_pages_pending: Option<bool>,
     /// Rows remapped, corrected plus uncorrected (Ampere and later).
-    pub remapped_rows: u64,
+    pub remapped_rows: Option<u64>,
     /// A row remapping waits for a reset.
-    pub remap_pending: bool,
+    pub remap_pending: Option<bool>,
     /// A row remapping failed: the device needs service.
-    pub remap_failed: bool,
+    pub remap_failed: Option<bool>,
 }
 
 /// Phase of a replica on a node.

@@ -64,8 +64,8 @@ fn sample_capacity(seq: u64) -> CapacityReport {
         memory_available_bytes: 1 << 39,
         devices: vec![DeviceUsage {
             uuid: "GPU-1234".into(),
-            memory_used_bytes: 1 << 30,
-            utilization_percent: 42,
+            memory_used_bytes: Some(1 << 30),
+            utilization_percent: Some(42),
             health: Health::Degraded,
             health_reason: "XID 13".into(),
             temperature_celsius: Some(61),
@@ -74,13 +74,14 @@ fn sample_capacity(seq: u64) -> CapacityReport {
             telemetry: DeviceTelemetry {
                 sm_clock_mhz: Some(1755),
                 memory_clock_mhz: Some(2619),
-                throttle_reasons: vec!["sw_power_cap".into()],
+                throttle_reasons: Some(vec!["sw_power_cap".into()]),
                 ecc: Some(EccCounts {
                     volatile_corrected: 3,
-                    remapped_rows: 1,
+                    remapped_rows: Some(1),
+                    remap_pending: Some(false),
                     ..Default::default()
                 }),
-                xid_count: 1,
+                xid_count: Some(1),
                 last_xid: Some(13),
             },
         }],
@@ -264,7 +265,10 @@ proptest! {
         seq in any::<u64>(),
         sent in any::<u64>(),
         mem in any::<u64>(),
-        devices in proptest::collection::vec((".{0,40}", any::<u64>(), 0u8..=100, 0u8..3), 0..16),
+        devices in proptest::collection::vec(
+            (".{0,40}", proptest::option::of(any::<u64>()), proptest::option::of(0u8..=100), 0u8..3),
+            0..16,
+        ),
     ) {
         let report = CapacityReport {
             seq,
@@ -277,7 +281,7 @@ proptest! {
                 health: [Health::Healthy, Health::Degraded, Health::Unhealthy][h as usize],
                 health_reason: String::new(),
                 temperature_celsius: None,
-                power_watts: Some(u32::from(util)),
+                power_watts: util.map(u32::from),
                 power_limit_watts: None,
                 telemetry: DeviceTelemetry { xid_count: used, ..Default::default() },
             }).collect(),

@@ -22,12 +22,22 @@
  *   -DNO_NUMA             nvmlDeviceGetNumaNodeId returns NVML_ERROR_NOT_SUPPORTED
  *   -DNO_XID_EVENTS       the event API returns NVML_ERROR_NOT_SUPPORTED
  *   -DGPU1_XID_REGISTER_FAILS  GPU 1 claims XID events but registering it fails
+ *   -DGPU_COUNT=N         replaces the GPUs above with N (1 to 16) identical, clean H100s, as on
+ *                         an HGX board: GPU i is NVIDIA H100 80GB HBM3 at 00000000:XX:00.0 with
+ *                         XX = 0x10 + 8 * i, NUMA node i % 2, UUID ending in i (two hex
+ *                         digits), ECC on with no errors and no remapped rows, not throttled,
+ *                         MIG supported but off; all 18 NVLinks of each GPU are active and end
+ *                         at NVSwitches (as with -DNVSWITCH). Not with -DTHREE_GPUS or -DMIG.
+ *   -DEVENT_POLL_MS=N     with no event pending, nvmlEventSetWait_v2 sleeps at most N ms
+ *                         (default 20) before returning NVML_ERROR_TIMEOUT; 0 sleeps the whole
+ *                         timeout, as the driver's blocking wait does when no event comes
  *
  * Run-time control files, next to the compiled library (found with dladdr), so tests that
  * each compile their own copy never share state:
  *   <library>.events  lines "INDEX XID"; nvmlEventSetWait_v2 delivers each new complete line
  *                     for a registered device as a critical XID event, in order, or sleeps
- *                     min(timeout, 20 ms) and returns NVML_ERROR_TIMEOUT.
+ *                     min(timeout, EVENT_POLL_MS) and returns NVML_ERROR_TIMEOUT (a line
+ *                     written during that sleep is delivered by the next call).
  *   <library>.lost    a device index: from now on every call on that device returns
  *                     NVML_ERROR_GPU_IS_LOST (as a GPU that fell off the bus does).
  */
@@ -37,7 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+#include <time.h>
 
 typedef int nvmlReturn_t;
 typedef void *nvmlDevice_t;
@@ -80,29 +90,53 @@ typedef struct event_set *nvmlEventSet_t;
 #define TOPOLOGY_NODE 40
 #define TOPOLOGY_SYSTEM 50
 
+/* MODEL(i): the row of the per-model tables below that describes GPU i. */
+#ifdef GPU_COUNT
+#if GPU_COUNT < 1 || GPU_COUNT > 16
+#error "GPU_COUNT must be 1 to 16"
+#endif
+#if defined(THREE_GPUS) || defined(MIG)
+#error "GPU_COUNT cannot be combined with THREE_GPUS or MIG"
+#endif
+#define GPUS GPU_COUNT
+#define MODEL(i) 0
+#ifndef NVSWITCH
+#define NVSWITCH
+#endif
+#define ACTIVE_NVLINKS 18 /* every link, each to an NVSwitch */
+#else
 #ifdef THREE_GPUS
 #define GPUS 3
 #else
 #define GPUS 2
 #endif
-#define NVLINKS_TO_PEER 4
+#define MODEL(i) (i)
+#define ACTIVE_NVLINKS 4 /* links 0-3, to the peer GPU or to NVSwitches */
+#endif
+#ifndef EVENT_POLL_MS
+#define EVENT_POLL_MS 20
+#endif
 
 static int initialised = 0;
 static const char *names[] = {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "NVIDIA L4"};
-static const char *uuids[] = {"GPU-11111111-2222-3333-4444-555555555555", "GPU-66666666-7777-8888-9999-000000000000",
-                              "GPU-abcdefab-cdef-abcd-efab-cdefabcdefab"};
 static const unsigned long long totals[] = {81559ULL << 20, 40536ULL << 20, 23034ULL << 20};
-static const unsigned int pci_buses[] = {0x17, 0x2a, 0xe3};
-static const unsigned int numa_nodes[] = {0, 1, 1};
 static const int capability[][2] = {{9, 0}, {8, 0}, {8, 9}};
 static const unsigned int max_sm[] = {1980, 1410, 2040}, max_mem[] = {2619, 1215, 6251};
 static const unsigned int sm_now[] = {1755, 1410, 2040}, mem_now[] = {2619, 1215, 6251};
 static const unsigned int nvlink_count[] = {18, 12, 0};
 static const int ecc_on[] = {1, 1, 0};
+#ifdef GPU_COUNT
+/* Every GPU is clean: no ECC errors, no remapped rows, not throttled. */
+static const unsigned long long ecc_counts[GPUS][2][2];
+static const unsigned int remapped[GPUS][4];
+static const unsigned long long throttle[GPUS];
+#else
 /* [gpu][corrected, uncorrected][volatile, aggregate] */
 static const unsigned long long ecc_counts[][2][2] = {{{3, 12}, {0, 1}}, {{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}};
 /* corrected rows, uncorrected rows, pending, failure */
 static const unsigned int remapped[][4] = {{2, 1, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}};
+static const unsigned long long throttle[] = {THROTTLE_SW_POWER_CAP, 0, 0};
+#endif
 
 /* MIG devices of GPU 0 (with -DMIG). Handles are 0x100 + slot. */
 #define MIG_BASE 0x100
@@ -114,6 +148,22 @@ static const unsigned int mig_gpu_instance[] = {9, 2}, mig_compute_instance[] = 
 #define MIG_DEVICES 2
 
 static int idx(nvmlDevice_t d) { return (int)((unsigned long)d) - 1; }
+#ifdef GPU_COUNT
+static unsigned int pci_bus(int i) { return 0x10 + 8 * (unsigned int)i; }
+static unsigned int numa_node(int i) { return (unsigned int)i % 2; }
+static const char *uuid(int i, char *out, size_t len) {
+    snprintf(out, len, "GPU-8a100000-0000-4000-8000-0000000000%02x", (unsigned int)i);
+    return out;
+}
+#else
+static const char *uuids[] = {"GPU-11111111-2222-3333-4444-555555555555", "GPU-66666666-7777-8888-9999-000000000000",
+                              "GPU-abcdefab-cdef-abcd-efab-cdefabcdefab"};
+static const unsigned int pci_buses[] = {0x17, 0x2a, 0xe3};
+static const unsigned int numa_nodes[] = {0, 1, 1};
+static unsigned int pci_bus(int i) { return pci_buses[i]; }
+static unsigned int numa_node(int i) { return numa_nodes[i]; }
+static const char *uuid(int i, char *out, size_t len) { (void)out, (void)len; return uuids[i]; }
+#endif
 static int is_gpu(nvmlDevice_t d) { return idx(d) >= 0 && idx(d) < GPUS; }
 static int mig_slot(nvmlDevice_t d) {
     long v = (long)(unsigned long)d - MIG_BASE;
@@ -189,15 +239,16 @@ nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *out, unsigned int len) {
         snprintf(name, sizeof name, "%s MIG %s", names[0], mig_profiles[mig_slot(d)]);
         return copy(out, len, name);
     }
-    return copy(out, len, names[idx(d)]);
+    return copy(out, len, names[MODEL(idx(d))]);
 }
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *out, unsigned int len) {
+    char buf[64];
     DEVICE(d);
-    return copy(out, len, mig_slot(d) >= 0 ? mig_uuids[mig_slot(d)] : uuids[idx(d)]);
+    return copy(out, len, mig_slot(d) >= 0 ? mig_uuids[mig_slot(d)] : uuid(idx(d), buf, sizeof buf));
 }
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *m) {
     DEVICE(d);
-    m->total = mig_slot(d) >= 0 ? mig_memory[mig_slot(d)] : totals[idx(d)];
+    m->total = mig_slot(d) >= 0 ? mig_memory[mig_slot(d)] : totals[MODEL(idx(d))];
     m->used = 1ULL << 30;
     m->reserved = 0;
     m->free = m->total - m->used;
@@ -224,7 +275,7 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *mw) {
 }
 nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t d, unsigned int *mw) {
     GPU_ONLY(d);
-    *mw = idx(d) ? 400000 : 700000;
+    *mw = MODEL(idx(d)) ? 400000 : 700000;
     return OK;
 }
 
@@ -241,16 +292,16 @@ static void fill_pci(nvmlPciInfo_t *p, unsigned int bus) {
 }
 nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *p) {
     GPU_ONLY(d);
-    fill_pci(p, pci_buses[idx(d)]);
+    fill_pci(p, pci_bus(idx(d)));
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetNumaNodeId(nvmlDevice_t d, unsigned int *node) {
     GPU_ONLY(d);
 #ifdef NO_NUMA
-    (void)node, (void)numa_nodes;
+    (void)node, (void)numa_node;
     return NOT_SUPPORTED;
 #else
-    *node = numa_nodes[idx(d)];
+    *node = numa_node(idx(d));
     return OK;
 #endif
 }
@@ -258,28 +309,28 @@ nvmlReturn_t nvmlDeviceGetNumaNodeId(nvmlDevice_t d, unsigned int *node) {
 /* Versions and clocks. */
 nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int *major, int *minor) {
     GPU_ONLY(d);
-    *major = capability[idx(d)][0];
-    *minor = capability[idx(d)][1];
+    *major = capability[MODEL(idx(d))][0];
+    *minor = capability[MODEL(idx(d))][1];
     return OK;
 }
-static nvmlReturn_t clock(nvmlDevice_t d, int type, unsigned int *mhz, const unsigned int *sm, const unsigned int *mem) {
+static nvmlReturn_t clock_mhz(nvmlDevice_t d, int type, unsigned int *mhz, const unsigned int *sm, const unsigned int *mem) {
     GPU_ONLY(d);
     switch (type) {
     case CLOCK_GRAPHICS:
-    case CLOCK_SM: *mhz = sm[idx(d)]; return OK;
-    case CLOCK_MEM: *mhz = mem[idx(d)]; return OK;
+    case CLOCK_SM: *mhz = sm[MODEL(idx(d))]; return OK;
+    case CLOCK_MEM: *mhz = mem[MODEL(idx(d))]; return OK;
     default: return NOT_SUPPORTED;
     }
 }
 nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t d, int type, unsigned int *mhz) {
-    return clock(d, type, mhz, max_sm, max_mem);
+    return clock_mhz(d, type, mhz, max_sm, max_mem);
 }
 nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigned int *mhz) {
-    return clock(d, type, mhz, sm_now, mem_now);
+    return clock_mhz(d, type, mhz, sm_now, mem_now);
 }
 nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t d, unsigned long long *reasons) {
     GPU_ONLY(d);
-    *reasons = idx(d) == 0 ? THROTTLE_SW_POWER_CAP : 0;
+    *reasons = throttle[idx(d)];
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t d, unsigned long long *reasons) {
@@ -289,12 +340,12 @@ nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t d, unsigned lon
 /* ECC, page retirement (pre-Ampere only: not supported here) and row remapping. */
 nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t d, int *current, int *pending) {
     GPU_ONLY(d);
-    *current = *pending = ecc_on[idx(d)];
+    *current = *pending = ecc_on[MODEL(idx(d))];
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t d, int error_type, int counter_type, unsigned long long *count) {
     GPU_ONLY(d);
-    if (!ecc_on[idx(d)]) return NOT_SUPPORTED;
+    if (!ecc_on[MODEL(idx(d))]) return NOT_SUPPORTED;
     if (error_type < 0 || error_type > 1 || counter_type < 0 || counter_type > 1) return INVALID;
     *count = ecc_counts[idx(d)][error_type][counter_type];
     return OK;
@@ -317,7 +368,7 @@ nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t d, int *pending
 nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t d, unsigned int *corrected, unsigned int *uncorrected,
                                        unsigned int *pending, unsigned int *failed) {
     GPU_ONLY(d);
-    if (!ecc_on[idx(d)]) return NOT_SUPPORTED;
+    if (!ecc_on[MODEL(idx(d))]) return NOT_SUPPORTED;
     *corrected = remapped[idx(d)][0];
     *uncorrected = remapped[idx(d)][1];
     *pending = remapped[idx(d)][2];
@@ -328,7 +379,7 @@ nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t d, unsigned int *corrected, 
 /* MIG. */
 nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, unsigned int *pending) {
     GPU_ONLY(d);
-    if (idx(d) == 2) return NOT_SUPPORTED; /* the L4 has no MIG */
+    if (MODEL(idx(d)) == 2) return NOT_SUPPORTED; /* the L4 has no MIG */
 #ifdef MIG
     *current = *pending = idx(d) == 0;
 #else
@@ -338,7 +389,7 @@ nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, unsigne
 }
 nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned int *count) {
     GPU_ONLY(d);
-    *count = idx(d) == 2 ? 0 : MIG_SLOTS;
+    *count = MODEL(idx(d)) == 2 ? 0 : MIG_SLOTS;
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned int slot, nvmlDevice_t *mig) {
@@ -378,9 +429,9 @@ nvmlReturn_t nvmlDeviceGetNvLinkState(nvmlDevice_t d, unsigned int link, int *ac
     (void)link, (void)active, (void)nvlink_count;
     return NOT_SUPPORTED;
 #else
-    if (nvlink_count[idx(d)] == 0) return NOT_SUPPORTED;
-    if (link >= nvlink_count[idx(d)]) return INVALID;
-    *active = link < NVLINKS_TO_PEER;
+    if (nvlink_count[MODEL(idx(d))] == 0) return NOT_SUPPORTED;
+    if (link >= nvlink_count[MODEL(idx(d))]) return INVALID;
+    *active = link < ACTIVE_NVLINKS;
     return OK;
 #endif
 }
@@ -392,16 +443,20 @@ nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t d, unsigned int li
 #ifdef NVSWITCH
     fill_pci(p, 0xc5 + link); /* one NVSwitch per link */
 #else
-    fill_pci(p, pci_buses[1 - idx(d)]);
+    fill_pci(p, pci_bus(1 - idx(d)));
 #endif
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetTopologyCommonAncestor(nvmlDevice_t a, nvmlDevice_t b, int *level) {
     GPU_ONLY(a);
     GPU_ONLY(b);
-    int pair = idx(a) + idx(b); /* 1: 0-1, 2: 0-2, 3: 1-2 */
     if (idx(a) == idx(b)) return INVALID;
+#ifdef GPU_COUNT
+    *level = numa_node(idx(a)) == numa_node(idx(b)) ? TOPOLOGY_NODE : TOPOLOGY_SYSTEM;
+#else
+    int pair = idx(a) + idx(b); /* 1: 0-1, 2: 0-2, 3: 1-2 */
     *level = pair == 1 ? TOPOLOGY_HOSTBRIDGE : pair == 2 ? TOPOLOGY_NODE : TOPOLOGY_SYSTEM;
+#endif
     return OK;
 }
 
@@ -476,7 +531,9 @@ nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsi
         }
     }
     if (f) fclose(f);
-    usleep((timeout_ms < 20 ? timeout_ms : 20) * 1000);
+    unsigned int ms = EVENT_POLL_MS && timeout_ms > EVENT_POLL_MS ? EVENT_POLL_MS : timeout_ms;
+    struct timespec pause = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&pause, NULL);
     return TIMEOUT;
 #endif
 }

@@ -254,6 +254,24 @@ fn gpu_health_travels_from_nvml_to_the_cli() {
     });
     assert_eq!(node["accelerators"][1]["health"], "unhealthy");
 
+    // GPU 2 falls off the bus: unhealthy, and what can no longer be read is unknown (null in
+    // the API, `-` in the CLI, no sample in the metrics), never an idle device's zeros.
+    std::fs::write(format!("{}.lost", stub.display()), "2").unwrap();
+    let node = cluster.wait_node("gpu-1", "lost GPU 2", |n| n["accelerators"][2]["health"] == "unhealthy");
+    let lost = &node["accelerators"][2];
+    for key in ["memory_used_bytes", "utilization_percent", "throttle_reasons"] {
+        assert!(lost[key].is_null(), "{key} in {lost}");
+    }
+    assert_eq!(lost["xid_count"], 0, "an NVIDIA GPU keeps its XID count: {lost}");
+    let describe = cluster.pyxis(&["describe", "node", "gpu-1"]);
+    let gpu2 = &describe[describe.find("  GPU2:").unwrap()..];
+    for expected in ["util -,", "Throttling:     -\n", "XID errors:     0\n"] {
+        assert!(
+            gpu2.contains(expected),
+            "{expected:?} missing from describe:\n{describe}"
+        );
+    }
+
     let (status, exposition) = http("GET", &format!("http://{metrics}/metrics"), None, None);
     assert_eq!(status, 200);
     for family in [
@@ -268,5 +286,15 @@ fn gpu_health_travels_from_nvml_to_the_cli() {
             "{family} missing:\n{exposition}"
         );
     }
+    let samples_of_gpu2 = |family: &str| {
+        exposition
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains("gpu=\"2\""))
+            .count()
+    };
+    assert_eq!(samples_of_gpu2("pyxis_gpu_utilization_ratio"), 0, "{exposition}");
+    assert_eq!(samples_of_gpu2("pyxis_gpu_memory_used_bytes"), 0, "{exposition}");
+    assert_eq!(samples_of_gpu2("pyxis_gpu_throttled"), 0, "{exposition}");
+    assert_eq!(samples_of_gpu2("pyxis_gpu_xid_errors_total"), 1, "{exposition}");
     promtool(&exposition);
 }

@@ -107,6 +107,16 @@ fn coordinator_and_agent_metrics_pass_promtool() {
         );
     }
     assert!(text.contains("simulated=\"true\""));
+    // Only NVIDIA GPUs have XIDs and (in the simulator, as with NVML) throttle reasons: the
+    // MI300X and the TPUs have no sample rather than a made-up 0.
+    for family in ["pyxis_gpu_xid_errors_total", "pyxis_gpu_throttled"] {
+        let vendors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter_map(|l| l.split("vendor=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(vendors, ["nvidia", "nvidia"], "{family}:\n{text}");
+    }
     promtool("agent", &text);
 
     let (status, text) = http("GET", &format!("http://{api}/metrics"), None, None);
