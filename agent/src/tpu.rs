@@ -114,7 +114,11 @@ pub fn probe(
             temperature_celsius: None,
             power_watts: None,
             power_limit_watts: None,
-            details: Default::default(),
+            details: pyxis_protocol::DeviceDetails {
+                // The generation, as the class names it (`TPU-v5e` is `v5e`).
+                architecture: class.strip_prefix("TPU-").map(str::to_string),
+                ..Default::default()
+            },
             telemetry: Default::default(),
         })
         .collect()

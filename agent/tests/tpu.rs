@@ -57,6 +57,7 @@ fn accel_nodes_and_metadata_give_typed_chips() {
         .iter()
         .all(|c| c.vendor == Vendor::Google && c.hardware_class == "TPU-v5e" && !c.simulated));
     assert_eq!(chips[0].memory_bytes, 16 << 30);
+    assert_eq!(chips[0].details.architecture.as_deref(), Some("v5e"));
     assert_eq!(chips[3].uuid, "TPU-tpu-host-accel3");
     let head = heads.recv().unwrap();
     assert!(

@@ -446,6 +446,16 @@ impl Session {
         let devices = facts.devices.len();
         let agent_version = registration.node.agent_version.clone();
         let capacity = capacity_from_wire(registration.capacity);
+        let unwell: Vec<String> = capacity
+            .devices
+            .iter()
+            .filter(|d| d.health != "healthy")
+            .map(|d| {
+                let index = facts.devices.iter().find(|f| f.uuid == d.uuid).map(|f| f.index);
+                let device = index.map_or_else(|| d.uuid.clone(), |i| format!("{i} ({})", d.uuid));
+                format!("device {device} is {} at registration: {}", d.health, d.health_reason)
+            })
+            .collect();
         let (row, old) = self
             .shared
             .registry()
@@ -496,6 +506,11 @@ impl Session {
             }
         }
         tracing::info!(peer = %self.remote, node = %name, accelerators = devices, agent_version = %agent_version, "node registered");
+        for message in &unwell {
+            tracing::warn!(node = %name, "{message}");
+            self.shared
+                .event(&format!("node/{name}"), "Warning", "DeviceNotHealthy", message);
+        }
         let interval_ms = self.shared.config.report_interval.as_millis() as u64;
         let result = async {
             self.send(&CoordinatorMessage::Registered(RegisterAck {
@@ -539,13 +554,22 @@ impl Session {
                     let lag_ms = now_ms().saturating_sub(report.sent_at_unix_ms as i64).max(0);
                     let seq = report.seq;
                     let capacity = capacity_from_wire(report);
-                    let accepted =
+                    let outcome =
                         self.shared
                             .registry()
                             .report(name, connection_id, capacity, Instant::now(), now_ms());
-                    if !accepted {
+                    let Some(changes) = outcome else {
                         // Replaced or revoked meanwhile; the connection is being closed.
                         return Ok(());
+                    };
+                    for change in changes {
+                        let (reason, kind, message) = change.event();
+                        if kind == "Normal" {
+                            tracing::info!(node = %name, device = %change.uuid, "{message}");
+                        } else {
+                            tracing::warn!(node = %name, device = %change.uuid, "{message}");
+                        }
+                        self.shared.event(&format!("node/{name}"), kind, reason, &message);
                     }
                     self.shared
                         .metrics

@@ -135,6 +135,45 @@ pub struct DeviceState {
     pub telemetry: DeviceTelemetry,
 }
 
+/// A device whose health tier or reason changed between two reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChange {
+    /// Device index on the node, when the facts know the UUID.
+    pub index: Option<u32>,
+    /// Device UUID.
+    pub uuid: String,
+    /// Tier before.
+    pub from: &'static str,
+    /// Tier now.
+    pub to: &'static str,
+    /// Reason now (empty when healthy).
+    pub reason: String,
+}
+
+impl HealthChange {
+    /// Event reason (`DeviceHealthy`, `DeviceDegraded`, `DeviceUnhealthy`), type
+    /// (`Normal` or `Warning`) and message.
+    pub fn event(&self) -> (&'static str, &'static str, String) {
+        let device = match self.index {
+            Some(index) => format!("device {index} ({})", self.uuid),
+            None => format!("device {}", self.uuid),
+        };
+        match self.to {
+            "healthy" => ("DeviceHealthy", "Normal", format!("{device}: {} -> healthy", self.from)),
+            "degraded" => (
+                "DeviceDegraded",
+                "Warning",
+                format!("{device}: {} -> degraded: {}", self.from, self.reason),
+            ),
+            _ => (
+                "DeviceUnhealthy",
+                "Warning",
+                format!("{device}: {} -> unhealthy: {}", self.from, self.reason),
+            ),
+        }
+    }
+}
+
 /// Capacity from a report (internal form).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capacity {
@@ -524,20 +563,48 @@ impl Registry {
         Ok((changed.then(|| Self::row(name, node)), old))
     }
 
-    /// A capacity report on connection `connection_id`. Returns false if that connection
-    /// is no longer the node's current one (the report is then ignored).
-    pub fn report(&mut self, name: &str, connection_id: u64, capacity: Capacity, now: Instant, now_ms: i64) -> bool {
-        let Some(node) = self.nodes.get_mut(name) else {
-            return false;
-        };
+    /// A capacity report on connection `connection_id`. Returns `None` if that connection
+    /// is no longer the node's current one (the report is then ignored), else the devices
+    /// whose health tier or reason changed since the previous report.
+    pub fn report(
+        &mut self,
+        name: &str,
+        connection_id: u64,
+        capacity: Capacity,
+        now: Instant,
+        now_ms: i64,
+    ) -> Option<Vec<HealthChange>> {
+        let node = self.nodes.get_mut(name)?;
         if node.revoked || node.connection.as_ref().map(|c| c.id) != Some(connection_id) {
-            return false;
+            return None;
+        }
+        let mut changes = Vec::new();
+        if let Some(previous) = &node.capacity {
+            for device in &capacity.devices {
+                let Some(before) = previous.devices.iter().find(|d| d.uuid == device.uuid) else {
+                    continue;
+                };
+                if before.health != device.health || before.health_reason != device.health_reason {
+                    let index = node
+                        .facts
+                        .as_ref()
+                        .and_then(|f| f.devices.iter().find(|d| d.uuid == device.uuid))
+                        .map(|d| d.index);
+                    changes.push(HealthChange {
+                        index,
+                        uuid: device.uuid.clone(),
+                        from: before.health,
+                        to: device.health,
+                        reason: device.health_reason.clone(),
+                    });
+                }
+            }
         }
         node.capacity = Some(capacity);
         node.last_report = Some(now);
         node.last_seen_ms = Some(now_ms);
         node.last_seen_dirty = true;
-        true
+        Some(changes)
     }
 
     /// The connection `connection_id` of `name` ended.
@@ -794,7 +861,7 @@ mod tests {
             changes[0].reason
         );
         // A report on a connection that is not the current one is ignored.
-        assert!(!registry.report("n1", 7, capacity(), t0, 0));
+        assert!(registry.report("n1", 7, capacity(), t0, 0).is_none());
     }
 
     /// A node row as an older coordinator stored it: device facts without `details`.

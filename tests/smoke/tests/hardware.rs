@@ -104,6 +104,23 @@ impl Cluster {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Polls `pyxis describe node` until its output has every pattern, or panics after 20 s.
+    fn wait_describe(&self, name: &str, patterns: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let describe = self.pyxis(&["describe", "node", name]);
+            let missing: Vec<&&str> = patterns.iter().filter(|p| !describe.contains(**p)).collect();
+            if missing.is_empty() {
+                return describe;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{missing:?} missing from describe:\n{describe}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Polls the node until `check` holds, or panics after 20 s.
     fn wait_node(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -238,13 +255,19 @@ fn gpu_health_travels_from_nvml_to_the_cli() {
     assert_eq!(node["accelerators"][2]["health"], "healthy");
     agent.wait_for_line("fatal XID: GPU marked unhealthy", START);
 
-    let describe = cluster.pyxis(&["describe", "node", "gpu-1"]);
-    for expected in ["fatal XID 79", "XID 13", "0000:17:00.0", "Topology", "NV4"] {
-        assert!(
-            describe.contains(expected),
-            "{expected} missing from describe:\n{describe}"
-        );
-    }
+    // Health changes are events too (written in the background: poll).
+    cluster.wait_describe(
+        "gpu-1",
+        &[
+            "fatal XID 79",
+            "XID 13",
+            "0000:17:00.0",
+            "Topology",
+            "NV4",
+            "DeviceUnhealthy",
+            "DeviceDegraded",
+        ],
+    );
     let wide = cluster.pyxis(&["get", "nodes", "-o", "wide"]);
     assert!(wide.contains("unhealthy"), "{wide}");
 
@@ -253,6 +276,7 @@ fn gpu_health_travels_from_nvml_to_the_cli() {
         n["accelerators"][0]["health"] == "healthy"
     });
     assert_eq!(node["accelerators"][1]["health"], "unhealthy");
+    cluster.wait_describe("gpu-1", &["DeviceHealthy"]);
 
     // GPU 2 falls off the bus: unhealthy, and what can no longer be read is unknown (null in
     // the API, `-` in the CLI, no sample in the metrics), never an idle device's zeros.
