@@ -21,6 +21,7 @@ pub mod nvml;
 pub mod prober;
 pub mod prom;
 pub mod rocm;
+pub mod runtime;
 pub mod runtimes;
 pub mod tpu;
 

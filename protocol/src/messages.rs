@@ -384,9 +384,10 @@ pub struct EccCounts {
 }
 
 /// Phase of a replica on a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReplicaPhase {
     /// Accepted, not started.
+    #[default]
     Pending,
     /// Process started, not yet ready.
     Starting,
@@ -402,23 +403,78 @@ pub enum ReplicaPhase {
     Failed,
 }
 
+impl ReplicaPhase {
+    /// The name used in JSON, metrics and the CLI.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReplicaPhase::Pending => "Pending",
+            ReplicaPhase::Starting => "Starting",
+            ReplicaPhase::Ready => "Ready",
+            ReplicaPhase::Unhealthy => "Unhealthy",
+            ReplicaPhase::CrashLoop => "CrashLoop",
+            ReplicaPhase::Stopping => "Stopping",
+            ReplicaPhase::Failed => "Failed",
+        }
+    }
+}
+
 /// Observed state of one replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ReplicaStatus {
     /// Replica name.
     pub name: String,
+    /// Owning deployment.
+    pub deployment: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Runtime kind.
+    pub runtime_kind: String,
     /// Current phase.
     pub phase: ReplicaPhase,
     /// Why it is in that phase.
     pub reason: String,
     /// Version the runtime reports, when known.
     pub runtime_version: Option<String>,
-    /// OpenAI-compatible base URL, when serving.
+    /// OpenAI-compatible base URL (`http://HOST:PORT/v1`), when serving.
     pub endpoint: Option<String>,
+    /// Device UUIDs it runs on.
+    pub gpus: Vec<String>,
+    /// Process id of the runtime's main process, while it runs.
+    pub pid: Option<u32>,
+    /// Restarts since the replica was first started on this node.
+    pub restarts: u32,
+    /// How the last run ended (`exit code 1`, `killed by signal 9`), when it has ended.
+    pub last_exit: Option<String>,
+    /// Last lines of the runtime's output when it last failed.
+    pub log_tail: Vec<String>,
+    /// Time from start to ready of the current run, in milliseconds.
+    pub ready_after_ms: Option<u64>,
+    /// Normalised runtime metrics from the last scrape.
+    pub metrics: Option<RuntimeMetrics>,
+}
+
+/// Runtime metrics normalised over runtimes (each runtime names them differently; see
+/// `docs/runtimes.md`). A metric a runtime does not export is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeMetrics {
+    /// Requests being processed now.
+    pub requests_running: Option<f64>,
+    /// Requests queued, waiting for capacity.
+    pub requests_waiting: Option<f64>,
+    /// KV-cache use, 0 to 1.
+    pub kv_cache_usage_ratio: Option<f64>,
+    /// Prompt tokens processed since the runtime started.
+    pub prompt_tokens_total: Option<f64>,
+    /// Tokens generated since the runtime started.
+    pub generation_tokens_total: Option<f64>,
+    /// Prefix-cache hits over queries since the runtime started, 0 to 1.
+    pub prefix_cache_hit_ratio: Option<f64>,
 }
 
 /// Replica phases, reported on change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeStatusReport {
     /// Sequence number, echoed in the [`Ack`].
     pub seq: u64,
@@ -428,7 +484,7 @@ pub struct RuntimeStatusReport {
 
 /// The full set of replicas a node should run. Declarative and idempotent: applying the
 /// same generation twice changes nothing, and a replica absent from the set is stopped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DesiredState {
     /// Increases with every change; an agent ignores a generation older than one it applied.
     pub generation: u64,
@@ -453,10 +509,34 @@ pub struct ReplicaSpec {
     pub model_source: String,
     /// Runtime kind (`vllm`, `llama-cpp`, ...).
     pub runtime_kind: String,
-    /// Extra runtime arguments.
+    /// Extra runtime arguments, appended to the adapter's launch line.
     pub runtime_args: Vec<String>,
-    /// Assigned device UUIDs.
+    /// Assigned device UUIDs (GPU or MIG UUIDs); empty runs on CPU.
     pub gpus: Vec<String>,
+    /// Extra environment for the runtime.
+    pub env: Vec<(String, String)>,
+    /// How long the runtime may take to become ready, in milliseconds (0: the default,
+    /// 10 minutes: model loads take minutes).
+    pub readiness_timeout_ms: u64,
+    /// For `runtime_kind = "custom"`: the whole launch, probes and endpoints.
+    pub custom: Option<CustomRuntime>,
+}
+
+/// A runtime described entirely by its manifest. `{port}`, `{host}`, `{model}` and
+/// `{model_name}` in `command` and `env` values are replaced at launch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CustomRuntime {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Readiness path answering 200 when ready (for example `/health`).
+    pub health_path: String,
+    /// Prometheus metrics path, if any.
+    pub metrics_path: Option<String>,
+    /// Version path answering JSON with a `version` field, if any.
+    pub version_path: Option<String>,
+    /// Path of the OpenAI-compatible API (default `/v1`).
+    pub openai_path: String,
 }
 
 /// What an [`Ack`] acknowledges.
