@@ -168,7 +168,7 @@ impl NvmlProbe {
     /// Every NVIDIA device with its details, topology and current usage.
     pub fn devices(&self, overrides: &ClassOverrides) -> Result<Vec<Device>, NvmlProbeError> {
         let count = self.nvml.device_count().map_err(NvmlProbeError::List)?;
-        let mut probed: Vec<Probed<'_>> = (0..count).map(|index| self.device(index, overrides)).collect();
+        let mut probed: Vec<Probed<'_>> = (0..count).map(|index| self.device(index, overrides, true)).collect();
         self.link_peers(&mut probed);
         Ok(probed.into_iter().map(|p| p.device).collect())
     }
@@ -177,7 +177,7 @@ impl NvmlProbe {
     /// (for the periodic refresh: links do not change while the agent runs).
     pub fn readings(&self, overrides: &ClassOverrides) -> Result<Vec<Device>, NvmlProbeError> {
         let count = self.nvml.device_count().map_err(NvmlProbeError::List)?;
-        Ok((0..count).map(|index| self.device(index, overrides).device).collect())
+        Ok((0..count).map(|index| self.device(index, overrides, false).device).collect())
     }
 
     /// Registers for critical XID events on every device that supports them. A device that
@@ -225,7 +225,9 @@ impl NvmlProbe {
         }
     }
 
-    fn device<'nvml>(&'nvml self, index: u32, overrides: &ClassOverrides) -> Probed<'nvml> {
+    /// One device; `full` adds the static details and NVLink endpoints (start-up), which
+    /// the periodic refresh skips (they do not change while the agent runs).
+    fn device<'nvml>(&'nvml self, index: u32, overrides: &ClassOverrides, full: bool) -> Probed<'nvml> {
         let failed = |what: &str, e: NvmlError| {
             Device {
             index,
@@ -284,7 +286,14 @@ impl NvmlProbe {
         let mut device = Device {
             index,
             vendor: Vendor::Nvidia,
-            details: self.details(&handle, &hardware_class),
+            details: if full {
+                self.details(&handle, &hardware_class)
+            } else {
+                pyxis_protocol::DeviceDetails {
+                    ecc_enabled: handle.is_ecc_enabled().ok().map(|e| e.currently_enabled),
+                    ..Default::default()
+                }
+            },
             hardware_class,
             model,
             uuid,
@@ -316,7 +325,7 @@ impl NvmlProbe {
         }
         Probed {
             device,
-            nvlink_remotes: active_nvlink_remotes(&handle),
+            nvlink_remotes: if full { active_nvlink_remotes(&handle) } else { Vec::new() },
             handle: Some(handle),
         }
     }
