@@ -94,6 +94,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/nodes", get(list_nodes))
         .route("/api/v1/nodes/{name}", get(get_node).delete(delete_node))
         .route("/api/v1/nodes/{name}/{action}", post(node_action))
+        .route("/api/v1/replicas", get(list_replicas))
+        .route("/api/v1/replicas/{name}", get(get_replica))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), require_admin));
@@ -290,6 +292,48 @@ fn join_hint(headers: &axum::http::HeaderMap, quic_port: u16) -> Option<String> 
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> Json<List<crate::api_types::NodeView>> {
     let items = shared.registry().views(Instant::now(), shared.config.liveness_timeout);
     Json(List { items })
+}
+
+/// `?namespace=TENANT` filters namespaced lists.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+async fn list_replicas(
+    State(shared): State<Arc<Shared>>,
+    query: Result<axum::extract::Query<NamespaceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<List<crate::api_types::ReplicaView>>, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let items = shared
+        .registry()
+        .replica_views()
+        .into_iter()
+        .filter(|r| query.namespace.as_ref().is_none_or(|t| *t == r.tenant))
+        .collect();
+    Ok(Json(List { items }))
+}
+
+async fn get_replica(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<crate::api_types::ReplicaView>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    shared
+        .registry()
+        .replica_views()
+        .into_iter()
+        .find(|r| r.name == name)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("replica {name} not found; `pyxis get replicas` lists them"),
+            )
+        })
 }
 
 async fn get_node(

@@ -55,6 +55,9 @@ pub struct NodeView {
     pub joined_at: String,
     /// Accelerators.
     pub accelerators: Vec<AcceleratorView>,
+    /// Replicas the node reports running (or starting, stopping, failing).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaView>,
 }
 
 /// An accelerator as the API shows it. A nullable field is `null` when the device does not
@@ -217,6 +220,71 @@ pub struct EccCountsView {
     pub remap_pending: Option<bool>,
     /// A row remapping failed: the device needs service.
     pub remap_failed: Option<bool>,
+}
+
+/// A replica as the API shows it (`GET /api/v1/replicas`, and in a node's view).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// Replica name.
+    pub name: String,
+    /// Owning deployment.
+    pub deployment: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Node it runs on.
+    pub node: String,
+    /// `Pending`, `Starting`, `Ready`, `Unhealthy`, `CrashLoop`, `Stopping`, `Failed`.
+    pub phase: String,
+    /// Why it is in that phase.
+    pub reason: String,
+    /// Runtime kind.
+    pub runtime: String,
+    /// Version the runtime reports; null until known.
+    #[serde(default)]
+    pub runtime_version: Option<String>,
+    /// Hardware class of its devices (`cpu` without any; classes joined by `+` if mixed).
+    pub hardware_class: String,
+    /// Device UUIDs.
+    pub gpus: Vec<String>,
+    /// OpenAI-compatible base URL; null until serving.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Main process id while it runs.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Restarts on its node.
+    #[serde(default)]
+    pub restarts: u32,
+    /// How the last run ended; null if it has not.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// Last output lines of the last failed run.
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+    /// Milliseconds from start to ready of the current run.
+    #[serde(default)]
+    pub ready_after_ms: Option<u64>,
+    /// Normalised runtime metrics from the last scrape; null if none.
+    #[serde(default)]
+    pub metrics: Option<RuntimeMetricsView>,
+}
+
+/// Normalised runtime metrics (each null when the runtime does not export it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RuntimeMetricsView {
+    /// Requests being processed.
+    pub requests_running: Option<f64>,
+    /// Requests queued.
+    pub requests_waiting: Option<f64>,
+    /// KV-cache use, 0 to 1.
+    pub kv_cache_usage_ratio: Option<f64>,
+    /// Prompt tokens since the runtime started.
+    pub prompt_tokens_total: Option<f64>,
+    /// Generated tokens since the runtime started.
+    pub generation_tokens_total: Option<f64>,
+    /// Prefix-cache hit ratio, 0 to 1.
+    pub prefix_cache_hit_ratio: Option<f64>,
 }
 
 /// `describe node`: the node plus its recent events.

@@ -9,7 +9,9 @@ use std::{io::Write, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::api_types::{AcceleratorView, ErrorBody, List, NodeDetail, NodeView, TokenRequest, TokenResponse};
+use crate::api_types::{
+    AcceleratorView, ErrorBody, List, NodeDetail, NodeView, ReplicaView, TokenRequest, TokenResponse,
+};
 
 /// Default admin API URL.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7080";
@@ -165,6 +167,9 @@ pub enum GetKind {
     /// Nodes (agents).
     #[value(alias = "node", alias = "no")]
     Nodes,
+    /// Replicas: runtime processes on nodes, as their agents report them.
+    #[value(alias = "replica", alias = "rep")]
+    Replicas,
 }
 
 /// Node actions.
@@ -422,6 +427,49 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                 Output::Wide => write(out, nodes_table(&items, true)),
             }
         }
+        Command::Get {
+            kind: GetKind::Replicas,
+            name,
+            namespace,
+            all_tenants,
+            output,
+        } => {
+            let path = match (&namespace, all_tenants) {
+                (Some(tenant), false) => format!("/api/v1/replicas?namespace={}", encode(tenant)),
+                _ => "/api/v1/replicas".to_string(),
+            };
+            let mut items = client.call::<List<ReplicaView>>("GET", &path, None::<&()>)?.items;
+            if let Some(name) = &name {
+                items.retain(|r| r.name == *name);
+                if items.is_empty() {
+                    return Err(CliError::Api(format!(
+                        "replica {name} not found; `pyxis get replicas` lists them"
+                    )));
+                }
+            }
+            match output {
+                Output::Json | Output::Yaml => print_structured(out, &List { items }, output),
+                Output::Table => write(out, replicas_table(&items, false)),
+                Output::Wide => write(out, replicas_table(&items, true)),
+            }
+        }
+        Command::Describe {
+            kind: GetKind::Replicas,
+            name,
+            output,
+        } => {
+            let replica: ReplicaView = client.call("GET", &format!("/api/v1/replicas/{}", encode(&name)), None::<&()>)?;
+            match output {
+                Output::Json | Output::Yaml => print_structured(out, &replica, output),
+                _ => write(out, describe_replica(&replica)),
+            }
+        }
+        Command::Delete {
+            kind: GetKind::Replicas,
+            name,
+        } => Err(CliError::Api(format!(
+            "replica {name} cannot be deleted by itself: it runs because its deployment wants it; scale or delete the deployment"
+        ))),
         Command::Describe {
             kind: GetKind::Nodes,
             name,
@@ -625,6 +673,125 @@ fn nodes_table(nodes: &[NodeView], wide: bool) -> String {
     table(rows)
 }
 
+/// `get replicas`: one row per replica.
+fn replicas_table(replicas: &[ReplicaView], wide: bool) -> String {
+    if replicas.is_empty() {
+        return "No replicas.\n".into();
+    }
+    let mut header = vec![
+        "NAME",
+        "DEPLOYMENT",
+        "TENANT",
+        "NODE",
+        "PHASE",
+        "RUNTIME",
+        "CLASS",
+        "GPUS",
+        "RESTARTS",
+    ];
+    if wide {
+        header.extend(["VERSION", "ENDPOINT", "REASON"]);
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+    for r in replicas {
+        let mut row = vec![
+            r.name.clone(),
+            r.deployment.clone(),
+            r.tenant.clone(),
+            r.node.clone(),
+            r.phase.clone(),
+            r.runtime.clone(),
+            r.hardware_class.clone(),
+            r.gpus.len().to_string(),
+            r.restarts.to_string(),
+        ];
+        if wide {
+            row.push(r.runtime_version.clone().unwrap_or_else(|| "-".into()));
+            row.push(r.endpoint.clone().unwrap_or_else(|| "-".into()));
+            row.push(if r.reason.is_empty() {
+                "-".into()
+            } else {
+                r.reason.clone()
+            });
+        }
+        rows.push(row);
+    }
+    table(rows)
+}
+
+/// `describe replica`.
+fn describe_replica(r: &ReplicaView) -> String {
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| out.push_str(&format!("{:<18}{}\n", format!("{k}:"), v));
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    field("Name", r.name.clone());
+    field("Deployment", r.deployment.clone());
+    field("Tenant", r.tenant.clone());
+    field("Node", r.node.clone());
+    field(
+        "Phase",
+        if r.reason.is_empty() {
+            r.phase.clone()
+        } else {
+            format!("{} ({})", r.phase, r.reason)
+        },
+    );
+    field("Runtime", format!("{} {}", r.runtime, or_dash(&r.runtime_version)));
+    field("Hardware class", r.hardware_class.clone());
+    field(
+        "GPUs",
+        if r.gpus.is_empty() {
+            "none (CPU)".into()
+        } else {
+            r.gpus.join(", ")
+        },
+    );
+    field("Endpoint", or_dash(&r.endpoint));
+    field("PID", r.pid.map_or_else(|| "-".into(), |p| p.to_string()));
+    field("Restarts", r.restarts.to_string());
+    field("Last exit", or_dash(&r.last_exit));
+    field(
+        "Ready after",
+        r.ready_after_ms
+            .map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+    );
+    if let Some(m) = r.metrics {
+        let num = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v}"));
+        let pct = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{:.0}%", v * 100.0));
+        field(
+            "Requests",
+            format!(
+                "{} running, {} waiting",
+                num(m.requests_running),
+                num(m.requests_waiting)
+            ),
+        );
+        field(
+            "Tokens",
+            format!(
+                "{} prompt, {} generated",
+                num(m.prompt_tokens_total),
+                num(m.generation_tokens_total)
+            ),
+        );
+        field(
+            "KV cache",
+            format!(
+                "{} used, prefix-cache hits {}",
+                pct(m.kv_cache_usage_ratio),
+                pct(m.prefix_cache_hit_ratio)
+            ),
+        );
+    }
+    if !r.log_tail.is_empty() {
+        out.push_str("Log tail:\n");
+        for line in &r.log_tail {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
 fn describe_node(detail: &NodeDetail) -> String {
     let n = &detail.node;
     let mut out = String::new();
@@ -684,6 +851,27 @@ fn describe_node(detail: &NodeDetail) -> String {
     match topology_matrix(&n.accelerators) {
         Some(matrix) => out.push_str(&matrix),
         None => out.push_str("  not reported (needs two or more devices with link data)\n"),
+    }
+    out.push_str("Replicas:\n");
+    if n.replicas.is_empty() {
+        out.push_str("  none\n");
+    } else {
+        let mut rows = vec![["NAME", "PHASE", "RUNTIME", "GPUS", "RESTARTS", "ENDPOINT"]
+            .map(String::from)
+            .to_vec()];
+        for r in &n.replicas {
+            rows.push(vec![
+                r.name.clone(),
+                r.phase.clone(),
+                r.runtime.clone(),
+                r.gpus.len().to_string(),
+                r.restarts.to_string(),
+                r.endpoint.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        for line in table(rows).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
     }
     out.push_str("Events:\n");
     if detail.events.is_empty() {
@@ -1153,6 +1341,7 @@ mod tests {
             last_seen: None,
             joined_at: "2026-11-24T01:43:49Z".into(),
             accelerators,
+            replicas: Vec::new(),
         }
     }
 
@@ -1428,7 +1617,9 @@ mod tests {
             events: Vec::new(),
         });
         assert!(
-            described.contains("Topology:\n  not reported (needs two or more devices with link data)\nEvents:\n"),
+            described.contains(
+                "Topology:\n  not reported (needs two or more devices with link data)\nReplicas:\n  none\nEvents:\n"
+            ),
             "{described}"
         );
     }
@@ -1498,6 +1689,8 @@ mod tests {
             ],
             legend(),
             vec![
+                "Replicas:",
+                "  none",
                 "Events:",
                 "  TIME                   TYPE     REASON   MESSAGE",
                 "  2026-11-24T01:43:49Z   Normal   Joined   joined from 10.0.0.7:51506 with token 4p6zrq",

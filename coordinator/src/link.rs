@@ -258,19 +258,7 @@ impl Session {
     }
 
     async fn send(&mut self, message: &CoordinatorMessage) -> Result<(), Refused> {
-        // A failed or stalled write means the agent is gone or not reading; the caller ends
-        // the session quietly.
-        let gone = |why: String| Refused {
-            metric: Refusal::Protocol,
-            code: None,
-            node: None,
-            message: why,
-        };
-        match tokio::time::timeout(STEP_TIMEOUT, self.writer.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(gone(format!("write failed: {e}"))),
-            Err(_) => Err(gone(format!("the agent did not read for {STEP_TIMEOUT:?}"))),
-        }
+        send_on(&mut self.writer, message).await
     }
 
     /// Reads `Hello`, negotiates, answers `HelloAck`.
@@ -437,10 +425,12 @@ impl Session {
             ));
         }
         let connection_id = self.shared.connection_id();
+        let (desired_tx, desired_rx) = tokio::sync::watch::channel(DesiredState::default());
         let handle = ConnectionHandle {
             id: connection_id,
             remote: self.remote,
             connection: self.connection.clone(),
+            desired: desired_tx,
         };
         let facts = facts_from_wire(&registration.node);
         let devices = facts.devices.len();
@@ -518,12 +508,11 @@ impl Session {
                 report_interval_ms: interval_ms,
             }))
             .await?;
-            self.send(&CoordinatorMessage::DesiredState(DesiredState {
-                generation: 1,
-                replicas: Vec::new(),
-            }))
-            .await?;
-            self.report_loop(&name, connection_id).await
+            // What the node should run (generation 0, nothing, until something is placed
+            // there). Later changes arrive through the handle's channel.
+            let desired = self.shared.registry().desired(&name).unwrap_or_default();
+            self.send(&CoordinatorMessage::DesiredState(desired)).await?;
+            self.report_loop(&name, connection_id, desired_rx).await
         }
         .await;
         self.shared.registry().disconnected(&name, connection_id);
@@ -539,12 +528,38 @@ impl Session {
         }
     }
 
-    async fn report_loop(&mut self, name: &str, connection_id: u64) -> Result<(), Refused> {
+    async fn report_loop(
+        &mut self,
+        name: &str,
+        connection_id: u64,
+        mut desired: tokio::sync::watch::Receiver<DesiredState>,
+    ) -> Result<(), Refused> {
         let node = Some(name);
         loop {
             // Between reports the agent may be idle for a whole interval: no step timeout
-            // here; a silent agent is caught by liveness and the QUIC idle timeout.
-            let message = match self.reader.recv::<AgentMessage>().await {
+            // here; a silent agent is caught by liveness and the QUIC idle timeout. Reading
+            // a frame is not cancel-safe, so the read stays pinned while new desired states
+            // are sent (on the writer, a disjoint field).
+            let received = {
+                let read = self.reader.recv::<AgentMessage>();
+                tokio::pin!(read);
+                loop {
+                    tokio::select! {
+                        result = &mut read => break result,
+                        changed = desired.changed() => {
+                            if changed.is_err() {
+                                // The registry dropped the handle: the node was deleted or
+                                // replaced; its connection is being closed.
+                                return Ok(());
+                            }
+                            let state = desired.borrow_and_update().clone();
+                            tracing::info!(node = %name, generation = state.generation, replicas = state.replicas.len(), "sending desired state");
+                            send_on(&mut self.writer, &CoordinatorMessage::DesiredState(state)).await?;
+                        }
+                    }
+                }
+            };
+            let message = match received {
                 Ok(Some((_, message))) => message,
                 Ok(None) | Err(LinkError::Read(_)) | Err(LinkError::ClosedMidFrame) => return Ok(()),
                 Err(e) => return Err(Refused::link(node, &e)),
@@ -582,8 +597,30 @@ impl Session {
                     .await?;
                 }
                 AgentMessage::RuntimeStatus(status) => {
+                    let seq = status.seq;
+                    let changed: Vec<String> = {
+                        let registry = self.shared.registry();
+                        let before = registry.node_replica_phases(name);
+                        drop(registry);
+                        status
+                            .replicas
+                            .iter()
+                            .filter(|r| before.get(&r.name) != Some(&r.phase))
+                            .map(|r| format!("replica {} is {}: {}", r.name, r.phase.as_str(), r.reason))
+                            .collect()
+                    };
+                    if !self
+                        .shared
+                        .registry()
+                        .runtime_status(name, connection_id, status.replicas)
+                    {
+                        return Ok(());
+                    }
+                    for message in changed {
+                        tracing::info!(node = %name, "{message}");
+                    }
                     self.send(&CoordinatorMessage::Ack(Ack {
-                        of: AckOf::RuntimeStatus(status.seq),
+                        of: AckOf::RuntimeStatus(seq),
                     }))
                     .await?;
                 }
@@ -601,6 +638,22 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// Writes one message. A failed or stalled write means the agent is gone or not reading;
+/// the caller ends the session quietly.
+async fn send_on(writer: &mut FrameWriter, message: &CoordinatorMessage) -> Result<(), Refused> {
+    let gone = |why: String| Refused {
+        metric: Refusal::Protocol,
+        code: None,
+        node: None,
+        message: why,
+    };
+    match tokio::time::timeout(STEP_TIMEOUT, writer.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(gone(format!("write failed: {e}"))),
+        Err(_) => Err(gone(format!("the agent did not read for {STEP_TIMEOUT:?}"))),
     }
 }
 

@@ -14,8 +14,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use pyxis_protocol::{DesiredState, ReplicaSpec, ReplicaStatus};
+
 use crate::{
-    api_types::{AcceleratorView, EccCountsView, MigView, NodeView, PeerLinkView},
+    api_types::{AcceleratorView, EccCountsView, MigView, NodeView, PeerLinkView, ReplicaView, RuntimeMetricsView},
     store::NodeRow,
     time::rfc3339_ms,
 };
@@ -225,6 +227,8 @@ pub struct ConnectionHandle {
     pub remote: SocketAddr,
     /// The QUIC connection (to close on revoke or replacement).
     pub connection: quinn::Connection,
+    /// The connection's task sends every new desired state put here to the agent.
+    pub desired: tokio::sync::watch::Sender<DesiredState>,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +245,10 @@ struct Node {
     last_seen_dirty: bool,
     connection: Option<ConnectionHandle>,
     status: NodeStatus,
+    /// Replicas this node should run (generation 0: never set).
+    desired: DesiredState,
+    /// Replicas as the agent last reported them.
+    replicas: Vec<ReplicaStatus>,
 }
 
 /// What a registering agent brings: its facts, its first capacity, its connection.
@@ -419,10 +427,78 @@ impl Registry {
                     last_seen_dirty: false,
                     connection: None,
                     status: NodeStatus::NotReady,
+                    desired: DesiredState::default(),
+                    replicas: Vec::new(),
                 },
             );
         }
         Ok(registry)
+    }
+
+    /// Restores a node's desired replica set from the store.
+    pub fn restore_desired(&mut self, name: &str, desired: DesiredState) {
+        if let Some(node) = self.nodes.get_mut(name) {
+            node.desired = desired;
+        }
+    }
+
+    /// The replica set `name` should run.
+    pub fn desired(&self, name: &str) -> Option<DesiredState> {
+        self.nodes.get(name).map(|n| n.desired.clone())
+    }
+
+    /// Replaces the replica set `name` should run with `generation` (ignored unless newer
+    /// than the current one) and hands it to the node's live connection, if any. The
+    /// caller has persisted it.
+    pub fn set_desired_generation(
+        &mut self,
+        name: &str,
+        generation: u64,
+        replicas: Vec<ReplicaSpec>,
+    ) -> Result<DesiredState, RegistryError> {
+        let node = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        if generation > node.desired.generation {
+            node.desired = DesiredState { generation, replicas };
+            if let Some(connection) = &node.connection {
+                connection.desired.send_replace(node.desired.clone());
+            }
+        }
+        Ok(node.desired.clone())
+    }
+
+    /// A runtime status report on connection `connection_id`; false if that connection is
+    /// no longer the node's current one.
+    pub fn runtime_status(&mut self, name: &str, connection_id: u64, replicas: Vec<ReplicaStatus>) -> bool {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return false;
+        };
+        if node.connection.as_ref().map(|c| c.id) != Some(connection_id) {
+            return false;
+        }
+        node.replicas = replicas;
+        true
+    }
+
+    /// Phase of each replica `name` last reported.
+    pub fn node_replica_phases(&self, name: &str) -> HashMap<String, pyxis_protocol::ReplicaPhase> {
+        self.nodes
+            .get(name)
+            .map(|n| n.replicas.iter().map(|r| (r.name.clone(), r.phase)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every replica reported by any node, sorted by name.
+    pub fn replica_views(&self) -> Vec<ReplicaView> {
+        let mut views: Vec<ReplicaView> = self
+            .nodes
+            .iter()
+            .flat_map(|(name, node)| node.replicas.iter().map(move |r| replica_view(name, node, r)))
+            .collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.node.cmp(&b.node)));
+        views
     }
 
     fn row(name: &str, node: &Node) -> NodeRow {
@@ -477,6 +553,8 @@ impl Registry {
     ) -> Result<(NodeRow, Option<quinn::Connection>), RegistryError> {
         self.can_enroll(name, now, busy_window)?;
         let node = self.nodes.entry(name.to_string()).or_insert_with(|| Node {
+            desired: DesiredState::default(),
+            replicas: Vec::new(),
             fingerprint: String::new(),
             facts: None,
             capacity: None,
@@ -813,7 +891,69 @@ impl Registry {
             last_seen: node.last_seen_ms.map(rfc3339_ms),
             joined_at: rfc3339_ms(node.joined_at_ms),
             accelerators,
+            replicas: node.replicas.iter().map(|r| replica_view(name, node, r)).collect(),
         })
+    }
+}
+
+/// API view of a replica reported by node `name`.
+fn replica_view(name: &str, node: &Node, r: &ReplicaStatus) -> ReplicaView {
+    let classes: Vec<String> = node
+        .facts
+        .as_ref()
+        .map(|f| {
+            let mut classes: Vec<String> = r
+                .gpus
+                .iter()
+                .filter_map(|uuid| {
+                    f.devices.iter().find_map(|d| {
+                        if d.uuid == *uuid {
+                            return Some(d.hardware_class.clone());
+                        }
+                        d.details
+                            .mig
+                            .as_ref()
+                            .and_then(|m| m.instances.iter().find(|i| i.uuid == *uuid))
+                            .map(|i| i.hardware_class.clone())
+                    })
+                })
+                .collect();
+            classes.dedup();
+            classes
+        })
+        .unwrap_or_default();
+    let hardware_class = if r.gpus.is_empty() {
+        "cpu".to_string()
+    } else if classes.is_empty() {
+        "unknown".to_string()
+    } else {
+        classes.join("+")
+    };
+    ReplicaView {
+        name: r.name.clone(),
+        deployment: r.deployment.clone(),
+        tenant: r.tenant.clone(),
+        node: name.to_string(),
+        phase: r.phase.as_str().to_string(),
+        reason: r.reason.clone(),
+        runtime: r.runtime_kind.clone(),
+        runtime_version: r.runtime_version.clone(),
+        hardware_class,
+        gpus: r.gpus.clone(),
+        endpoint: r.endpoint.clone(),
+        pid: r.pid,
+        restarts: r.restarts,
+        last_exit: r.last_exit.clone(),
+        log_tail: r.log_tail.clone(),
+        ready_after_ms: r.ready_after_ms,
+        metrics: r.metrics.map(|m| RuntimeMetricsView {
+            requests_running: m.requests_running,
+            requests_waiting: m.requests_waiting,
+            kv_cache_usage_ratio: m.kv_cache_usage_ratio,
+            prompt_tokens_total: m.prompt_tokens_total,
+            generation_tokens_total: m.generation_tokens_total,
+            prefix_cache_hit_ratio: m.prefix_cache_hit_ratio,
+        }),
     }
 }
 

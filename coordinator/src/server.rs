@@ -105,6 +105,17 @@ pub struct Shared {
     pub quic_port: u16,
 }
 
+/// Why a desired state could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum SetDesiredError {
+    /// No such node.
+    #[error("node {0} not found")]
+    NotFound(String),
+    /// The store refused the write.
+    #[error("cannot store the desired state: {0}")]
+    Store(String),
+}
+
 impl StartError {
     /// Whether this is a configuration problem (exit code 64) rather than a runtime one.
     pub fn is_config(&self) -> bool {
@@ -373,7 +384,15 @@ impl Coordinator {
             }
         }
         let store = Arc::new(Store::open(&data_dir.join("pyxis.db"))?);
-        let registry = Registry::load(store.nodes()?)?;
+        let mut registry = Registry::load(store.nodes()?)?;
+        for (node, generation, replicas) in store.desired_states()? {
+            match serde_json::from_str(&replicas) {
+                Ok(replicas) => registry.restore_desired(&node, pyxis_protocol::DesiredState { generation, replicas }),
+                // One unreadable row must not keep the coordinator down: the node keeps
+                // what it runs (agents never stop replicas on their own) until it is set again.
+                Err(e) => tracing::error!(node = %node, error = %e, "stored desired state is unreadable; ignoring it"),
+            }
+        }
         let ca = load_or_create_ca(&config, !registry.is_empty())?;
         let (admin_token_sha256, admin_token) = admin_token(&store, &data_dir)?;
         tracing::info!(ca_hash = %ca.hash(), nodes = registry.len(), "state loaded");
@@ -435,6 +454,44 @@ impl Coordinator {
             shutdown,
             tasks,
         })
+    }
+
+    /// Sets the replicas `node` should run: persisted first, then sent to its agent if it
+    /// is connected (and at every later registration). Returns the new generation. The
+    /// placement engine is the intended caller; tests and dev mode call it directly.
+    pub async fn set_desired(
+        &self,
+        node: &str,
+        replicas: Vec<pyxis_protocol::ReplicaSpec>,
+    ) -> Result<u64, SetDesiredError> {
+        let json = serde_json::to_string(&replicas).map_err(|e| SetDesiredError::Store(e.to_string()))?;
+        // Hold the registry only to compute the generation; the write happens before the
+        // agent is told, so a coordinator restart never sends an older state.
+        let generation = {
+            let registry = self.shared.registry();
+            let current = registry
+                .desired(node)
+                .ok_or_else(|| SetDesiredError::NotFound(node.to_string()))?;
+            (current.generation + 1).max(crate::time::now_ms().max(0) as u64)
+        };
+        let shared = self.shared.clone();
+        let name = node.to_string();
+        tokio::task::spawn_blocking(move || shared.store.put_desired_state(&name, generation, &json))
+            .await
+            .map_err(|e| SetDesiredError::Store(e.to_string()))?
+            .map_err(|e| SetDesiredError::Store(e.to_string()))?;
+        let state = self
+            .shared
+            .registry()
+            .set_desired_generation(node, generation, replicas)
+            .map_err(|_| SetDesiredError::NotFound(node.to_string()))?;
+        tracing::info!(
+            node,
+            generation = state.generation,
+            replicas = state.replicas.len(),
+            "desired state set"
+        );
+        Ok(state.generation)
     }
 
     /// Graceful stop: closes agent connections, flushes last-seen times, waits for tasks.

@@ -110,6 +110,11 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_object ON events(object, id);
+CREATE TABLE IF NOT EXISTS desired_state (
+    node TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    replicas TEXT NOT NULL
+);
 ";
 
 impl Store {
@@ -179,9 +184,33 @@ impl Store {
         })
     }
 
-    /// Deletes a node and its events.
+    /// Every node's desired replica set: (node, generation, replicas as JSON).
+    pub fn desired_states(&self) -> Result<Vec<(String, u64, String)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT node, generation, replicas FROM desired_state ORDER BY node")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Records a node's desired replica set (JSON), replacing the previous one.
+    pub fn put_desired_state(&self, node: &str, generation: u64, replicas_json: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO desired_state(node, generation, replicas) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(node) DO UPDATE SET generation = excluded.generation, replicas = excluded.replicas",
+                params![node, generation as i64, replicas_json],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Deletes a node, its desired state and its events.
     pub fn delete_node(&self, name: &str) -> Result<(), StoreError> {
         self.with(|c| {
+            c.execute("DELETE FROM desired_state WHERE node = ?1", [name])?;
             c.execute("DELETE FROM nodes WHERE name = ?1", [name])?;
             c.execute("DELETE FROM events WHERE object = ?1", [format!("node/{name}")])
                 .map(|_| ())

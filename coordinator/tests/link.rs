@@ -519,6 +519,25 @@ async fn registry_survives_a_coordinator_restart_and_agents_reconnect() {
     let a = cluster.join("survivor-1").await;
     let b = cluster.join("survivor-2").await;
     cluster.api("POST", "/api/v1/nodes/survivor-2/cordon").await;
+    // A desired replica set reaches the connected agent at once, and is durable.
+    let spec = pyxis_protocol::ReplicaSpec {
+        name: "chat-0".into(),
+        deployment: "chat".into(),
+        tenant: "research".into(),
+        model_name: "m".into(),
+        runtime_kind: "custom".into(),
+        ..Default::default()
+    };
+    let generation = cluster.c().set_desired("survivor-1", vec![spec.clone()]).await.unwrap();
+    eventually("the agent applies the desired state", Duration::from_secs(5), || {
+        let applied = a.shared.link_state().desired_generation == generation;
+        async move { applied }
+    })
+    .await;
+    assert!(matches!(
+        cluster.c().set_desired("nobody", vec![]).await,
+        Err(pyxis_coordinator::server::SetDesiredError::NotFound(_))
+    ));
     let old = cluster.coordinator.take().unwrap();
     let mut config = old.shared.config.clone();
     config.quic_addr = old.quic_addr;
@@ -548,6 +567,8 @@ async fn registry_survives_a_coordinator_restart_and_agents_reconnect() {
         assert_eq!(names, vec!["survivor-1", "survivor-2"]);
         assert!(views[1].cordoned);
         assert_eq!(views[0].accelerators.len(), 2, "facts persisted");
+        let desired = registry.desired("survivor-1").unwrap();
+        assert_eq!((desired.generation, desired.replicas), (generation, vec![spec]));
     }
     cluster.coordinator = Some(restarted);
     wait_connected(&a).await;
@@ -559,6 +580,15 @@ async fn registry_survives_a_coordinator_restart_and_agents_reconnect() {
     })
     .await;
     assert!(a.shared.link_state().sessions >= 2);
+    // The restored state is what the agent is sent again: nothing older.
+    assert_eq!(a.shared.link_state().desired_generation, generation);
+    let next = cluster.c().set_desired("survivor-1", vec![]).await.unwrap();
+    assert!(next > generation);
+    eventually("the newer state is applied", Duration::from_secs(5), || {
+        let applied = a.shared.link_state().desired_generation == next;
+        async move { applied }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

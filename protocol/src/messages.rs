@@ -493,7 +493,7 @@ pub struct DesiredState {
 }
 
 /// What to run for one replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaSpec {
     /// Unique replica name.
     pub name: String,
