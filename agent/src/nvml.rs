@@ -177,7 +177,9 @@ impl NvmlProbe {
     /// (for the periodic refresh: links do not change while the agent runs).
     pub fn readings(&self, overrides: &ClassOverrides) -> Result<Vec<Device>, NvmlProbeError> {
         let count = self.nvml.device_count().map_err(NvmlProbeError::List)?;
-        Ok((0..count).map(|index| self.device(index, overrides, false).device).collect())
+        Ok((0..count)
+            .map(|index| self.device(index, overrides, false).device)
+            .collect())
     }
 
     /// Registers for critical XID events on every device that supports them. A device that
@@ -325,7 +327,11 @@ impl NvmlProbe {
         }
         Probed {
             device,
-            nvlink_remotes: if full { active_nvlink_remotes(&handle) } else { Vec::new() },
+            nvlink_remotes: if full {
+                active_nvlink_remotes(&handle)
+            } else {
+                Vec::new()
+            },
             handle: Some(handle),
         }
     }
