@@ -89,6 +89,16 @@ pub struct FileConfig {
     pub devfs_root: Option<PathBuf>,
     /// GPU health policy (config file only).
     pub health: Option<crate::health::HealthFile>,
+    /// Ports handed to runtimes, `FIRST-LAST` (config file only).
+    pub runtime_ports: Option<String>,
+    /// Address runtimes bind to (config file only).
+    pub runtime_host: Option<String>,
+    /// Host name or address in replica endpoints (config file only).
+    pub advertise_host: Option<String>,
+    /// Time between SIGTERM and SIGKILL when a runtime is stopped (config file only).
+    pub stop_grace_period: Option<String>,
+    /// Size at which runtime log files are rotated (config file only).
+    pub log_max_bytes: Option<u64>,
 }
 
 /// Where the host's device files are; `/sys` and `/dev` in production.
@@ -146,6 +156,8 @@ pub struct AgentConfig {
     pub host_paths: HostPaths,
     /// GPU health policy.
     pub health: crate::health::HealthPolicy,
+    /// Runtime supervision: ports, bind and advertised addresses, stop grace period, logs.
+    pub supervisor: crate::runtime::supervisor::SupervisorConfig,
 }
 
 /// Flag values (all optional: the file or defaults fill the rest).
@@ -396,8 +408,78 @@ impl AgentConfig {
                 dev: file.devfs_root.unwrap_or_else(|| "/dev".into()),
             },
             health: crate::health::HealthPolicy::from_file(file.health.unwrap_or_default())?,
+            supervisor: resolve_supervisor(
+                file.runtime_ports,
+                file.runtime_host,
+                file.advertise_host,
+                file.stop_grace_period,
+                file.log_max_bytes,
+            )?,
         })
     }
+}
+
+/// The supervisor's keys, checked; defaults for those left out.
+fn resolve_supervisor(
+    runtime_ports: Option<String>,
+    runtime_host: Option<String>,
+    advertise_host: Option<String>,
+    stop_grace_period: Option<String>,
+    log_max_bytes: Option<u64>,
+) -> Result<crate::runtime::supervisor::SupervisorConfig, ConfigError> {
+    let mut config = crate::runtime::supervisor::SupervisorConfig::default();
+    if let Some(text) = runtime_ports {
+        config.runtime_ports = parse_port_range(&text).ok_or_else(|| ConfigError::Invalid {
+            key: "runtime_ports",
+            reason: format!(
+                "{text:?} is not a port range FIRST-LAST such as \"20000-20999\" (1 <= FIRST <= LAST <= 65535)"
+            ),
+        })?;
+    }
+    if let Some(text) = runtime_host {
+        config.runtime_host = text.trim().parse().map_err(|e| ConfigError::Invalid {
+            key: "runtime_host",
+            reason: format!("{text:?} is not an IP address such as 0.0.0.0, :: or 10.0.0.5 ({e})"),
+        })?;
+    }
+    if let Some(text) = advertise_host {
+        let host = text.trim();
+        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if bare.is_empty() || bare.contains(|c: char| c.is_whitespace() || "/?#@[]".contains(c)) {
+            return Err(ConfigError::Invalid {
+                key: "advertise_host",
+                reason: format!("{text:?} is not a host name or IP address; leave the key out to use this host's name"),
+            });
+        }
+        config.advertise_host = Some(bare.to_string());
+    }
+    if let Some(text) = stop_grace_period {
+        config.stop_grace_period = parse_duration("stop_grace_period", &text)?;
+        if config.stop_grace_period > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid {
+                key: "stop_grace_period",
+                reason: format!("{text:?} is longer than 1h"),
+            });
+        }
+    }
+    if let Some(bytes) = log_max_bytes {
+        if bytes < 64 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "log_max_bytes",
+                reason: format!("{bytes} is below 65536 (64 KiB)"),
+            });
+        }
+        config.log_max_bytes = bytes;
+    }
+    Ok(config)
+}
+
+/// `FIRST-LAST`, both inclusive, 1 <= FIRST <= LAST.
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let (first, last) = text.trim().split_once('-')?;
+    let first: u16 = first.trim().parse().ok()?;
+    let last: u16 = last.trim().parse().ok()?;
+    (first >= 1 && first <= last).then_some((first, last))
 }
 
 /// Checks a coordinator address and adds the default port where it is missing:
@@ -481,6 +563,38 @@ mod tests {
         assert_eq!(config.report_interval, Duration::from_secs(2));
         assert_eq!(config.runtimes.get("vllm").map(String::as_str), Some("/opt/vllm"));
         assert_eq!(config.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(
+            config.supervisor,
+            crate::runtime::supervisor::SupervisorConfig::default()
+        );
+    }
+
+    #[test]
+    fn supervisor_keys_are_checked() {
+        let file = parse_file(
+            "a.toml".as_ref(),
+            "runtime_ports = \"30000-30009\"\nruntime_host = \"::\"\nadvertise_host = \"[fd00::5]\"\nstop_grace_period = \"5s\"\nlog_max_bytes = 1048576\n",
+        )
+        .unwrap();
+        let config = AgentConfig::resolve(file, flags(), "h").unwrap().supervisor;
+        assert_eq!(config.runtime_ports, (30000, 30009));
+        assert_eq!(config.runtime_host, "::".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(config.advertise_host.as_deref(), Some("fd00::5"));
+        assert_eq!(config.stop_grace_period, Duration::from_secs(5));
+        assert_eq!(config.log_max_bytes, 1 << 20);
+        for (text, key) in [
+            ("runtime_ports = \"20999-20000\"", "runtime_ports"),
+            ("runtime_ports = \"0-10\"", "runtime_ports"),
+            ("runtime_ports = \"20000\"", "runtime_ports"),
+            ("runtime_host = \"localhost\"", "runtime_host"),
+            ("advertise_host = \"http://x\"", "advertise_host"),
+            ("stop_grace_period = \"2h\"", "stop_grace_period"),
+            ("log_max_bytes = 10", "log_max_bytes"),
+        ] {
+            let file = parse_file("a.toml".as_ref(), text).unwrap();
+            let err = AgentConfig::resolve(file, flags(), "h").unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

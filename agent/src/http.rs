@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use pyxis_protocol::{ReplicaPhase, ReplicaStatus};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -85,7 +86,129 @@ pub fn render(shared: &AgentShared) -> String {
     );
     out.sample("pyxis_agent_accelerators", &[("node", node)], devices.len() as f64);
     render_devices(&mut out, node, &devices);
+    render_runtimes(&mut out, node, &shared.supervisor.statuses());
     out.finish()
+}
+
+/// The phases a replica can be in, for `pyxis_runtime_phase`.
+const PHASES: [ReplicaPhase; 7] = [
+    ReplicaPhase::Pending,
+    ReplicaPhase::Starting,
+    ReplicaPhase::Ready,
+    ReplicaPhase::Unhealthy,
+    ReplicaPhase::CrashLoop,
+    ReplicaPhase::Stopping,
+    ReplicaPhase::Failed,
+];
+
+/// Per-replica families. Every sample carries node, replica, deployment, tenant and
+/// runtime; values a replica does not have (time to ready before it is ready, metrics a
+/// runtime does not export) have no sample.
+fn render_runtimes(out: &mut Exposition, node: &str, replicas: &[ReplicaStatus]) {
+    if replicas.is_empty() {
+        return;
+    }
+    let labelled: Vec<Vec<(&'static str, String)>> = replicas
+        .iter()
+        .map(|r| {
+            vec![
+                ("node", node.to_string()),
+                ("replica", r.name.clone()),
+                ("deployment", r.deployment.clone()),
+                ("tenant", r.tenant.clone()),
+                ("runtime", r.runtime_kind.clone()),
+            ]
+        })
+        .collect();
+    out.family(
+        "pyxis_runtime_up",
+        Kind::Gauge,
+        "1 while the replica's runtime is ready to serve (phase Ready), else 0.",
+    );
+    for (r, labels) in replicas.iter().zip(&labelled) {
+        let up = if r.phase == ReplicaPhase::Ready { 1.0 } else { 0.0 };
+        out.sample("pyxis_runtime_up", &borrow(labels), up);
+    }
+    out.family(
+        "pyxis_runtime_restarts_total",
+        Kind::Counter,
+        "Restarts of the replica's runtime on this node after a failure (exit, readiness deadline, liveness).",
+    );
+    for (r, labels) in replicas.iter().zip(&labelled) {
+        out.sample("pyxis_runtime_restarts_total", &borrow(labels), f64::from(r.restarts));
+    }
+    out.family(
+        "pyxis_runtime_phase",
+        Kind::Gauge,
+        "1 for the replica's current phase (label phase), 0 for the others.",
+    );
+    for (r, labels) in replicas.iter().zip(&labelled) {
+        for phase in PHASES {
+            let mut all = labels.clone();
+            all.push(("phase", phase.as_str().to_string()));
+            let v = if r.phase == phase { 1.0 } else { 0.0 };
+            out.sample("pyxis_runtime_phase", &borrow(&all), v);
+        }
+    }
+    type Value = fn(&ReplicaStatus) -> Option<f64>;
+    let families: [(&str, Kind, &str, Value); 7] = [
+        (
+            "pyxis_runtime_ready_seconds",
+            Kind::Gauge,
+            "Time from start to ready of the runtime's current run.",
+            |r| r.ready_after_ms.map(|ms| ms as f64 / 1000.0),
+        ),
+        (
+            "pyxis_runtime_requests_running",
+            Kind::Gauge,
+            "Requests the runtime is processing now.",
+            |r| r.metrics.and_then(|m| m.requests_running),
+        ),
+        (
+            "pyxis_runtime_requests_waiting",
+            Kind::Gauge,
+            "Requests queued in the runtime, waiting for capacity.",
+            |r| r.metrics.and_then(|m| m.requests_waiting),
+        ),
+        (
+            "pyxis_runtime_kv_cache_usage_ratio",
+            Kind::Gauge,
+            "KV-cache use of the runtime, 0 to 1.",
+            |r| r.metrics.and_then(|m| m.kv_cache_usage_ratio),
+        ),
+        (
+            "pyxis_runtime_prompt_tokens_total",
+            Kind::Counter,
+            "Prompt tokens the runtime processed since it started.",
+            |r| r.metrics.and_then(|m| m.prompt_tokens_total),
+        ),
+        (
+            "pyxis_runtime_generation_tokens_total",
+            Kind::Counter,
+            "Tokens the runtime generated since it started.",
+            |r| r.metrics.and_then(|m| m.generation_tokens_total),
+        ),
+        (
+            "pyxis_runtime_prefix_cache_hit_ratio",
+            Kind::Gauge,
+            "Prefix-cache hits over queries since the runtime started, 0 to 1.",
+            |r| r.metrics.and_then(|m| m.prefix_cache_hit_ratio),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let samples: Vec<(usize, f64)> = replicas
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| value(r).filter(|v| v.is_finite()).map(|v| (i, v)))
+            .collect();
+        if samples.is_empty() {
+            continue;
+        }
+        out.family(name, kind, help);
+        for (i, v) in samples {
+            out.sample(name, &borrow(&labelled[i]), v);
+        }
+    }
 }
 
 /// Per-device families. Every sample carries node, gpu (index), uuid, model, vendor,
@@ -413,6 +536,67 @@ mod tests {
         assert!(tpu_info[0].contains("numa_node=\"1\""), "{tpu_info:?}");
         assert!(!tpu_info[0].contains("pci_bus_id"), "{tpu_info:?}");
         assert!(samples(&text, "pyxis_gpu_info", 0)[0].contains("pci_bus_id=\"0000:18:00.0\""));
+    }
+
+    /// Runtime families: up, restarts and phase for every replica; time to ready and the
+    /// normalised metrics only where known.
+    #[test]
+    fn runtime_families_have_samples_only_when_known() {
+        let ready = ReplicaStatus {
+            name: "qwen-0".into(),
+            deployment: "qwen".into(),
+            tenant: "research".into(),
+            runtime_kind: "vllm".into(),
+            phase: ReplicaPhase::Ready,
+            restarts: 2,
+            ready_after_ms: Some(1500),
+            metrics: Some(pyxis_protocol::RuntimeMetrics {
+                requests_running: Some(3.0),
+                kv_cache_usage_ratio: Some(0.25),
+                generation_tokens_total: Some(1e6),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let crashing = ReplicaStatus {
+            name: "qwen-1".into(),
+            phase: ReplicaPhase::CrashLoop,
+            ..ready.clone()
+        };
+        let crashing = ReplicaStatus {
+            ready_after_ms: None,
+            metrics: None,
+            ..crashing
+        };
+        let mut out = Exposition::default();
+        render_runtimes(&mut out, "n1", &[ready, crashing]);
+        let text = out.finish();
+        let labels = "node=\"n1\",replica=\"qwen-0\",deployment=\"qwen\",tenant=\"research\",runtime=\"vllm\"";
+        for line in [
+            format!("pyxis_runtime_up{{{labels}}} 1"),
+            format!("pyxis_runtime_restarts_total{{{labels}}} 2"),
+            format!("pyxis_runtime_phase{{{labels},phase=\"Ready\"}} 1"),
+            format!("pyxis_runtime_phase{{{labels},phase=\"Starting\"}} 0"),
+            format!("pyxis_runtime_ready_seconds{{{labels}}} 1.5"),
+            format!("pyxis_runtime_requests_running{{{labels}}} 3"),
+            format!("pyxis_runtime_kv_cache_usage_ratio{{{labels}}} 0.25"),
+            format!("pyxis_runtime_generation_tokens_total{{{labels}}} 1000000"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert!(
+            text.contains("pyxis_runtime_up{node=\"n1\",replica=\"qwen-1\""),
+            "{text}"
+        );
+        assert!(text.contains(
+            "replica=\"qwen-1\",deployment=\"qwen\",tenant=\"research\",runtime=\"vllm\",phase=\"CrashLoop\"} 1"
+        ));
+        assert!(
+            !text.contains("pyxis_runtime_ready_seconds{node=\"n1\",replica=\"qwen-1\""),
+            "{text}"
+        );
+        assert!(!text.contains("pyxis_runtime_requests_waiting"), "{text}");
+        assert!(!text.contains("pyxis_runtime_prefix_cache_hit_ratio"), "{text}");
     }
 
     /// A node whose devices read no XIDs has no XID family at all (no HELP without samples).

@@ -3,8 +3,14 @@
 //! Entry point: [`Agent::start`] with a validated [`config::AgentConfig`]. The agent dials
 //! out to the coordinator ([`link`]), joins once with a token ([`identity`]), reports its
 //! host ([`host`]) and accelerators ([`devices`]), and serves `/metrics` and `/healthz`
-//! ([`http`]). Runtime supervision arrives with the runtime issue; for now the agent
-//! records and acknowledges the desired state it is sent.
+//! ([`http`]). The coordinator's desired state goes to the runtime supervisor
+//! ([`runtime::supervisor`]), which runs the replicas as process groups and reports their
+//! phases back over the link.
+//!
+//! Runtimes outlive the agent by design: [`Agent::stop`] (what `systemctl stop
+//! pyxis-agent` does) and a crash both leave them running, and the next agent adopts them
+//! from `DATA_DIR/replicas.json`, so an agent upgrade or restart never reloads a model.
+//! [`Agent::stop_replicas`] stops them (dev mode, tests).
 
 pub mod amd;
 pub mod backoff;
@@ -64,6 +70,8 @@ pub struct LinkState {
     pub acked_capacity_seq: u64,
     /// Generation of the last desired state applied.
     pub desired_generation: u64,
+    /// Highest runtime-status sequence acknowledged in this session.
+    pub acked_status_seq: u64,
     /// Last link error, for operators.
     pub last_error: Option<String>,
     /// Completed registrations since start.
@@ -79,13 +87,14 @@ pub struct AgentShared {
     pub(crate) devices: Mutex<Vec<devices::Device>>,
     /// Signalled when a device changes, to send a report at once.
     pub devices_changed: Notify,
-    desired: Mutex<Option<DesiredState>>,
     system: Mutex<Option<sysinfo::System>>,
     state: watch::Sender<LinkState>,
     /// Capacity reports sent.
     pub reports_sent: AtomicU64,
     /// Runtime kinds this node can launch, with how (configured or found on `PATH`).
     pub runtimes: std::collections::BTreeMap<String, String>,
+    /// The runtime supervisor: runs the replicas of the desired state.
+    pub supervisor: runtime::supervisor::Supervisor,
 }
 
 fn unix_ms() -> u64 {
@@ -153,24 +162,26 @@ impl AgentShared {
         self.devices_changed.notify_one();
     }
 
-    /// Records a desired state; returns whether it was newer than the applied one.
+    /// Hands a desired state to the supervisor; returns whether it was newer than the one
+    /// applied (an older or the same generation changes nothing).
     pub fn apply_desired(&self, desired: DesiredState) -> bool {
-        let Ok(mut current) = self.desired.lock() else {
-            return false;
-        };
-        if current.as_ref().is_some_and(|c| c.generation >= desired.generation) {
-            return false;
-        }
         let generation = desired.generation;
-        *current = Some(desired);
-        self.state.send_modify(|s| s.desired_generation = generation);
-        true
+        let applied = self.supervisor.apply(desired);
+        if applied {
+            self.state.send_modify(|s| s.desired_generation = generation);
+        }
+        applied
     }
 
     fn record_ack(&self, of: AckOf) {
-        if let AckOf::Capacity(seq) = of {
-            self.state
-                .send_modify(|s| s.acked_capacity_seq = s.acked_capacity_seq.max(seq));
+        match of {
+            AckOf::Capacity(seq) => self
+                .state
+                .send_modify(|s| s.acked_capacity_seq = s.acked_capacity_seq.max(seq)),
+            AckOf::RuntimeStatus(seq) => self
+                .state
+                .send_modify(|s| s.acked_status_seq = s.acked_status_seq.max(seq)),
+            AckOf::DesiredState(_) => {}
         }
     }
 
@@ -184,6 +195,7 @@ impl AgentShared {
             s.coordinator = coordinator;
             if !connected {
                 s.acked_capacity_seq = 0;
+                s.acked_status_seq = 0;
             }
         });
     }
@@ -227,6 +239,9 @@ pub enum AgentError {
     /// The stored identity is unusable.
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    /// The runtime supervisor could not start (its ledger or directory is unusable).
+    #[error(transparent)]
+    Supervisor(#[from] runtime::supervisor::SupervisorError),
 }
 
 /// A running agent.
@@ -276,17 +291,35 @@ impl Agent {
         } else {
             tracing::info!(runtimes = ?runtimes, "runtimes this node can launch");
         }
-        let (state, _) = watch::channel(LinkState::default());
+        let host = host::probe_host();
+        let mut supervision = config.supervisor.clone();
+        supervision.timing.metrics_interval = config.report_interval;
+        let advertise_host = supervision
+            .advertise_host
+            .clone()
+            .unwrap_or_else(|| host.hostname.to_lowercase());
+        let context = runtime::supervisor::SupervisorContext::new(
+            config.data_dir.clone(),
+            runtimes.clone(),
+            runtime::supervisor::assignable_devices(&devices),
+            advertise_host,
+        );
+        // Adopts the runtimes an earlier agent left running before the link reports anything.
+        let supervisor = runtime::supervisor::Supervisor::start(supervision, context)?;
+        let (state, _) = watch::channel(LinkState {
+            desired_generation: supervisor.generation().unwrap_or(0),
+            ..LinkState::default()
+        });
         let shared = Arc::new(AgentShared {
-            host: host::probe_host(),
+            host,
             config,
             devices: Mutex::new(devices),
             devices_changed: Notify::new(),
-            desired: Mutex::new(None),
             system: Mutex::new(sysinfo::System::new().ok()),
             state,
             reports_sent: AtomicU64::new(0),
             runtimes,
+            supervisor,
         });
         let probe_thread = match backends {
             Some(backends) => Some(prober::spawn(shared.clone(), backends).map_err(AgentError::ProbeThread)?),
@@ -321,19 +354,38 @@ impl Agent {
         self.shared.state.subscribe()
     }
 
-    /// Graceful stop: closes the link and waits for the tasks.
+    /// Graceful stop: closes the link, stops supervising and waits for the tasks. The
+    /// runtimes keep running, by design (`systemctl stop pyxis-agent` does this): the next
+    /// agent on this data directory adopts them. [`stop_replicas`](Self::stop_replicas)
+    /// first to stop them too.
     pub async fn stop(self) {
         self.shutdown.cancel();
         for task in self.tasks {
             let _ = task.await;
         }
+        self.shared.supervisor.detach().await;
     }
 
-    /// Abrupt stop, as a crash would: tasks are aborted, nothing is sent.
+    /// Abrupt stop, as a crash would: tasks are aborted, nothing is sent, the runtimes are
+    /// left running.
     pub fn kill(self) {
         for task in &self.tasks {
             task.abort();
         }
+        self.shared.supervisor.shutdown();
+    }
+
+    /// Stops every replica (SIGTERM to each whole process group, the grace period, then
+    /// SIGKILL) and forgets the desired state, so the next one from the coordinator is
+    /// applied afresh. For dev mode and tests; a production agent stops runtimes only when
+    /// the desired state drops them.
+    pub async fn stop_replicas(&self) {
+        self.shared.supervisor.stop_all().await;
+    }
+
+    /// The replicas' statuses now.
+    pub fn replicas(&self) -> Vec<pyxis_protocol::ReplicaStatus> {
+        self.shared.supervisor.statuses()
     }
 
     /// Capacity reports sent so far.

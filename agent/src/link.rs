@@ -1,15 +1,18 @@
 //! The agent's link to the coordinator: enrollment, then mTLS sessions with reconnects.
 //!
 //! The agent always dials out. Each session: `Hello` (version negotiation), `Register`,
-//! then capacity reports every interval and whenever devices change, while the
-//! coordinator pushes desired state that the agent acknowledges. On any failure the agent
-//! waits an exponential, jittered backoff and tries the next coordinator address.
+//! then capacity reports every interval and whenever devices change, and runtime status
+//! reports right after registration, at once when a replica's phase (or anything but its
+//! metrics) changes, and with the next capacity tick when only metrics changed. The
+//! coordinator pushes desired state, which goes to the supervisor and is acknowledged. On
+//! any failure the agent waits an exponential, jittered backoff and tries the next
+//! coordinator address; the supervisor and its runtimes never wait for the link.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use pyxis_protocol::{
-    AckOf, AgentMessage, CoordinatorMessage, EnrollRequest, ErrorCode, Hello, Registration, MAX_FRAME_BYTES,
-    SUPPORTED_VERSIONS,
+    AckOf, AgentMessage, CoordinatorMessage, EnrollRequest, ErrorCode, Hello, Registration, ReplicaStatus,
+    RuntimeStatusReport, MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
 };
 use pyxis_transport::{
     framed::{FrameReader, FrameWriter, LinkError},
@@ -456,6 +459,15 @@ async fn session(
     backoff.reset();
     shared.set_connected(true, Some(addr));
 
+    // The coordinator learns what runs here at once, then of every change.
+    let mut statuses = shared.supervisor.subscribe();
+    let mut statuses_open = true;
+    let mut status_seq = 0u64;
+    let mut sent = statuses.borrow_and_update().clone();
+    if let Err(source) = send_status(&mut writer, &mut status_seq, &sent.replicas).await {
+        return Err(link_error(&connection, addr, source));
+    }
+
     // Reading is not cancel-safe, so a dedicated task owns the receive stream.
     let (incoming_tx, mut incoming) = mpsc::channel::<Result<Option<CoordinatorMessage>, LinkError>>(16);
     let reader_task = tokio::spawn(async move {
@@ -491,6 +503,27 @@ async fn session(
                     break Err(link_error(&connection, addr, source));
                 }
                 shared.reports_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Metrics-only changes travel with the capacity tick.
+                let board = statuses.borrow_and_update().clone();
+                if board.replicas != sent.replicas {
+                    if let Err(source) = send_status(&mut writer, &mut status_seq, &board.replicas).await {
+                        break Err(link_error(&connection, addr, source));
+                    }
+                    sent = board;
+                }
+            }
+            changed = statuses.changed(), if statuses_open => {
+                if changed.is_err() {
+                    statuses_open = false;
+                    continue;
+                }
+                let board = statuses.borrow_and_update().clone();
+                if board.revision != sent.revision {
+                    if let Err(source) = send_status(&mut writer, &mut status_seq, &board.replicas).await {
+                        break Err(link_error(&connection, addr, source));
+                    }
+                    sent = board;
+                }
             }
             _ = shared.devices_changed.notified() => {
                 if seq > acked_seq && last_ack.elapsed() > ack_deadline {
@@ -535,4 +568,38 @@ async fn session(
     };
     reader_task.abort();
     result
+}
+
+/// Sends every replica's status with the next sequence number. A report too large for one
+/// frame (many replicas with long log tails) goes without the log tails rather than
+/// breaking the session over and over.
+async fn send_status(writer: &mut FrameWriter, seq: &mut u64, replicas: &[ReplicaStatus]) -> Result<(), LinkError> {
+    *seq += 1;
+    let report = AgentMessage::RuntimeStatus(RuntimeStatusReport {
+        seq: *seq,
+        replicas: replicas.to_vec(),
+    });
+    match writer.send(&report).await {
+        Err(LinkError::Frame(pyxis_protocol::FrameError::Oversized { len, max })) => {
+            tracing::warn!(
+                len,
+                max,
+                "runtime status report too large for one frame; sending it without log tails"
+            );
+            let trimmed = replicas
+                .iter()
+                .map(|r| ReplicaStatus {
+                    log_tail: Vec::new(),
+                    ..r.clone()
+                })
+                .collect();
+            writer
+                .send(&AgentMessage::RuntimeStatus(RuntimeStatusReport {
+                    seq: *seq,
+                    replicas: trimmed,
+                }))
+                .await
+        }
+        other => other,
+    }
 }

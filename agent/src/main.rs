@@ -6,7 +6,8 @@ use clap::Parser;
 use pyxis_agent::{config, daemon, Agent};
 
 /// Pyxis node agent: reports this host's accelerators to the coordinator over QUIC with
-/// mutual TLS, and (in later releases) supervises inference runtimes.
+/// mutual TLS, and runs the inference runtimes the coordinator places here (each in its own
+/// process group, restarted with backoff, adopted again after an agent restart).
 ///
 /// First start joins the cluster with a token from `pyxis token create`:
 ///
@@ -27,6 +28,11 @@ use pyxis_agent::{config, daemon, Agent};
   [hardware_classes]           MODEL = CLASS overrides of the derived hardware class
   [health]                     fatal_xids, transient_xids, ignored_xids, recovery_window: the GPU
                                health policy (docs/hardware-health.md)
+  runtime_ports, runtime_host  ports (20000-20999) and bind address (0.0.0.0) of runtimes
+  advertise_host               host name in replica endpoints (default: this host's name)
+  stop_grace_period            SIGTERM to SIGKILL of a runtime's process group (30s)
+  log_max_bytes                size at which a runtime's log file is rotated (16 MiB)
+Stopping the agent leaves its runtimes running; the next agent adopts them.
 Exit codes: 0 stopped by a signal; 1 failed at run time; 64 bad configuration."
 )]
 struct Flags {

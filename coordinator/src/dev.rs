@@ -91,6 +91,7 @@ fn agent_config(
         gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
         rocm_library: None,
         host_paths: Default::default(),
+        supervisor: Default::default(),
         health: Default::default(),
     }
 }

@@ -117,6 +117,7 @@ impl Cluster {
             gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
             rocm_library: None,
             host_paths: Default::default(),
+            supervisor: Default::default(),
             health: Default::default(),
         }
     }
@@ -691,6 +692,7 @@ async fn configured_ca_files_are_used_instead_of_a_generated_ca() {
         gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
         rocm_library: None,
         host_paths: Default::default(),
+        supervisor: Default::default(),
         health: Default::default(),
     })
     .await

@@ -8,6 +8,12 @@
 //! supervisor runs every kind the same way.
 
 pub mod adapters;
+pub mod ledger;
+pub mod probe;
+pub mod process;
+pub mod promtext;
+pub mod replica;
+pub mod supervisor;
 
 use std::path::Path;
 

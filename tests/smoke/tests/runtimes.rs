@@ -1,0 +1,355 @@
+//! Runtime supervision with real processes: a real `pyxis-agent` binary supervises
+//! `pyxis-mock-runtime` replicas (launched through the vLLM adapter's real launch line)
+//! for a coordinator running in this test. The agent is killed with SIGKILL and restarted,
+//! and the coordinator is stopped and restarted; the process table is scanned to show
+//! that replicas were never duplicated, never orphaned, and never restarted needlessly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use pyxis_coordinator::{api_types::ReplicaView, config::CoordinatorConfig, server::Coordinator};
+use pyxis_protocol::ReplicaSpec;
+use pyxis_smoke::{bin, http, Daemon};
+
+/// Processes whose command line contains `marker`, by pid.
+fn processes_with(marker: &str) -> BTreeMap<u32, String> {
+    let mut found = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(marker) {
+            found.insert(pid, cmdline);
+        }
+    }
+    found
+}
+
+/// Kills every process marked `marker` when dropped, so a failing test leaves no runtime
+/// behind (agents deliberately leave runtimes running when they exit).
+struct Reaper(String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in processes_with(&self.0).keys() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn replicas(coordinator: &Coordinator) -> BTreeMap<String, ReplicaView> {
+    coordinator
+        .shared
+        .registry()
+        .replica_views()
+        .into_iter()
+        .map(|r| (r.name.clone(), r))
+        .collect()
+}
+
+/// Waits until the named replicas are all Ready; returns their views.
+async fn all_ready(coordinator: &Coordinator, names: &[&str]) -> BTreeMap<String, ReplicaView> {
+    eventually(&format!("{names:?} Ready"), Duration::from_secs(60), || {
+        let now = replicas(coordinator);
+        let ready = names.iter().all(|n| {
+            now.get(*n)
+                .is_some_and(|r| r.phase == "Ready" && r.endpoint.is_some() && r.pid.is_some())
+        });
+        ready.then_some(now)
+    })
+    .await
+}
+
+fn chat(endpoint: &str) -> (u16, String) {
+    let endpoint = endpoint.replace("0.0.0.0", "127.0.0.1");
+    http(
+        "POST",
+        &format!("{endpoint}/chat/completions"),
+        None,
+        Some(r#"{"model": "smol", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4}"#),
+    )
+}
+
+async fn start_coordinator(config: &CoordinatorConfig) -> Coordinator {
+    // After a stop, the UDP port is released once the old endpoint's tasks have ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Coordinator::start(config.clone()).await {
+            Ok(coordinator) => return coordinator,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("coordinator not started yet: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot start the coordinator: {e}"),
+        }
+    }
+}
+
+fn agent(config: &Path) -> Daemon {
+    let mut cmd = Command::new(bin("pyxis-agent"));
+    cmd.arg("--config").arg(config);
+    Daemon::spawn("agent", cmd)
+}
+
+fn spec(name: &str, gpu: &str, model: &str) -> ReplicaSpec {
+    ReplicaSpec {
+        name: name.into(),
+        deployment: "chat".into(),
+        tenant: "research".into(),
+        model_name: "smol".into(),
+        model_version: "1".into(),
+        model_source: model.into(),
+        runtime_kind: "vllm".into(),
+        gpus: vec![gpu.into()],
+        readiness_timeout_ms: 30_000,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_survive_agent_kill_and_coordinator_outage_without_duplicates_or_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CoordinatorConfig::local(dir.path().join("coordinator"));
+    config.report_interval = Duration::from_millis(200);
+    config.liveness_timeout = Duration::from_secs(3);
+    let coordinator = start_coordinator(&config).await;
+    config.quic_addr = coordinator.quic_addr;
+    let token = coordinator
+        .shared
+        .create_join_token(Duration::from_secs(600), 1)
+        .unwrap();
+    // The model path is unique to this test: it marks this test's runtime processes.
+    let model = dir.path().join("models/smol-135m");
+    let marker = model.display().to_string();
+    let _reaper = Reaper(marker.clone());
+    let agent_toml = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            r#"coordinators = ["{quic}"]
+join_token = "{token}"
+ca_hash = "{ca}"
+data_dir = "{data}"
+name = "rt-1"
+metrics_addr = "127.0.0.1:0"
+report_interval = "200ms"
+simulate = "2xH100-80GB"
+advertise_host = "127.0.0.1"
+[runtimes]
+vllm = "{mock} --flavor vllm"
+"#,
+            quic = coordinator.quic_addr,
+            token = token.token,
+            ca = token.ca_hash,
+            data = dir.path().join("agent").display(),
+            mock = bin("pyxis-mock-runtime").display(),
+        ),
+    )
+    .unwrap();
+    let mut first = agent(&agent_toml);
+    let gpus: Vec<String> = eventually("rt-1 registered", Duration::from_secs(20), || {
+        let view = coordinator
+            .shared
+            .registry()
+            .view("rt-1", Instant::now(), Duration::from_secs(3))?;
+        (view.connected && view.accelerators.len() == 2)
+            .then(|| view.accelerators.iter().map(|a| a.uuid.clone()).collect())
+    })
+    .await;
+    let both = vec![spec("chat-0", &gpus[0], &marker), spec("chat-1", &gpus[1], &marker)];
+    coordinator.set_desired("rt-1", both.clone()).await.unwrap();
+    let ready = all_ready(&coordinator, &["chat-0", "chat-1"]).await;
+    let pids: BTreeMap<String, u32> = ready.iter().map(|(n, r)| (n.clone(), r.pid.unwrap())).collect();
+    assert_eq!(ready["chat-0"].runtime, "vllm");
+    assert_eq!(ready["chat-0"].hardware_class, "H100-80GB");
+    assert!(ready["chat-0"].runtime_version.is_some(), "{:?}", ready["chat-0"]);
+    let (status, body) = chat(ready["chat-0"].endpoint.as_ref().unwrap());
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("chat.completion"), "{body}");
+    assert_eq!(processes_with(&marker).len(), 2, "{:?}", processes_with(&marker));
+
+    // SIGKILL the agent: the runtimes keep serving.
+    first.kill();
+    let (status, _) = chat(ready["chat-1"].endpoint.as_ref().unwrap());
+    assert_eq!(status, 200, "a replica stopped serving when its agent died");
+    // A new agent adopts them: same processes, no duplicates.
+    let _second = agent(&agent_toml);
+    let adopted = eventually("replicas re-adopted", Duration::from_secs(30), || {
+        let now = replicas(&coordinator);
+        let same = pids
+            .iter()
+            .all(|(n, pid)| now.get(n).is_some_and(|r| r.phase == "Ready" && r.pid == Some(*pid)));
+        same.then_some(now)
+    })
+    .await;
+    assert_eq!(adopted["chat-0"].restarts, 0);
+    assert_eq!(processes_with(&marker).len(), 2, "{:?}", processes_with(&marker));
+
+    // The coordinator goes away: replicas keep serving; it comes back: nothing restarts.
+    coordinator.stop().await;
+    let (status, _) = chat(adopted["chat-0"].endpoint.as_ref().unwrap());
+    assert_eq!(status, 200, "a replica stopped serving while the coordinator was down");
+    let coordinator = start_coordinator(&config).await;
+    let back = all_ready(&coordinator, &["chat-0", "chat-1"]).await;
+    for (name, pid) in &pids {
+        assert_eq!(back[name].pid, Some(*pid), "{name} was restarted");
+    }
+    assert_eq!(processes_with(&marker).len(), 2);
+
+    // A replica no longer desired is stopped with its whole process group.
+    coordinator.set_desired("rt-1", vec![both[0].clone()]).await.unwrap();
+    eventually("chat-1 gone", Duration::from_secs(30), || {
+        let left = processes_with(&marker);
+        (!left.contains_key(&pids["chat-1"]) && !replicas(&coordinator).contains_key("chat-1")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        processes_with(&marker).keys().copied().collect::<Vec<_>>(),
+        vec![pids["chat-0"]]
+    );
+    coordinator.set_desired("rt-1", vec![]).await.unwrap();
+    eventually("every runtime stopped", Duration::from_secs(30), || {
+        processes_with(&marker).is_empty().then_some(())
+    })
+    .await;
+    coordinator.stop().await;
+}
+
+/// The real runtime: llama.cpp's `llama-server` serving SmolLM2-135M on CPU under the agent,
+/// built and cached by `scripts/fetch-llama-server.sh` (which `.ci/run` runs first).
+fn llama_server() -> (std::path::PathBuf, std::path::PathBuf) {
+    let cache = std::env::var_os("PYXIS_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/pyxis")))
+        .unwrap();
+    let server = std::env::var_os("PYXIS_LLAMA_SERVER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache.join("bin/llama-server"));
+    let model = std::env::var_os("PYXIS_LLAMA_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        server.is_file() && model.is_file(),
+        "{} or {} is missing: run scripts/fetch-llama-server.sh (.ci/run does)",
+        server.display(),
+        model.display()
+    );
+    (server, model)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_llama_server_serves_a_chat_completion_under_the_agent() {
+    let (server, model) = llama_server();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CoordinatorConfig::local(dir.path().join("coordinator"));
+    config.report_interval = Duration::from_millis(200);
+    let coordinator = start_coordinator(&config).await;
+    let token = coordinator
+        .shared
+        .create_join_token(Duration::from_secs(600), 1)
+        .unwrap();
+    // A per-test copy of the model path marks this test's runtime process.
+    let model_link = dir.path().join("smollm2-135m.gguf");
+    std::os::unix::fs::symlink(&model, &model_link).unwrap();
+    let marker = model_link.display().to_string();
+    let _reaper = Reaper(marker.clone());
+    let agent_toml = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            r#"coordinators = ["{quic}"]
+join_token = "{token}"
+ca_hash = "{ca}"
+data_dir = "{data}"
+name = "cpu-1"
+metrics_addr = "127.0.0.1:0"
+report_interval = "200ms"
+simulate = "1xL4-24GB"
+advertise_host = "127.0.0.1"
+[runtimes]
+llama-cpp = "{server}"
+"#,
+            quic = coordinator.quic_addr,
+            token = token.token,
+            ca = token.ca_hash,
+            data = dir.path().join("agent").display(),
+            server = server.display(),
+        ),
+    )
+    .unwrap();
+    let agent = agent(&agent_toml);
+    eventually("cpu-1 registered", Duration::from_secs(20), || {
+        let view = coordinator
+            .shared
+            .registry()
+            .view("cpu-1", Instant::now(), Duration::from_secs(10))?;
+        view.connected.then_some(())
+    })
+    .await;
+    let spec = ReplicaSpec {
+        name: "smol-0".into(),
+        deployment: "smol".into(),
+        tenant: "research".into(),
+        model_name: "smollm2-135m".into(),
+        model_version: "Q4_1".into(),
+        model_source: marker.clone(),
+        runtime_kind: "llama-cpp".into(),
+        runtime_args: vec!["-c".into(), "512".into(), "-t".into(), "2".into()],
+        gpus: vec![],
+        readiness_timeout_ms: 120_000,
+        ..Default::default()
+    };
+    coordinator.set_desired("cpu-1", vec![spec]).await.unwrap();
+    let ready = all_ready(&coordinator, &["smol-0"]).await;
+    let replica = &ready["smol-0"];
+    assert_eq!(replica.hardware_class, "cpu");
+    let version = replica.runtime_version.clone().unwrap_or_default();
+    assert!(!version.is_empty(), "no version read from /props: {replica:?}");
+    let endpoint = replica.endpoint.clone().unwrap();
+    let (status, body) = http(
+        "POST",
+        &format!("{endpoint}/chat/completions"),
+        None,
+        Some(r#"{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(answer["choices"][0]["message"]["content"].is_string(), "{body}");
+    assert!(answer["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{body}");
+    // Its metrics are scraped and normalised: the completion shows in the token counters.
+    let metrics = eventually("token metrics", Duration::from_secs(20), || {
+        let m = replicas(&coordinator).get("smol-0")?.metrics?;
+        (m.generation_tokens_total.unwrap_or(0.0) > 0.0).then_some(m)
+    })
+    .await;
+    assert!(metrics.requests_running.is_some(), "{metrics:?}");
+    assert_eq!(processes_with(&marker).len(), 1, "{:?}", processes_with(&marker));
+    // Stopping leaves no process behind.
+    coordinator.set_desired("cpu-1", vec![]).await.unwrap();
+    eventually("llama-server stopped", Duration::from_secs(30), || {
+        processes_with(&marker).is_empty().then_some(())
+    })
+    .await;
+    drop(agent);
+    coordinator.stop().await;
+}
