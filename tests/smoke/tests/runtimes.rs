@@ -353,3 +353,147 @@ llama-cpp = "{server}"
     drop(agent);
     coordinator.stop().await;
 }
+
+/// Every adapter's real launch line, run by a real agent against the mock runtime's flavour
+/// of that runtime: the mock rejects any flag the real CLI does not know (exit 2), answers
+/// the runtime's own health, version and metrics endpoints, and the agent must see each
+/// replica Ready with its version and (where the runtime exports them) normalised metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_adapter_launches_its_runtime_flavour_and_reads_its_probes() {
+    const KINDS: [&str; 7] = ["vllm", "tgi", "sglang", "triton", "trtllm", "ollama", "llama-cpp"];
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CoordinatorConfig::local(dir.path().join("coordinator"));
+    config.report_interval = Duration::from_millis(200);
+    let coordinator = start_coordinator(&config).await;
+    let token = coordinator
+        .shared
+        .create_join_token(Duration::from_secs(600), 1)
+        .unwrap();
+    let model = dir.path().join("models/every-kind");
+    std::fs::create_dir_all(&model).unwrap();
+    let marker = model.display().to_string();
+    let _reaper = Reaper(marker.clone());
+    let mock = bin("pyxis-mock-runtime");
+    let runtimes: String = KINDS
+        .iter()
+        .map(|kind| format!("{kind} = \"{} --flavor {kind}\"\n", mock.display()))
+        .collect();
+    let agent_toml = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            r#"coordinators = ["{quic}"]
+join_token = "{token}"
+ca_hash = "{ca}"
+data_dir = "{data}"
+name = "kinds-1"
+metrics_addr = "127.0.0.1:0"
+report_interval = "200ms"
+simulate = "8xH100-80GB"
+advertise_host = "127.0.0.1"
+[runtimes]
+{runtimes}"#,
+            quic = coordinator.quic_addr,
+            token = token.token,
+            ca = token.ca_hash,
+            data = dir.path().join("agent").display(),
+        ),
+    )
+    .unwrap();
+    let agent = agent(&agent_toml);
+    let gpus: Vec<String> = eventually("kinds-1 registered", Duration::from_secs(20), || {
+        let view = coordinator
+            .shared
+            .registry()
+            .view("kinds-1", Instant::now(), Duration::from_secs(10))?;
+        (view.connected && view.accelerators.len() == 8)
+            .then(|| view.accelerators.iter().map(|a| a.uuid.clone()).collect())
+    })
+    .await;
+    let specs: Vec<ReplicaSpec> = KINDS
+        .iter()
+        .zip(&gpus)
+        .map(|(kind, gpu)| ReplicaSpec {
+            runtime_kind: (*kind).into(),
+            // Ollama serves models by name; the mock serves the one PYXIS_MOCK_MODEL names.
+            env: vec![("PYXIS_MOCK_MODEL".into(), "smol".into())],
+            ..spec(&format!("{kind}-0"), gpu, &marker)
+        })
+        .collect();
+    coordinator.set_desired("kinds-1", specs).await.unwrap();
+    let names: Vec<String> = KINDS.iter().map(|k| format!("{k}-0")).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let ready = all_ready(&coordinator, &name_refs).await;
+    for kind in KINDS {
+        let replica = &ready[&format!("{kind}-0")];
+        assert_eq!(replica.runtime, kind);
+        assert_eq!(replica.restarts, 0, "{replica:?}");
+        assert!(
+            replica.runtime_version.as_deref().is_some_and(|v| !v.is_empty()),
+            "{kind}: no version read: {replica:?}"
+        );
+    }
+    // Metrics are scraped every report interval; Ollama exports none.
+    eventually(
+        "normalised metrics from every runtime that exports them",
+        Duration::from_secs(20),
+        || {
+            let now = replicas(&coordinator);
+            KINDS
+                .iter()
+                .filter(|k| **k != "ollama")
+                .all(|k| {
+                    now.get(&format!("{k}-0")).is_some_and(|r| {
+                        r.metrics
+                            .is_some_and(|m| m.requests_running.is_some() || m.requests_waiting.is_some())
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // The agent's own metrics about its runtimes pass promtool.
+    let metrics_addr = pyxis_smoke::log_field(&agent.wait_for_line("serving /metrics", Duration::from_secs(5)), "addr")
+        .unwrap()
+        .to_string();
+    let (_, exposition) = http("GET", &format!("http://{metrics_addr}/metrics"), None, None);
+    for family in [
+        "pyxis_runtime_up",
+        "pyxis_runtime_restarts_total",
+        "pyxis_runtime_phase",
+    ] {
+        assert!(
+            exposition.contains(&format!("# TYPE {family} ")),
+            "{family} missing:\n{exposition}"
+        );
+    }
+    promtool(&exposition);
+    coordinator.set_desired("kinds-1", vec![]).await.unwrap();
+    eventually("every runtime stopped", Duration::from_secs(30), || {
+        processes_with(&marker).is_empty().then_some(())
+    })
+    .await;
+    coordinator.stop().await;
+}
+
+fn promtool(exposition: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (apt-get install prometheus)");
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{exposition}"
+    );
+}
