@@ -18,7 +18,7 @@ mod vllm;
 
 use pyxis_protocol::{ReplicaSpec, Vendor};
 
-use super::{Adapter, AdapterError, AssignedDevice, LaunchContext, LaunchPlan};
+use super::{Adapter, AdapterError, AssignedDevice, Endpoints, LaunchContext, LaunchPlan, Probe};
 
 pub use self::{
     custom::Custom, llama_cpp::LlamaCpp, ollama::Ollama, sglang::Sglang, tgi::Tgi, triton::Triton, trtllm::Trtllm,
@@ -221,6 +221,19 @@ fn base_command(kind: &'static str, command: &[String]) -> Result<(String, Vec<S
     }
 }
 
+/// What a kind that takes a model on its command line starts its plan from: the configured
+/// program and leading arguments, the model source and the placement, checked in that order.
+fn start<'a>(
+    kind: &'static str,
+    devices: DeviceSupport,
+    ctx: &LaunchContext<'a>,
+) -> Result<(String, Vec<String>, &'a str, Placement), AdapterError> {
+    let (program, args) = base_command(kind, ctx.command)?;
+    let model = model_source(kind, ctx.spec)?;
+    let placement = placement(kind, devices, ctx)?;
+    Ok((program, args, model, placement))
+}
+
 /// Appends the runtime's subcommand (`vllm serve`, `ollama serve`) unless the configured
 /// command already ends with it (`--runtime vllm="/opt/vllm/bin/vllm serve"`).
 fn push_subcommand(args: &mut Vec<String>, subcommand: &str) {
@@ -271,6 +284,31 @@ fn finish(program: String, mut args: Vec<String>, mut env: Vec<(String, String)>
 /// Owned strings from string slices, for argument lists.
 fn strings<const N: usize>(items: [&str; N]) -> impl Iterator<Item = String> + '_ {
     items.into_iter().map(str::to_string)
+}
+
+/// Where every built-in kind serves the OpenAI-compatible API.
+const OPENAI_PATH: &str = "/v1";
+
+/// A probe of `path` on the port at `port_index` of the replica's ports.
+fn probe_at(port_index: usize, path: &str) -> Probe {
+    Probe {
+        port_index,
+        path: path.to_string(),
+    }
+}
+
+/// The endpoints of a runtime that answers everything on its first port: readiness and
+/// liveness both on `health`, the optional version and metrics paths, and the OpenAI API
+/// at `/v1`.
+fn single_port(health: &str, version: Option<&str>, metrics: Option<&str>) -> Endpoints {
+    let probe = |path: &str| probe_at(0, path);
+    Endpoints {
+        readiness: probe(health),
+        liveness: probe(health),
+        version: version.map(probe),
+        metrics: metrics.map(probe),
+        openai_path: OPENAI_PATH.to_string(),
+    }
 }
 
 /// The longest version string Pyxis keeps; anything longer is not a version.

@@ -12,8 +12,8 @@
 
 use pyxis_protocol::{CustomRuntime, ReplicaSpec, RuntimeMetrics};
 
-use super::{json_version, placement, port, ports_for, AmdMask, DeviceSupport};
-use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan, Probe};
+use super::{json_version, placement, port, ports_for, single_port, AmdMask, DeviceSupport};
+use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan};
 
 const KIND: &str = "custom";
 
@@ -121,15 +121,17 @@ impl Adapter for Custom {
     }
 
     fn endpoints(&self, spec: &ReplicaSpec) -> Endpoints {
-        let probe = |path: String| Probe { port_index: 0, path };
         let manifest = spec.custom.clone().unwrap_or_default();
         let health = path(&manifest.health_path).unwrap_or_else(|| "/health".to_string());
-        Endpoints {
-            readiness: probe(health.clone()),
-            liveness: probe(health),
-            version: manifest.version_path.as_deref().and_then(path).map(probe),
-            metrics: manifest.metrics_path.as_deref().and_then(path).map(probe),
-            openai_path: path(&manifest.openai_path).unwrap_or_else(|| "/v1".to_string()),
+        let version = manifest.version_path.as_deref().and_then(path);
+        let metrics = manifest.metrics_path.as_deref().and_then(path);
+        let endpoints = single_port(&health, version.as_deref(), metrics.as_deref());
+        match path(&manifest.openai_path) {
+            Some(openai_path) => Endpoints {
+                openai_path,
+                ..endpoints
+            },
+            None => endpoints,
         }
     }
 
@@ -187,28 +189,28 @@ mod tests {
         spec
     }
 
+    /// The arguments of [`manifest_spec`]'s command, substituted for port 8000.
+    const ARGS: [&str; 7] = [
+        "--model",
+        "/models/qwen2.5-7b",
+        "--name=Qwen/Qwen2.5-7B-Instruct",
+        "--listen",
+        "127.0.0.1:8000",
+        "--json={\"x\":1}",
+        "{unknown}",
+    ];
+
+    /// [`manifest_spec`]'s `spec.env`, substituted for port 8000.
+    const ENGINE_ENV: [(&str, &str); 2] = [("ENGINE_URL", "http://127.0.0.1:8000/"), ("ENGINE_LOG", "info")];
+
     #[test]
     fn placeholders_are_substituted_in_args_and_env() {
         assert_eq!(
             launch_on(&Custom, &manifest_spec(), &two_nvidia(), &[8000]).unwrap(),
             plan(
                 "/opt/engine/bin/serve",
-                &[
-                    "--model",
-                    "/models/qwen2.5-7b",
-                    "--name=Qwen/Qwen2.5-7B-Instruct",
-                    "--listen",
-                    "127.0.0.1:8000",
-                    "--json={\"x\":1}",
-                    "{unknown}",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[
-                    ("CUDA_VISIBLE_DEVICES", TWO_GPUS),
-                    ("ENGINE_URL", "http://127.0.0.1:8000/"),
-                    ("ENGINE_LOG", "info"),
-                ],
+                &with_extra_args(&[&ARGS]),
+                &[("CUDA_VISIBLE_DEVICES", TWO_GPUS), ENGINE_ENV[0], ENGINE_ENV[1]],
             )
         );
     }
@@ -217,23 +219,13 @@ mod tests {
     fn devices_on_amd_cpu_and_tpu() {
         let mut spec = manifest_spec();
         spec.runtime_args.clear();
-        let args = [
-            "--model",
-            "/models/qwen2.5-7b",
-            "--name=Qwen/Qwen2.5-7B-Instruct",
-            "--listen",
-            "127.0.0.1:8000",
-            "--json={\"x\":1}",
-            "{unknown}",
-        ];
-        let engine_env = [("ENGINE_URL", "http://127.0.0.1:8000/"), ("ENGINE_LOG", "info")];
         let expect = |devices: &[(&str, &str)]| {
-            let env: Vec<(&str, &str)> = devices.iter().chain(&engine_env).copied().collect();
-            plan("/opt/engine/bin/serve", &args, &env)
+            let env: Vec<(&str, &str)> = devices.iter().chain(&ENGINE_ENV).copied().collect();
+            plan("/opt/engine/bin/serve", &ARGS, &env)
         };
         assert_eq!(
             launch_on(&Custom, &spec, &two_amd(), &[8000]).unwrap(),
-            expect(&[("ROCR_VISIBLE_DEVICES", "2,3"), ("HIP_VISIBLE_DEVICES", "0,1")])
+            expect(&TWO_AMD_ENV)
         );
         assert_eq!(
             launch_on(&Custom, &spec, &[], &[8000]).unwrap(),
@@ -244,14 +236,7 @@ mod tests {
         assert_eq!(Custom.ports_needed(&spec), 2);
         assert_eq!(
             launch_on(&Custom, &spec, &chips, &[8000, 8476]).unwrap(),
-            expect(&[
-                ("TPU_VISIBLE_CHIPS", "0,1,2,3"),
-                ("TPU_VISIBLE_DEVICES", "0,1,2,3"),
-                ("TPU_CHIPS_PER_PROCESS_BOUNDS", "2,2,1"),
-                ("TPU_PROCESS_BOUNDS", "1,1,1"),
-                ("TPU_PROCESS_PORT", "8476"),
-                ("TPU_MESH_CONTROLLER_PORT", "8476"),
-            ])
+            expect(&FOUR_TPU_ENV)
         );
     }
 

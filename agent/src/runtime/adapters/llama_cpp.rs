@@ -8,8 +8,8 @@
 
 use pyxis_protocol::{ReplicaSpec, RuntimeMetrics};
 
-use super::{base_command, finish, hit_ratio, model_source, placement, port, strings, AmdMask, DeviceSupport};
-use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan, Probe};
+use super::{finish, hit_ratio, port, single_port, start, strings, AmdMask, DeviceSupport};
+use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan};
 
 const KIND: &str = "llama-cpp";
 
@@ -38,9 +38,7 @@ impl Adapter for LlamaCpp {
     }
 
     fn launch(&self, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, AdapterError> {
-        let (program, mut args) = base_command(KIND, ctx.command)?;
-        let model = model_source(KIND, ctx.spec)?;
-        let placement = placement(KIND, DEVICES, ctx)?;
+        let (program, mut args, model, placement) = start(KIND, DEVICES, ctx)?;
         let model_flag = if is_local_file(model) { "-m" } else { "-hf" };
         args.extend(strings([model_flag, model]));
         if !ctx.spec.model_name.is_empty() {
@@ -57,17 +55,7 @@ impl Adapter for LlamaCpp {
     }
 
     fn endpoints(&self, _spec: &ReplicaSpec) -> Endpoints {
-        let probe = |path: &str| Probe {
-            port_index: 0,
-            path: path.to_string(),
-        };
-        Endpoints {
-            readiness: probe("/health"),
-            liveness: probe("/health"),
-            version: Some(probe("/props")),
-            metrics: Some(probe("/metrics")),
-            openai_path: "/v1".to_string(),
-        }
+        single_port("/health", Some("/props"), Some("/metrics"))
     }
 
     /// 503 `Loading model` while loading, 200 `{"status":"ok"}` when ready; a 200 whose
@@ -127,6 +115,15 @@ mod tests {
         spec
     }
 
+    /// The plan's arguments for [`gguf_spec`] on GPUs: every layer offloaded.
+    fn gguf_on_gpus() -> Vec<&'static str> {
+        with_extra_args(&[
+            &["-m", GGUF, "--alias", "Qwen/Qwen2.5-7B-Instruct"],
+            &host_and_port("8000"),
+            &["--n-gpu-layers", "999", "--metrics"],
+        ])
+    }
+
     // docs/runtimes.md, llama.cpp rows "Launch" (`-m FILE.gguf`), "Served name" (`--alias`),
     // "Host / port", "Parallelism" (no TP; `-ngl/--n-gpu-layers`), "Metrics" (`--metrics`),
     // "Devices" (CUDA build: CUDA_VISIBLE_DEVICES).
@@ -136,22 +133,8 @@ mod tests {
             launch_on(&LlamaCpp, &gguf_spec(), &two_nvidia(), &[8000]).unwrap(),
             plan(
                 "llama-server",
-                &[
-                    "-m",
-                    GGUF,
-                    "--alias",
-                    "Qwen/Qwen2.5-7B-Instruct",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--n-gpu-layers",
-                    "999",
-                    "--metrics",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[("CUDA_VISIBLE_DEVICES", TWO_GPUS), ("HF_HOME", "/cache/hf")],
+                &gguf_on_gpus(),
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", TWO_GPUS)]),
             )
         );
     }
@@ -161,29 +144,7 @@ mod tests {
     fn launch_on_amd() {
         assert_eq!(
             launch_on(&LlamaCpp, &gguf_spec(), &two_amd(), &[8000]).unwrap(),
-            plan(
-                "llama-server",
-                &[
-                    "-m",
-                    GGUF,
-                    "--alias",
-                    "Qwen/Qwen2.5-7B-Instruct",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--n-gpu-layers",
-                    "999",
-                    "--metrics",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[
-                    ("ROCR_VISIBLE_DEVICES", "2,3"),
-                    ("HIP_VISIBLE_DEVICES", "0,1"),
-                    ("HF_HOME", "/cache/hf"),
-                ],
-            )
+            plan("llama-server", &gguf_on_gpus(), &with_hf_home(&TWO_AMD_ENV))
         );
     }
 
@@ -197,18 +158,12 @@ mod tests {
             launch_on(&LlamaCpp, &spec, &[], &[8080]).unwrap(),
             plan(
                 "llama-server",
-                &[
-                    "-hf",
-                    "Qwen/Qwen2.5-7B-Instruct-GGUF:Q4_K_M",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8080",
-                    "--metrics",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[("CUDA_VISIBLE_DEVICES", ""), ("HF_HOME", "/cache/hf")],
+                &with_extra_args(&[
+                    &["-hf", "Qwen/Qwen2.5-7B-Instruct-GGUF:Q4_K_M"],
+                    &host_and_port("8080"),
+                    &["--metrics"],
+                ]),
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", "")]),
             )
         );
         assert!(matches!(

@@ -12,8 +12,11 @@
 
 use pyxis_protocol::{ReplicaSpec, RuntimeMetrics};
 
-use super::{base_command, finish, host_port, json_version, placement, port, push_subcommand, AmdMask, DeviceSupport};
-use crate::runtime::{Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan, Probe};
+use super::{
+    base_command, finish, host_port, json_version, placement, port, push_subcommand, single_port, AmdMask,
+    DeviceSupport,
+};
+use crate::runtime::{Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan};
 
 const KIND: &str = "ollama";
 
@@ -58,18 +61,8 @@ impl Adapter for Ollama {
     fn endpoints(&self, _spec: &ReplicaSpec) -> Endpoints {
         // `/api/version` is documented; the wording of `GET /` is not. Both answer as soon
         // as the server is up, independent of any model.
-        let probe = Probe {
-            port_index: 0,
-            path: "/api/version".to_string(),
-        };
-        Endpoints {
-            readiness: probe.clone(),
-            liveness: probe.clone(),
-            version: Some(probe),
-            // No Prometheus endpoint (ollama#3144).
-            metrics: None,
-            openai_path: "/v1".to_string(),
-        }
+        // No Prometheus endpoint (ollama#3144).
+        single_port("/api/version", Some("/api/version"), None)
     }
 
     fn version(&self, body: &str) -> Option<String> {
@@ -88,6 +81,11 @@ mod tests {
 
     const MODELS: &str = "/var/lib/pyxis/replicas/qwen-7b-0/models";
 
+    /// `device` visibility, `OLLAMA_HOST` and the replica's own store, then the spec's env.
+    fn env(device: (&'static str, &'static str), host: &'static str) -> Vec<(&'static str, &'static str)> {
+        with_hf_home(&[device, ("OLLAMA_HOST", host), ("OLLAMA_MODELS", MODELS)])
+    }
+
     // docs/runtimes.md, Ollama rows "Launch" (`ollama serve`, no model), "Host / port"
     // (`OLLAMA_HOST`), "Model storage" (`OLLAMA_MODELS`), "Other knobs" (no TP flag),
     // "Devices" (CUDA_VISIBLE_DEVICES with UUIDs).
@@ -97,13 +95,8 @@ mod tests {
             launch_on(&Ollama, &spec(KIND), &two_nvidia(), &[8000]).unwrap(),
             plan(
                 "ollama",
-                &["serve", "--extra-arg", "x"],
-                &[
-                    ("CUDA_VISIBLE_DEVICES", TWO_GPUS),
-                    ("OLLAMA_HOST", "127.0.0.1:8000"),
-                    ("OLLAMA_MODELS", MODELS),
-                    ("HF_HOME", "/cache/hf"),
-                ],
+                &with_extra_args(&[&["serve"]]),
+                &env(("CUDA_VISIBLE_DEVICES", TWO_GPUS), "127.0.0.1:8000"),
             )
         );
     }
@@ -118,12 +111,7 @@ mod tests {
             plan(
                 "ollama",
                 &["serve"],
-                &[
-                    ("ROCR_VISIBLE_DEVICES", "2,3"),
-                    ("OLLAMA_HOST", "127.0.0.1:11434"),
-                    ("OLLAMA_MODELS", MODELS),
-                    ("HF_HOME", "/cache/hf"),
-                ],
+                &env(("ROCR_VISIBLE_DEVICES", "2,3"), "127.0.0.1:11434"),
             )
         );
     }

@@ -2,8 +2,8 @@
 
 use pyxis_protocol::{ReplicaSpec, RuntimeMetrics};
 
-use super::{base_command, finish, json_version, model_source, placement, port, strings, AmdMask, DeviceSupport};
-use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan, Probe};
+use super::{finish, json_version, port, single_port, start, strings, AmdMask, DeviceSupport};
+use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan};
 
 const KIND: &str = "sglang";
 
@@ -25,9 +25,7 @@ impl Adapter for Sglang {
     }
 
     fn launch(&self, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, AdapterError> {
-        let (program, mut args) = base_command(KIND, ctx.command)?;
-        let model = model_source(KIND, ctx.spec)?;
-        let placement = placement(KIND, DEVICES, ctx)?;
+        let (program, mut args, model, placement) = start(KIND, DEVICES, ctx)?;
         args.extend(strings(["--model-path", model]));
         if !ctx.spec.model_name.is_empty() {
             args.extend(strings(["--served-model-name", &ctx.spec.model_name]));
@@ -43,21 +41,10 @@ impl Adapter for Sglang {
     }
 
     fn endpoints(&self, _spec: &ReplicaSpec) -> Endpoints {
-        let probe = |path: &str| Probe {
-            port_index: 0,
-            path: path.to_string(),
-        };
-        Endpoints {
-            // 503 while warming up and while shutting down; 200 once a 1-token generation
-            // (when idle) answers in time.
-            readiness: probe("/health"),
-            liveness: probe("/health"),
-            // `/get_server_info` is the name in the source read; newer docs call it
-            // `/server_info`, which older servers lack.
-            version: Some(probe("/get_server_info")),
-            metrics: Some(probe("/metrics")),
-            openai_path: "/v1".to_string(),
-        }
+        // `/health`: 503 while warming up and while shutting down; 200 once a 1-token
+        // generation (when idle) answers in time. `/get_server_info` is the name in the
+        // source read; newer docs call it `/server_info`, which older servers lack.
+        single_port("/health", Some("/get_server_info"), Some("/metrics"))
     }
 
     fn version(&self, body: &str) -> Option<String> {
@@ -88,6 +75,25 @@ mod tests {
     use super::super::testing::*;
     use super::*;
 
+    /// `python3 -m sglang.launch_server --model-path MODEL` with the spec's served name.
+    const LAUNCH_SERVER: [&str; 6] = [
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        "/models/qwen2.5-7b",
+        "--served-model-name",
+        "Qwen/Qwen2.5-7B-Instruct",
+    ];
+
+    /// The arguments on two GPUs of either vendor: TP over both.
+    fn on_two_gpus() -> Vec<&'static str> {
+        with_extra_args(&[
+            &LAUNCH_SERVER,
+            &host_and_port("8000"),
+            &["--tp-size", "2", "--enable-metrics"],
+        ])
+    }
+
     // docs/runtimes.md, SGLang rows "Launch" (`--model-path`), "Served name"
     // (`--served-model-name`), "Host / port", "Parallelism" (`--tp-size`), "Metrics switch"
     // (`--enable-metrics`), "Devices" (CUDA_VISIBLE_DEVICES).
@@ -97,24 +103,8 @@ mod tests {
             launch_on(&Sglang, &spec(KIND), &two_nvidia(), &[8000]).unwrap(),
             plan(
                 "python3",
-                &[
-                    "-m",
-                    "sglang.launch_server",
-                    "--model-path",
-                    "/models/qwen2.5-7b",
-                    "--served-model-name",
-                    "Qwen/Qwen2.5-7B-Instruct",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--tp-size",
-                    "2",
-                    "--enable-metrics",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[("CUDA_VISIBLE_DEVICES", TWO_GPUS), ("HF_HOME", "/cache/hf")],
+                &on_two_gpus(),
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", TWO_GPUS)]),
             )
         );
     }
@@ -124,31 +114,7 @@ mod tests {
     fn launch_on_amd() {
         assert_eq!(
             launch_on(&Sglang, &spec(KIND), &two_amd(), &[8000]).unwrap(),
-            plan(
-                "python3",
-                &[
-                    "-m",
-                    "sglang.launch_server",
-                    "--model-path",
-                    "/models/qwen2.5-7b",
-                    "--served-model-name",
-                    "Qwen/Qwen2.5-7B-Instruct",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--tp-size",
-                    "2",
-                    "--enable-metrics",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[
-                    ("ROCR_VISIBLE_DEVICES", "2,3"),
-                    ("HIP_VISIBLE_DEVICES", "0,1"),
-                    ("HF_HOME", "/cache/hf"),
-                ],
-            )
+            plan("python3", &on_two_gpus(), &with_hf_home(&TWO_AMD_ENV))
         );
     }
 
@@ -158,22 +124,8 @@ mod tests {
             launch_on(&Sglang, &spec(KIND), &[], &[30000]).unwrap(),
             plan(
                 "python3",
-                &[
-                    "-m",
-                    "sglang.launch_server",
-                    "--model-path",
-                    "/models/qwen2.5-7b",
-                    "--served-model-name",
-                    "Qwen/Qwen2.5-7B-Instruct",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "30000",
-                    "--enable-metrics",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[("CUDA_VISIBLE_DEVICES", ""), ("HF_HOME", "/cache/hf")],
+                &with_extra_args(&[&LAUNCH_SERVER, &host_and_port("30000"), &["--enable-metrics"]]),
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", "")])
             )
         );
         assert!(matches!(

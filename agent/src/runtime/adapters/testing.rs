@@ -16,6 +16,11 @@ pub const MODEL_NAME: &str = "Qwen/Qwen2.5-7B-Instruct";
 pub const HOST: &str = "127.0.0.1";
 pub const REPLICA_DIR: &str = "/var/lib/pyxis/replicas/qwen-7b-0";
 
+/// `spec.runtime_args` of [`spec`], which every plan's arguments end with.
+pub const EXTRA_ARGS: [&str; 2] = ["--extra-arg", "x"];
+/// `spec.env` of [`spec`], which every plan's environment ends with.
+pub const HF_HOME: (&str, &str) = ("HF_HOME", "/cache/hf");
+
 /// The replica every test launches: `spec.runtime_args` and `spec.env` are recognisable so
 /// the tests can check they come last.
 pub fn spec(kind: &str) -> ReplicaSpec {
@@ -27,9 +32,9 @@ pub fn spec(kind: &str) -> ReplicaSpec {
         model_version: "2024-09-19".to_string(),
         model_source: MODEL_SOURCE.to_string(),
         runtime_kind: kind.to_string(),
-        runtime_args: vec!["--extra-arg".to_string(), "x".to_string()],
+        runtime_args: EXTRA_ARGS.map(str::to_string).to_vec(),
         gpus: Vec::new(),
-        env: vec![("HF_HOME".to_string(), "/cache/hf".to_string())],
+        env: vec![(HF_HOME.0.to_string(), HF_HOME.1.to_string())],
         readiness_timeout_ms: 0,
         custom: (kind == "custom").then(|| CustomRuntime {
             command: ["/opt/engine/serve", "--model", "{model}", "--port", "{port}"]
@@ -161,3 +166,36 @@ pub fn plan(program: &str, args: &[&str], env: &[(&str, &str)]) -> LaunchPlan {
 
 /// `CUDA_VISIBLE_DEVICES` for [`two_nvidia`].
 pub const TWO_GPUS: &str = "GPU-5a2b6d4e-8f1c-4b3a-9e7d-1c2b3a4d5e6f,GPU-9c8d7e6f-5a4b-4c3d-8e2f-1a0b9c8d7e6f";
+
+/// Device visibility for [`two_amd`] where HIP renumbers inside the ROCr mask.
+pub const TWO_AMD_ENV: [(&str, &str); 2] = [("ROCR_VISIBLE_DEVICES", "2,3"), ("HIP_VISIBLE_DEVICES", "0,1")];
+
+/// libtpu's variables for [`four_tpu`] with the process port 8476.
+pub const FOUR_TPU_ENV: [(&str, &str); 6] = [
+    ("TPU_VISIBLE_CHIPS", "0,1,2,3"),
+    ("TPU_VISIBLE_DEVICES", "0,1,2,3"),
+    ("TPU_CHIPS_PER_PROCESS_BOUNDS", "2,2,1"),
+    ("TPU_PROCESS_BOUNDS", "1,1,1"),
+    ("TPU_PROCESS_PORT", "8476"),
+    ("TPU_MESH_CONTROLLER_PORT", "8476"),
+];
+
+/// `parts` one after the other, then [`EXTRA_ARGS`]: the expected arguments of a plan for
+/// [`spec`].
+pub fn with_extra_args<'a>(parts: &[&[&'a str]]) -> Vec<&'a str> {
+    parts
+        .iter()
+        .flat_map(|part| part.iter().copied())
+        .chain(EXTRA_ARGS)
+        .collect()
+}
+
+/// `--host` with the spec's host and `--port` with `port`, as most kinds take them.
+pub fn host_and_port(port: &str) -> [&str; 4] {
+    ["--host", HOST, "--port", port]
+}
+
+/// `devices` then [`HF_HOME`]: the expected environment of a plan for [`spec`].
+pub fn with_hf_home<'a>(devices: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    devices.iter().copied().chain([HF_HOME]).collect()
+}

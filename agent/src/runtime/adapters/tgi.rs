@@ -8,8 +8,8 @@
 
 use pyxis_protocol::{ReplicaSpec, RuntimeMetrics};
 
-use super::{base_command, finish, json_version, model_source, placement, port, strings, AmdMask, DeviceSupport};
-use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan, Probe};
+use super::{finish, json_version, port, single_port, start, strings, AmdMask, DeviceSupport};
+use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan};
 
 const KIND: &str = "tgi";
 
@@ -31,9 +31,7 @@ impl Adapter for Tgi {
     }
 
     fn launch(&self, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, AdapterError> {
-        let (program, mut args) = base_command(KIND, ctx.command)?;
-        let model = model_source(KIND, ctx.spec)?;
-        let placement = placement(KIND, DEVICES, ctx)?;
+        let (program, mut args, model, placement) = start(KIND, DEVICES, ctx)?;
         // TGI serves one model and has no served-name flag. `--hostname` is always given:
         // the launcher also reads `HOSTNAME`, which a container sets to its id.
         args.extend(strings([
@@ -51,17 +49,7 @@ impl Adapter for Tgi {
     }
 
     fn endpoints(&self, _spec: &ReplicaSpec) -> Endpoints {
-        let probe = |path: &str| Probe {
-            port_index: 0,
-            path: path.to_string(),
-        };
-        Endpoints {
-            readiness: probe("/health"),
-            liveness: probe("/health"),
-            version: Some(probe("/info")),
-            metrics: Some(probe("/metrics")),
-            openai_path: "/v1".to_string(),
-        }
+        single_port("/health", Some("/info"), Some("/metrics"))
     }
 
     fn version(&self, body: &str) -> Option<String> {
@@ -92,6 +80,16 @@ mod tests {
     use super::super::testing::*;
     use super::*;
 
+    /// `--model-id MODEL` with the spec's host and port.
+    const MODEL_HOST_PORT: [&str; 6] = [
+        "--model-id",
+        "/models/qwen2.5-7b",
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        "8000",
+    ];
+
     // docs/runtimes.md, TGI rows "Launch" (`--model-id`), "Served name" (none),
     // "Host / port" (`--hostname`, `-p/--port`), "Parallelism" (`--num-shard`),
     // "Devices" (CUDA_VISIBLE_DEVICES, named under `--num-shard`).
@@ -101,19 +99,8 @@ mod tests {
             launch_on(&Tgi, &spec(KIND), &two_nvidia(), &[8000]).unwrap(),
             plan(
                 "text-generation-launcher",
-                &[
-                    "--model-id",
-                    "/models/qwen2.5-7b",
-                    "--hostname",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--num-shard",
-                    "2",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[("CUDA_VISIBLE_DEVICES", TWO_GPUS), ("HF_HOME", "/cache/hf")],
+                &with_extra_args(&[&MODEL_HOST_PORT, &["--num-shard", "2"]]),
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", TWO_GPUS)]),
             )
         );
     }
@@ -125,23 +112,8 @@ mod tests {
             launch_on(&Tgi, &spec(KIND), &two_amd(), &[8000]).unwrap(),
             plan(
                 "text-generation-launcher",
-                &[
-                    "--model-id",
-                    "/models/qwen2.5-7b",
-                    "--hostname",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--num-shard",
-                    "2",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[
-                    ("ROCR_VISIBLE_DEVICES", "2,3"),
-                    ("HIP_VISIBLE_DEVICES", "0,1"),
-                    ("HF_HOME", "/cache/hf"),
-                ],
+                &with_extra_args(&[&MODEL_HOST_PORT, &["--num-shard", "2"]]),
+                &with_hf_home(&TWO_AMD_ENV)
             )
         );
     }
@@ -152,17 +124,8 @@ mod tests {
             launch_on(&Tgi, &spec(KIND), &[], &[8000]).unwrap(),
             plan(
                 "text-generation-launcher",
-                &[
-                    "--model-id",
-                    "/models/qwen2.5-7b",
-                    "--hostname",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[("CUDA_VISIBLE_DEVICES", ""), ("HF_HOME", "/cache/hf")],
+                &with_extra_args(&[&MODEL_HOST_PORT]),
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", "")])
             )
         );
         assert!(matches!(

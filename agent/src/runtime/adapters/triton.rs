@@ -13,8 +13,8 @@
 
 use pyxis_protocol::{ReplicaSpec, RuntimeMetrics};
 
-use super::{base_command, finish, json_version, model_source, placement, port, DeviceSupport};
-use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan, Probe};
+use super::{finish, json_version, port, probe_at, start, DeviceSupport, OPENAI_PATH};
+use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan};
 
 const KIND: &str = "triton";
 
@@ -44,9 +44,7 @@ impl Adapter for Triton {
     }
 
     fn launch(&self, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, AdapterError> {
-        let (program, mut args) = base_command(KIND, ctx.command)?;
-        let repository = model_source(KIND, ctx.spec)?;
-        let placement = placement(KIND, DEVICES, ctx)?;
+        let (program, mut args, repository, placement) = start(KIND, DEVICES, ctx)?;
         let host = ctx.host;
         args.extend([
             format!("--model-repository={repository}"),
@@ -61,17 +59,13 @@ impl Adapter for Triton {
     }
 
     fn endpoints(&self, _spec: &ReplicaSpec) -> Endpoints {
-        let probe = |port_index: usize, path: &str| Probe {
-            port_index,
-            path: path.to_string(),
-        };
         Endpoints {
             // KServe v2: 200 = true, 4xx = false, empty body.
-            readiness: probe(HTTP, "/v2/health/ready"),
-            liveness: probe(HTTP, "/v2/health/live"),
-            version: Some(probe(HTTP, "/v2")),
-            metrics: Some(probe(METRICS, "/metrics")),
-            openai_path: "/v1".to_string(),
+            readiness: probe_at(HTTP, "/v2/health/ready"),
+            liveness: probe_at(HTTP, "/v2/health/live"),
+            version: Some(probe_at(HTTP, "/v2")),
+            metrics: Some(probe_at(METRICS, "/metrics")),
+            openai_path: OPENAI_PATH.to_string(),
         }
     }
 
@@ -114,7 +108,7 @@ mod tests {
     ];
 
     fn args() -> Vec<&'static str> {
-        TRITON_ARGS.iter().copied().chain(["--extra-arg", "x"]).collect()
+        with_extra_args(&[&TRITON_ARGS])
     }
 
     // docs/runtimes.md, Triton rows "Launch" (`--model-repository=DIR`), "Ports"
@@ -129,7 +123,7 @@ mod tests {
             plan(
                 "tritonserver",
                 &args(),
-                &[("CUDA_VISIBLE_DEVICES", TWO_GPUS), ("HF_HOME", "/cache/hf")],
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", TWO_GPUS)]),
             )
         );
         assert!(matches!(
@@ -142,11 +136,7 @@ mod tests {
     fn launch_on_cpu_not_on_amd_or_tpu() {
         assert_eq!(
             launch_on(&Triton, &spec(KIND), &[], &[8000, 8001, 8002]).unwrap(),
-            plan(
-                "tritonserver",
-                &args(),
-                &[("CUDA_VISIBLE_DEVICES", ""), ("HF_HOME", "/cache/hf")],
-            )
+            plan("tritonserver", &args(), &with_hf_home(&[("CUDA_VISIBLE_DEVICES", "")]),)
         );
         for devices in [two_amd(), four_tpu()] {
             assert!(matches!(

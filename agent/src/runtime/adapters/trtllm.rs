@@ -8,10 +8,8 @@
 
 use pyxis_protocol::{ReplicaSpec, RuntimeMetrics};
 
-use super::{
-    base_command, clean_version, finish, hit_ratio, json_version, model_source, placement, port, strings, DeviceSupport,
-};
-use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan, Probe};
+use super::{clean_version, finish, hit_ratio, json_version, port, single_port, start, strings, DeviceSupport};
+use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan};
 
 const KIND: &str = "trtllm";
 
@@ -32,9 +30,7 @@ impl Adapter for Trtllm {
     }
 
     fn launch(&self, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, AdapterError> {
-        let (program, mut args) = base_command(KIND, ctx.command)?;
-        let model = model_source(KIND, ctx.spec)?;
-        let placement = placement(KIND, DEVICES, ctx)?;
+        let (program, mut args, model, placement) = start(KIND, DEVICES, ctx)?;
         // `--host` is always given: trtllm-serve's default is localhost.
         args.extend(strings([model, "--host", ctx.host, "--port", &port(KIND, ctx, 0)?]));
         if let Some(tp) = placement.tensor_parallel() {
@@ -44,17 +40,7 @@ impl Adapter for Trtllm {
     }
 
     fn endpoints(&self, _spec: &ReplicaSpec) -> Endpoints {
-        let probe = |path: &str| Probe {
-            port_index: 0,
-            path: path.to_string(),
-        };
-        Endpoints {
-            readiness: probe("/health"),
-            liveness: probe("/health"),
-            version: Some(probe("/version")),
-            metrics: Some(probe("/prometheus/metrics")),
-            openai_path: "/v1".to_string(),
-        }
+        single_port("/health", Some("/version"), Some("/prometheus/metrics"))
     }
 
     /// The `/version` body is not documented: a JSON `version` field, a JSON string, or a
@@ -107,18 +93,8 @@ mod tests {
             launch_on(&Trtllm, &spec(KIND), &two_nvidia(), &[8000]).unwrap(),
             plan(
                 "trtllm-serve",
-                &[
-                    "/models/qwen2.5-7b",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--tp_size",
-                    "2",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[("CUDA_VISIBLE_DEVICES", TWO_GPUS), ("HF_HOME", "/cache/hf")],
+                &with_extra_args(&[&["/models/qwen2.5-7b"], &host_and_port("8000"), &["--tp_size", "2"]]),
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", TWO_GPUS)]),
             )
         );
     }

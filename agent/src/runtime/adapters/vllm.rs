@@ -3,10 +3,10 @@
 use pyxis_protocol::{ReplicaSpec, RuntimeMetrics};
 
 use super::{
-    base_command, finish, hit_ratio, json_version, model_source, placement, port, ports_for, push_subcommand, strings,
-    AmdMask, DeviceSupport,
+    finish, hit_ratio, json_version, port, ports_for, push_subcommand, single_port, start, strings, AmdMask,
+    DeviceSupport,
 };
-use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan, Probe};
+use crate::runtime::{promtext::Exposition, Adapter, AdapterError, Endpoints, LaunchContext, LaunchPlan};
 
 const KIND: &str = "vllm";
 
@@ -32,9 +32,7 @@ impl Adapter for Vllm {
     }
 
     fn launch(&self, ctx: &LaunchContext<'_>) -> Result<LaunchPlan, AdapterError> {
-        let (program, mut args) = base_command(KIND, ctx.command)?;
-        let model = model_source(KIND, ctx.spec)?;
-        let placement = placement(KIND, DEVICES, ctx)?;
+        let (program, mut args, model, placement) = start(KIND, DEVICES, ctx)?;
         push_subcommand(&mut args, "serve");
         args.push(model.to_string());
         if !ctx.spec.model_name.is_empty() {
@@ -48,17 +46,7 @@ impl Adapter for Vllm {
     }
 
     fn endpoints(&self, _spec: &ReplicaSpec) -> Endpoints {
-        let probe = |path: &str| Probe {
-            port_index: 0,
-            path: path.to_string(),
-        };
-        Endpoints {
-            readiness: probe("/health"),
-            liveness: probe("/health"),
-            version: Some(probe("/version")),
-            metrics: Some(probe("/metrics")),
-            openai_path: "/v1".to_string(),
-        }
+        single_port("/health", Some("/version"), Some("/metrics"))
     }
 
     fn version(&self, body: &str) -> Option<String> {
@@ -100,6 +88,14 @@ mod tests {
     use super::*;
     use crate::runtime::Adapter;
 
+    /// `vllm serve MODEL` with the spec's served name.
+    const SERVE: [&str; 4] = [
+        "serve",
+        "/models/qwen2.5-7b",
+        "--served-model-name",
+        "Qwen/Qwen2.5-7B-Instruct",
+    ];
+
     // docs/runtimes.md, vLLM rows "Launch" (`vllm serve MODEL`), "Served name"
     // (`--served-model-name`), "Host / port" (`--host`, `--port`), "Parallelism"
     // (`--tensor-parallel-size`), "Devices" (CUDA_VISIBLE_DEVICES; ROCm prefers HIP).
@@ -110,21 +106,8 @@ mod tests {
             launch_on(&Vllm, &spec, &two_nvidia(), &[8000]).unwrap(),
             plan(
                 "vllm",
-                &[
-                    "serve",
-                    "/models/qwen2.5-7b",
-                    "--served-model-name",
-                    "Qwen/Qwen2.5-7B-Instruct",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--tensor-parallel-size",
-                    "2",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[("CUDA_VISIBLE_DEVICES", TWO_GPUS), ("HF_HOME", "/cache/hf")],
+                &with_extra_args(&[&SERVE, &host_and_port("8000"), &["--tensor-parallel-size", "2"]]),
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", TWO_GPUS)]),
             )
         );
     }
@@ -138,25 +121,8 @@ mod tests {
             launch_on(&Vllm, &spec, &two_amd(), &[8000]).unwrap(),
             plan(
                 "vllm",
-                &[
-                    "serve",
-                    "/models/qwen2.5-7b",
-                    "--served-model-name",
-                    "Qwen/Qwen2.5-7B-Instruct",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--tensor-parallel-size",
-                    "2",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[
-                    ("ROCR_VISIBLE_DEVICES", "2,3"),
-                    ("HIP_VISIBLE_DEVICES", "0,1"),
-                    ("HF_HOME", "/cache/hf"),
-                ],
+                &with_extra_args(&[&SERVE, &host_and_port("8000"), &["--tensor-parallel-size", "2"]]),
+                &with_hf_home(&TWO_AMD_ENV)
             )
         );
     }
@@ -168,19 +134,8 @@ mod tests {
             launch_on(&Vllm, &spec, &[], &[8000]).unwrap(),
             plan(
                 "vllm",
-                &[
-                    "serve",
-                    "/models/qwen2.5-7b",
-                    "--served-model-name",
-                    "Qwen/Qwen2.5-7B-Instruct",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[("CUDA_VISIBLE_DEVICES", ""), ("HF_HOME", "/cache/hf")],
+                &with_extra_args(&[&SERVE, &host_and_port("8000")]),
+                &with_hf_home(&[("CUDA_VISIBLE_DEVICES", "")])
             )
         );
     }
@@ -197,29 +152,8 @@ mod tests {
             launch_on(&Vllm, &spec, &chips, &[8000, 8476]).unwrap(),
             plan(
                 "vllm",
-                &[
-                    "serve",
-                    "/models/qwen2.5-7b",
-                    "--served-model-name",
-                    "Qwen/Qwen2.5-7B-Instruct",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "8000",
-                    "--tensor-parallel-size",
-                    "4",
-                    "--extra-arg",
-                    "x",
-                ],
-                &[
-                    ("TPU_VISIBLE_CHIPS", "0,1,2,3"),
-                    ("TPU_VISIBLE_DEVICES", "0,1,2,3"),
-                    ("TPU_CHIPS_PER_PROCESS_BOUNDS", "2,2,1"),
-                    ("TPU_PROCESS_BOUNDS", "1,1,1"),
-                    ("TPU_PROCESS_PORT", "8476"),
-                    ("TPU_MESH_CONTROLLER_PORT", "8476"),
-                    ("HF_HOME", "/cache/hf"),
-                ],
+                &with_extra_args(&[&SERVE, &host_and_port("8000"), &["--tensor-parallel-size", "4"]]),
+                &with_hf_home(&FOUR_TPU_ENV)
             )
         );
         spec.gpus = vec![GPU0.to_string()];
