@@ -187,6 +187,12 @@ pub struct FlagConfig {
 
 /// Parses a duration such as `1s`, `500ms`, `2m`.
 pub fn parse_duration(key: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    if text.trim().starts_with('-') {
+        return Err(ConfigError::Invalid {
+            key,
+            reason: format!("{text:?} is negative: a duration must be positive, like 1s or 500ms"),
+        });
+    }
     humantime::parse_duration(text.trim()).map_err(|e| ConfigError::Invalid {
         key,
         reason: format!("{text:?} is not a duration like 1s or 500ms ({e})"),
@@ -548,6 +554,13 @@ mod tests {
             data_dir: Some("/tmp/agent".into()),
             ..FlagConfig::default()
         }
+    }
+
+    #[test]
+    fn negative_durations_say_they_must_be_positive() {
+        let err = parse_duration("stop_grace_period", "-1s").unwrap_err().to_string();
+        assert!(err.contains("must be positive"), "{err}");
+        assert!(!err.contains("expected number"), "{err}");
     }
 
     #[test]

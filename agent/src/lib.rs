@@ -91,7 +91,8 @@ pub struct AgentShared {
     state: watch::Sender<LinkState>,
     /// Capacity reports sent.
     pub reports_sent: AtomicU64,
-    /// Runtime kinds this node can launch, with how (configured or found on `PATH`).
+    /// Runtime kinds this node advertises, with how they are launched (configured or found
+    /// on `PATH`, and only when the program exists; `custom` always).
     pub runtimes: std::collections::BTreeMap<String, String>,
     /// The runtime supervisor: runs the replicas of the desired state.
     pub supervisor: runtime::supervisor::Supervisor,
@@ -285,9 +286,14 @@ impl Agent {
         if stored.is_some() {
             tracing::info!(dir = %identity::Identity::dir(&config.data_dir).display(), "using the stored node identity");
         }
-        let runtimes = runtimes::discover(&config.runtimes, std::env::var_os("PATH").as_deref());
-        if runtimes.is_empty() {
-            tracing::info!("no runtime configured or found on PATH (configure one with --runtime KIND=COMMAND)");
+        let path = std::env::var_os("PATH");
+        let commands = runtimes::discover(&config.runtimes, path.as_deref());
+        let (runtimes, unusable) = runtimes::usable(&commands, path.as_deref());
+        for u in &unusable {
+            tracing::warn!(runtime = %u.kind, command = %u.command, why = %u.why, "a configured runtime command cannot be run, so this node does not offer the kind; fix --runtime KIND=COMMAND ([runtimes] in the config file)");
+        }
+        if runtimes.len() <= 1 {
+            tracing::info!("no runtime configured or found on PATH; custom runtimes can still run here");
         } else {
             tracing::info!(runtimes = ?runtimes, "runtimes this node can launch");
         }
@@ -300,7 +306,7 @@ impl Agent {
             .unwrap_or_else(|| host.hostname.to_lowercase());
         let context = runtime::supervisor::SupervisorContext::new(
             config.data_dir.clone(),
-            runtimes.clone(),
+            commands,
             runtime::supervisor::assignable_devices(&devices),
             advertise_host,
         );

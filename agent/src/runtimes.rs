@@ -1,5 +1,8 @@
 //! Which runtime kinds this node can launch: the kinds configured (`--runtime KIND=COMMAND`
-//! or the `[runtimes]` table) plus those whose usual binary is on `PATH`.
+//! or the `[runtimes]` table) whose program exists, plus those whose usual binary is on
+//! `PATH` (vllm, tgi, triton, trtllm, ollama and llama-cpp; never sglang, which is started
+//! as a Python module), plus `custom`, which needs no configuring: a custom spec carries
+//! its own command.
 
 use std::{
     collections::BTreeMap,
@@ -30,6 +33,46 @@ pub fn discover(configured: &BTreeMap<String, String>, path: Option<&std::ffi::O
         }
     }
     found
+}
+
+/// A configured runtime whose program cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    /// Runtime kind.
+    pub kind: String,
+    /// Its configured command.
+    pub command: String,
+    /// Why its program cannot be run.
+    pub why: String,
+}
+
+/// The kinds this node advertises: those of `found` whose program resolves, plus `custom`
+/// (always: its command is in the spec). The rest come back with why, to be logged; a
+/// replica of such a kind fails with a reason naming its command.
+pub fn usable(
+    found: &BTreeMap<String, String>,
+    path: Option<&std::ffi::OsStr>,
+) -> (BTreeMap<String, String>, Vec<Unusable>) {
+    let mut usable = BTreeMap::new();
+    let mut unusable = Vec::new();
+    for (kind, command) in found {
+        let words = crate::runtime::process::split_command(command);
+        let program = words.first().map(String::as_str).unwrap_or("");
+        match crate::runtime::process::resolve_program(program, path) {
+            Ok(_) => {
+                usable.insert(kind.clone(), command.clone());
+            }
+            Err(why) => unusable.push(Unusable {
+                kind: kind.clone(),
+                command: command.clone(),
+                why,
+            }),
+        }
+    }
+    usable
+        .entry("custom".to_string())
+        .or_insert_with(|| "(the spec's custom command)".to_string());
+    (usable, unusable)
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -63,5 +106,30 @@ mod tests {
         assert!(!found.contains_key("ollama"), "not executable");
         assert!(!found.contains_key("tgi"));
         assert_eq!(discover(&BTreeMap::new(), None), BTreeMap::new());
+    }
+
+    #[test]
+    fn only_kinds_whose_program_exists_are_advertised_and_custom_always_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = BTreeMap::from([
+            ("triton".to_string(), "/nonexistent/tritonserver".to_string()),
+            ("vllm".to_string(), "sh -c 'exec vllm serve'".to_string()),
+        ]);
+        let path = std::env::var_os("PATH");
+        let (usable, unusable) = usable(&found, path.as_deref());
+        assert_eq!(usable.keys().collect::<Vec<_>>(), ["custom", "vllm"]);
+        assert_eq!(unusable.len(), 1);
+        assert_eq!(unusable[0].kind, "triton");
+        assert!(
+            unusable[0].why.contains("/nonexistent/tritonserver does not exist"),
+            "{:?}",
+            unusable
+        );
+        let (usable, unusable) = super::usable(
+            &BTreeMap::from([("x".into(), "missing-bin".into())]),
+            Some(dir.path().as_os_str()),
+        );
+        assert_eq!(usable.keys().collect::<Vec<_>>(), ["custom"]);
+        assert!(unusable[0].why.contains("not found on PATH"), "{:?}", unusable);
     }
 }

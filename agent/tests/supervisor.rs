@@ -154,6 +154,7 @@ impl Harness {
                 liveness_interval: Duration::from_millis(100),
                 liveness_failures: 3,
                 metrics_interval: Duration::from_millis(100),
+                resource_retry: Duration::from_millis(200),
             },
         }
     }
@@ -364,7 +365,11 @@ async fn a_runtime_that_never_gets_ready_is_killed_with_its_group_at_the_deadlin
     })
     .await;
     let after = replica(&supervisor, "hung", "the failed run's end", |r| r.last_exit.is_some()).await;
-    assert_eq!(after.last_exit.as_deref(), Some("killed by signal 15"));
+    assert_eq!(
+        after.last_exit.as_deref(),
+        Some("stopped by the agent: not ready within 700ms (killed by signal 15)"),
+        "the agent's kill is not shown as the runtime's own exit"
+    );
     // A failed start counts towards the restart backoff.
     let again = replica(&supervisor, "hung", "a new run", |r| r.restarts == 1 && r.pid.is_some()).await;
     assert_ne!(again.pid, Some(pgid));
@@ -413,7 +418,10 @@ async fn a_runtime_that_ignores_sigterm_gets_sigkill_after_the_grace_period() {
     supervisor.apply(desired(2, vec![changed]));
     let status = replica(&supervisor, "stubborn", "the old run's end", |r| r.last_exit.is_some()).await;
     let took = asked.elapsed();
-    assert_eq!(status.last_exit.as_deref(), Some("killed by signal 9"));
+    assert_eq!(
+        status.last_exit.as_deref(),
+        Some("stopped by the agent: spec changed (killed by signal 9)")
+    );
     assert!(
         took >= Duration::from_secs(1),
         "SIGKILL came before the grace period: {took:?}"
@@ -838,4 +846,189 @@ async fn the_agent_hands_desired_state_to_its_supervisor_and_exports_runtime_met
         "stop_replicas forgets the generation"
     );
     agent.stop().await;
+}
+
+/// Processes (not zombies) whose working directory is `dir`.
+fn in_dir(dir: &Path) -> Vec<u32> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    process::all_processes()
+        .into_iter()
+        .filter(|p| std::fs::read_link(format!("/proc/{}/cwd", p.pid)).is_ok_and(|c| c == dir))
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_whose_ledger_record_is_unreadable_is_stopped_before_it_starts_again() {
+    let h = Harness::new(11);
+    let first = h.start();
+    first.apply(desired(1, vec![spec("chat-0", "touch ready; exec sleep 7201")]));
+    let old = ready(&first, "chat-0").await.pid.unwrap();
+    first.detach().await;
+    drop(first);
+    let path = ledger::path(h.data_dir());
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["processes"]["chat-0"]["pid"] = "eleven".into();
+    std::fs::write(&path, json.to_string()).unwrap();
+
+    let second = h.start();
+    let new = replica(&second, "chat-0", "a new run", |r| {
+        r.phase == ReplicaPhase::Ready && r.pid != Some(old)
+    })
+    .await;
+    assert!(
+        !process::is_running(old, 0) && group(old).is_empty(),
+        "the old runtime was stopped"
+    );
+    assert_eq!(with_cmdline(&["sleep", "7201"]), [new.pid.unwrap()], "never two copies");
+    second.stop_all().await;
+    assert!(with_cmdline(&["sleep", "7201"]).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_or_empty_ledger_is_moved_aside_and_the_runtimes_it_listed_are_stopped() {
+    for (slot, text) in [(12, "{\"version\":1,\"processes\":{\"chat"), (13, "")] {
+        let h = Harness::new(slot);
+        let first = h.start();
+        first.apply(desired(
+            1,
+            vec![spec("chat-0", "touch ready; sleep 7300 & exec sleep 7301")],
+        ));
+        let old = ready(&first, "chat-0").await.pid.unwrap();
+        first.detach().await;
+        drop(first);
+        std::fs::write(ledger::path(h.data_dir()), text).unwrap();
+
+        let second = h.start();
+        assert_eq!(second.generation(), None, "the coordinator's state is applied afresh");
+        let moved: Vec<_> = std::fs::read_dir(h.data_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("replicas.json.corrupt-"))
+            .collect();
+        assert_eq!(moved.len(), 1, "{moved:?}");
+        until(
+            Duration::from_secs(10),
+            "the unsupervised runtime to be stopped",
+            || group(old).is_empty(),
+        )
+        .await;
+        eventually(&second, Duration::from_secs(10), "nothing left to supervise", |all| {
+            all.is_empty().then_some(())
+        })
+        .await;
+        assert!(in_dir(&h.replica_dir("chat-0")).is_empty(), "no orphan");
+        // The coordinator sends its state again: exactly one copy runs.
+        assert!(second.apply(desired(
+            1,
+            vec![spec("chat-0", "touch ready; sleep 7300 & exec sleep 7301")]
+        )));
+        let new = ready(&second, "chat-0").await.pid.unwrap();
+        assert_ne!(new, old);
+        assert_eq!(with_cmdline(&["sleep", "7301"]), [new], "never two copies");
+        second.stop_all().await;
+        assert!(in_dir(&h.replica_dir("chat-0")).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_restart_keeps_the_restart_count_and_backoff_of_a_crash_looping_replica() {
+    let h = Harness::new(14);
+    let mut config = h.config();
+    config.timing.restart_backoff_min = Duration::from_secs(4);
+    config.timing.restart_backoff_max = Duration::from_secs(60);
+    config.timing.crash_loop_after = 2;
+    let first = h.start_with(config.clone());
+    first.apply(desired(1, vec![spec("crashy", "exit 3")]));
+    let before = replica(&first, "crashy", "CrashLoop", |r| r.phase == ReplicaPhase::CrashLoop).await;
+    assert_eq!(before.restarts, 1);
+    first.detach().await;
+    drop(first);
+    let saved = h.ledger();
+    let record = &saved.restarts["crashy"];
+    assert_eq!((record.restarts, record.failures), (1, 2), "{record:?}");
+    assert!(record.next_attempt_unix_ms.is_some());
+
+    let restarted = Instant::now();
+    let second = h.start_with(config);
+    let status = replica(&second, "crashy", "the carried-over state", |_| true).await;
+    assert_eq!(
+        (status.phase, status.restarts, status.last_exit.as_deref()),
+        (ReplicaPhase::CrashLoop, 1, Some("exit code 3"))
+    );
+    // Not relaunched at once: the second backoff (4s doubled, jittered: 4 to 8s) goes on.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let stderr = std::fs::read_to_string(h.replica_dir("crashy").join("stderr.log")).unwrap();
+    assert_eq!(
+        stderr.matches(process::RUN_MARKER).count(),
+        2,
+        "relaunched at once: {stderr}"
+    );
+    let next = replica(&second, "crashy", "the next restart", |r| r.restarts == 2).await;
+    assert!(
+        restarted.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        restarted.elapsed()
+    );
+    assert!(next.restarts == 2);
+    second.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launch_without_a_free_port_waits_pending_and_starts_soon_after_one_frees() {
+    let h = Harness::new(15);
+    let mut config = h.config();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    config.runtime_ports = (port, port);
+    let supervisor = h.start_with(config);
+    supervisor.apply(desired(1, vec![spec("p", "touch ready; exec sleep 1000")]));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = replica(&supervisor, "p", "a port wait", |_| true).await;
+    assert_eq!(waiting.phase, ReplicaPhase::Pending, "{waiting:#?}");
+    assert_eq!(
+        waiting.reason,
+        format!("waiting for a free port in runtime_ports {port}-{port}")
+    );
+    assert_eq!(waiting.restarts, 0);
+    drop(busy);
+    let started = Instant::now();
+    ready(&supervisor, "p").await;
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    supervisor.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_specs_and_missing_programs_fail_with_the_real_reason_even_without_ports() {
+    let h = Harness::new(16);
+    let mut config = h.config();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    config.runtime_ports = (port, port);
+    let http = Arc::new(FileGet {
+        root: h.data_dir().join("replicas"),
+    });
+    let mut context = h.context(http);
+    context
+        .commands
+        .insert("script".into(), "/nonexistent/tritonserver".into());
+    let supervisor = Supervisor::start(config, context).unwrap();
+    let mut refused = spec("refused", "x");
+    refused.runtime_args.clear();
+    supervisor.apply(desired(1, vec![refused, spec("missing", "x")]));
+    let failed = eventually(&supervisor, Duration::from_secs(5), "two failures", |all| {
+        (all.len() == 2 && all.iter().all(|r| r.phase == ReplicaPhase::Failed)).then(|| all.to_vec())
+    })
+    .await;
+    let reason = |name: &str| failed.iter().find(|r| r.name == name).unwrap().reason.clone();
+    assert!(reason("refused").contains("no script"), "{}", reason("refused"));
+    let missing = reason("missing");
+    assert!(
+        missing.contains("/nonexistent/tritonserver does not exist") && missing.contains("--runtime script=COMMAND"),
+        "{missing}"
+    );
+    assert!(failed.iter().all(|r| r.restarts == 0));
+    drop(busy);
+    supervisor.stop_all().await;
 }

@@ -319,21 +319,33 @@ async fn list_replicas(
 async fn get_replica(
     State(shared): State<Arc<Shared>>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<crate::api_types::ReplicaView>, ApiError> {
+) -> Result<Json<crate::api_types::ReplicaDetail>, ApiError> {
     let Path(name) = path.map_err(path_error)?;
-    shared
+    let replica = shared
         .registry()
         .replica_views()
         .into_iter()
         .find(|r| r.name == name)
-        .map(Json)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("replica {name} not found; `pyxis get replicas` lists them"),
             )
+        })?;
+    let events = shared
+        .store
+        .events(&format!("replica/{name}"), 20)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|e| EventView {
+            time: rfc3339_ms(e.at_ms),
+            kind: e.kind,
+            reason: e.reason,
+            message: e.message,
         })
+        .collect();
+    Ok(Json(crate::api_types::ReplicaDetail { replica, events }))
 }
 
 async fn get_node(

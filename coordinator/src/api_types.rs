@@ -233,7 +233,8 @@ pub struct ReplicaView {
     pub tenant: String,
     /// Node it runs on.
     pub node: String,
-    /// `Pending`, `Starting`, `Ready`, `Unhealthy`, `CrashLoop`, `Stopping`, `Failed`.
+    /// `Pending`, `Starting`, `Ready`, `Unhealthy`, `CrashLoop`, `Stopping`, `Failed`, or
+    /// `Unknown` while its node is NotReady (the reason then gives the last reported phase).
     pub phase: String,
     /// Why it is in that phase.
     pub reason: String,
@@ -267,6 +268,17 @@ pub struct ReplicaView {
     /// Normalised runtime metrics from the last scrape; null if none.
     #[serde(default)]
     pub metrics: Option<RuntimeMetricsView>,
+}
+
+/// `describe replica`: the replica plus its recent events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaDetail {
+    /// The replica.
+    #[serde(flatten)]
+    pub replica: ReplicaView,
+    /// Recent events, oldest first.
+    #[serde(default)]
+    pub events: Vec<EventView>,
 }
 
 /// Normalised runtime metrics (each null when the runtime does not export it).

@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::api_types::{
-    AcceleratorView, ErrorBody, List, NodeDetail, NodeView, ReplicaView, TokenRequest, TokenResponse,
+    AcceleratorView, ErrorBody, EventView, List, NodeDetail, NodeView, ReplicaDetail, ReplicaView, TokenRequest,
+    TokenResponse,
 };
 
 /// Default admin API URL.
@@ -458,10 +459,11 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
             name,
             output,
         } => {
-            let replica: ReplicaView = client.call("GET", &format!("/api/v1/replicas/{}", encode(&name)), None::<&()>)?;
+            let detail: ReplicaDetail =
+                client.call("GET", &format!("/api/v1/replicas/{}", encode(&name)), None::<&()>)?;
             match output {
-                Output::Json | Output::Yaml => print_structured(out, &replica, output),
-                _ => write(out, describe_replica(&replica)),
+                Output::Json | Output::Yaml => print_structured(out, &detail, output),
+                _ => write(out, describe_replica(&detail)),
             }
         }
         Command::Delete {
@@ -720,7 +722,8 @@ fn replicas_table(replicas: &[ReplicaView], wide: bool) -> String {
 }
 
 /// `describe replica`.
-fn describe_replica(r: &ReplicaView) -> String {
+fn describe_replica(detail: &ReplicaDetail) -> String {
+    let r = &detail.replica;
     let mut out = String::new();
     let mut field = |k: &str, v: String| out.push_str(&format!("{:<18}{}\n", format!("{k}:"), v));
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -788,6 +791,29 @@ fn describe_replica(r: &ReplicaView) -> String {
         for line in &r.log_tail {
             out.push_str(&format!("  {line}\n"));
         }
+    }
+    out.push_str(&events_section(&detail.events));
+    out
+}
+
+/// `Events:` and a table, or `none`.
+fn events_section(events: &[EventView]) -> String {
+    let mut out = String::from("Events:\n");
+    if events.is_empty() {
+        out.push_str("  none\n");
+        return out;
+    }
+    let mut rows = vec![["TIME", "TYPE", "REASON", "MESSAGE"].map(String::from).to_vec()];
+    for e in events {
+        rows.push(vec![
+            e.time.clone(),
+            e.kind.clone(),
+            e.reason.clone(),
+            e.message.clone(),
+        ]);
+    }
+    for line in table(rows).lines() {
+        out.push_str(&format!("  {line}\n"));
     }
     out
 }

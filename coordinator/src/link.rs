@@ -15,7 +15,7 @@ use std::{
 use pyxis_agent::link::close_code;
 use pyxis_protocol::{
     negotiate, Ack, AckOf, AgentMessage, CapacityReport, CoordinatorMessage, DesiredState, ErrorCode, ErrorMessage,
-    HelloAck, NodeInfo, RegisterAck, MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
+    HelloAck, NodeInfo, RegisterAck, ReplicaPhase, MAX_FRAME_BYTES, SUPPORTED_VERSIONS,
 };
 use pyxis_transport::{
     framed::{FrameReader, FrameWriter, LinkError},
@@ -598,16 +598,22 @@ impl Session {
                 }
                 AgentMessage::RuntimeStatus(status) => {
                     let seq = status.seq;
-                    let changed: Vec<String> = {
+                    let (changed, removed): (Vec<(String, ReplicaPhase, String)>, Vec<String>) = {
                         let registry = self.shared.registry();
                         let before = registry.node_replica_phases(name);
                         drop(registry);
-                        status
+                        let changed = status
                             .replicas
                             .iter()
                             .filter(|r| before.get(&r.name) != Some(&r.phase))
-                            .map(|r| format!("replica {} is {}: {}", r.name, r.phase.as_str(), r.reason))
-                            .collect()
+                            .map(|r| (r.name.clone(), r.phase, r.reason.clone()))
+                            .collect();
+                        let removed = before
+                            .keys()
+                            .filter(|n| !status.replicas.iter().any(|r| &r.name == *n))
+                            .cloned()
+                            .collect();
+                        (changed, removed)
                     };
                     if !self
                         .shared
@@ -616,8 +622,42 @@ impl Session {
                     {
                         return Ok(());
                     }
-                    for message in changed {
-                        tracing::info!(node = %name, "{message}");
+                    for replica in removed {
+                        tracing::info!(node = %name, replica = %replica, "replica stopped and removed");
+                        self.shared.event(
+                            &format!("replica/{replica}"),
+                            "Normal",
+                            "Removed",
+                            &format!("stopped and removed from node {name}"),
+                        );
+                    }
+                    for (replica, phase, reason) in changed {
+                        let message = if reason.is_empty() {
+                            format!("{} on node {name}", phase.as_str())
+                        } else {
+                            format!("{} on node {name}: {reason}", phase.as_str())
+                        };
+                        let warning = matches!(
+                            phase,
+                            ReplicaPhase::CrashLoop | ReplicaPhase::Failed | ReplicaPhase::Unhealthy
+                        );
+                        if warning {
+                            tracing::warn!(node = %name, replica = %replica, phase = phase.as_str(), reason = %reason, "replica phase changed");
+                            self.shared.event(
+                                &format!("node/{name}"),
+                                "Warning",
+                                &format!("Replica{}", phase.as_str()),
+                                &format!("replica {replica}: {message}"),
+                            );
+                        } else {
+                            tracing::info!(node = %name, replica = %replica, phase = phase.as_str(), "replica phase changed");
+                        }
+                        self.shared.event(
+                            &format!("replica/{replica}"),
+                            if warning { "Warning" } else { "Normal" },
+                            phase.as_str(),
+                            &message,
+                        );
                     }
                     self.send(&CoordinatorMessage::Ack(Ack {
                         of: AckOf::RuntimeStatus(seq),

@@ -922,6 +922,21 @@ fn replica_view(name: &str, node: &Node, r: &ReplicaStatus) -> ReplicaView {
             classes
         })
         .unwrap_or_default();
+    // A node that stopped reporting cannot vouch for its replicas: say so rather than show
+    // a phase that may no longer be true (as Kubernetes shows pods on a lost node).
+    let (phase, reason) = if node.status == NodeStatus::NotReady {
+        let last = if r.reason.is_empty() {
+            r.phase.as_str().to_string()
+        } else {
+            format!("{}: {}", r.phase.as_str(), r.reason)
+        };
+        (
+            "Unknown".to_string(),
+            format!("node {name} is NotReady; last reported {last}"),
+        )
+    } else {
+        (r.phase.as_str().to_string(), r.reason.clone())
+    };
     let hardware_class = if r.gpus.is_empty() {
         "cpu".to_string()
     } else if classes.is_empty() {
@@ -934,8 +949,8 @@ fn replica_view(name: &str, node: &Node, r: &ReplicaStatus) -> ReplicaView {
         deployment: r.deployment.clone(),
         tenant: r.tenant.clone(),
         node: name.to_string(),
-        phase: r.phase.as_str().to_string(),
-        reason: r.reason.clone(),
+        phase,
+        reason,
         runtime: r.runtime_kind.clone(),
         runtime_version: r.runtime_version.clone(),
         hardware_class,

@@ -444,9 +444,12 @@ pub struct ReplicaStatus {
     pub pid: Option<u32>,
     /// Restarts since the replica was first started on this node.
     pub restarts: u32,
-    /// How the last run ended (`exit code 1`, `killed by signal 9`), when it has ended.
+    /// How the last run ended (`exit code 1`, `killed by signal 9`, `stopped by the agent:
+    /// not ready within 10m (exit code 0)`), when it has ended.
     pub last_exit: Option<String>,
-    /// Last lines of the runtime's output when it last failed.
+    /// Last lines of the output of the last failed run (stderr, else stdout), kept while the
+    /// replica restarts, in `CrashLoop` and in `Failed`; cleared once a run is ready, so a
+    /// serving replica never shows an earlier run's output.
     pub log_tail: Vec<String>,
     /// Time from start to ready of the current run, in milliseconds.
     pub ready_after_ms: Option<u64>,

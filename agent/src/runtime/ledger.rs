@@ -8,9 +8,10 @@
 //! reused by an unrelated process after a reboot or a long outage is never adopted.
 //!
 //! The process records are this module's own types, read one by one: a record that cannot
-//! be read is reported and skipped, and a desired state that no longer parses (an agent
-//! upgrade that changed the replica spec) does not hide the processes, which are then
-//! stopped rather than forgotten.
+//! be read is reported and skipped (the supervisor finds its runtime by working directory
+//! and stops it), and a desired state that no longer parses (an agent upgrade that changed
+//! the replica spec) does not hide the processes, which are then stopped rather than
+//! forgotten. Restart bookkeeping (`restarts`) is optional, for files written before it.
 
 use std::{
     collections::BTreeMap,
@@ -52,6 +53,35 @@ pub struct ProcessRecord {
     /// Time to ready of this run, once known.
     #[serde(default)]
     pub ready_after_ms: Option<u64>,
+    /// Deployment of the spec it runs (shown while an adopted runtime whose spec is no
+    /// longer known is stopped).
+    #[serde(default)]
+    pub deployment: String,
+    /// Tenant of the spec it runs.
+    #[serde(default)]
+    pub tenant: String,
+    /// Runtime kind of the spec it runs.
+    #[serde(default)]
+    pub runtime_kind: String,
+}
+
+/// A replica's restart bookkeeping, kept for every desired replica (running or waiting to
+/// restart), so that an agent restart neither resets the restart count nor relaunches a
+/// crash-looping replica before its backoff is over.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRecord {
+    /// Restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Failures in a row (the backoff step and the CrashLoop threshold follow it).
+    #[serde(default)]
+    pub failures: u32,
+    /// When the next start is due, milliseconds since the Unix epoch (while waiting).
+    #[serde(default)]
+    pub next_attempt_unix_ms: Option<u64>,
+    /// How the last run ended.
+    #[serde(default)]
+    pub last_exit: Option<String>,
 }
 
 /// The whole ledger.
@@ -63,6 +93,8 @@ pub struct Ledger {
     pub desired: Option<DesiredState>,
     /// Running processes by replica name.
     pub processes: BTreeMap<String, ProcessRecord>,
+    /// Restart bookkeeping by replica name (absent from files written before it existed).
+    pub restarts: BTreeMap<String, RestartRecord>,
 }
 
 /// What [`load`] found, with what it could not read.
@@ -74,6 +106,8 @@ pub struct Loaded {
     pub desired_unreadable: Option<String>,
     /// Records that could not be read, with why.
     pub unreadable: Vec<(String, String)>,
+    /// Why the restart bookkeeping could not be read, when it could not (counts start over).
+    pub restarts_unreadable: Option<String>,
 }
 
 /// Why the ledger could not be used.
@@ -88,7 +122,7 @@ pub enum LedgerError {
         source: io::Error,
     },
     /// The file is not a ledger at all (not JSON, or not an object with `processes`).
-    #[error("the replica ledger {path} is corrupt ({reason}); move it aside to start without it, after stopping the runtimes it lists by hand")]
+    #[error("the replica ledger {path} is corrupt ({reason})")]
     Corrupt {
         /// File.
         path: PathBuf,
@@ -157,6 +191,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, LedgerError> {
             Err(e) => loaded.unreadable.push((name.clone(), e.to_string())),
         }
     }
+    if let Some(restarts) = object.get("restarts") {
+        match serde_json::from_value::<BTreeMap<String, RestartRecord>>(restarts.clone()) {
+            Ok(restarts) => loaded.ledger.restarts = restarts,
+            Err(e) => loaded.restarts_unreadable = Some(e.to_string()),
+        }
+    }
     match object.get("desired") {
         None | Some(serde_json::Value::Null) => {}
         Some(desired) => match serde_json::from_value::<DesiredState>(desired.clone()) {
@@ -165,6 +205,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, LedgerError> {
         },
     }
     Ok(loaded)
+}
+
+/// Moves a corrupt ledger aside to `replicas.json.corrupt-<unix seconds>` and returns
+/// where it went, so the agent can start without it and the file stays for a post-mortem.
+pub fn move_aside(data_dir: &Path) -> io::Result<PathBuf> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let to = data_dir.join(format!("{FILE_NAME}.corrupt-{seconds}"));
+    fs::rename(path(data_dir), &to)?;
+    Ok(to)
 }
 
 /// Writes the ledger atomically with mode 0600.
@@ -231,6 +283,9 @@ mod tests {
             cgroup: None,
             restarts: 2,
             ready_after_ms: Some(1500),
+            deployment: "d".into(),
+            tenant: "t".into(),
+            runtime_kind: "vllm".into(),
         }
     }
 
@@ -246,6 +301,15 @@ mod tests {
                 replicas: vec![spec("a")],
             }),
             processes: BTreeMap::from([("a".to_string(), record())]),
+            restarts: BTreeMap::from([(
+                "b".to_string(),
+                RestartRecord {
+                    restarts: 4,
+                    failures: 3,
+                    next_attempt_unix_ms: Some(123),
+                    last_exit: Some("exit code 1".into()),
+                },
+            )]),
         };
         save(dir.path(), &ledger).unwrap();
         save(dir.path(), &ledger).unwrap();

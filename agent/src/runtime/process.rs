@@ -11,7 +11,7 @@
 //! the workers a runtime forks are stopped with it.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs::{self, File, OpenOptions},
     io::{self, Read, Seek, SeekFrom, Write},
     net::{IpAddr, SocketAddr, TcpListener},
@@ -96,6 +96,86 @@ pub fn all_processes() -> Vec<ProcStat> {
         .filter_map(read_stat)
         .filter(|s| !s.is_zombie())
         .collect()
+}
+
+/// The process groups of the runtimes found by working directory: every process whose
+/// current directory is `replicas_dir/NAME` (or below it), grouped by replica name and
+/// process group. The supervisor starts each runtime in its replica's directory, so this
+/// finds runtimes even when the ledger cannot name them (a corrupt file, an unreadable
+/// record, an agent killed between a spawn and the ledger write). Groups in `exclude`
+/// (the agent's own) are left out. A process that changed its directory is not found.
+pub fn groups_by_cwd(replicas_dir: &Path, exclude: &[u32]) -> BTreeMap<String, Vec<ProcessGroup>> {
+    let base = fs::canonicalize(replicas_dir).unwrap_or_else(|_| replicas_dir.to_path_buf());
+    // Replica name -> pgid -> (members' start times, leader start time if seen).
+    let mut found: BTreeMap<String, BTreeMap<u32, (u64, Option<u64>)>> = BTreeMap::new();
+    for stat in all_processes() {
+        if exclude.contains(&stat.pgid) || stat.pgid <= 1 {
+            continue;
+        }
+        let Ok(cwd) = fs::read_link(format!("/proc/{}/cwd", stat.pid)) else {
+            continue;
+        };
+        let Some(name) = cwd
+            .strip_prefix(&base)
+            .ok()
+            .and_then(|rest| rest.components().next())
+            .and_then(|c| c.as_os_str().to_str())
+        else {
+            continue;
+        };
+        let slot = found
+            .entry(name.to_string())
+            .or_default()
+            .entry(stat.pgid)
+            .or_insert((u64::MAX, None));
+        slot.0 = slot.0.min(stat.start_time);
+        if stat.pid == stat.pgid {
+            slot.1 = Some(stat.start_time);
+        }
+    }
+    found
+        .into_iter()
+        .map(|(name, groups)| {
+            let groups = groups
+                .into_iter()
+                .map(|(pgid, (earliest, leader))| ProcessGroup {
+                    pgid,
+                    leader_start_time: leader.unwrap_or(earliest),
+                    cgroup: None,
+                })
+                .collect();
+            (name, groups)
+        })
+        .collect()
+}
+
+/// Where `program` is: itself when it names a path (has a `/`), else the first executable
+/// file of that name in the directories of `path` (`PATH`). Says why not when it is not
+/// found or not executable.
+pub fn resolve_program(program: &str, path: Option<&std::ffi::OsStr>) -> Result<PathBuf, String> {
+    if program.is_empty() {
+        return Err("the command is empty".into());
+    }
+    if program.contains('/') {
+        let candidate = PathBuf::from(program);
+        return match fs::metadata(&candidate) {
+            Ok(m) if m.is_file() && is_executable(&m) => Ok(candidate),
+            Ok(_) => Err(format!("{program} is not an executable file")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(format!("{program} does not exist")),
+            Err(e) => Err(format!("cannot use {program}: {e}")),
+        };
+    }
+    path.map(|p| std::env::split_paths(p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(program))
+        .find(|candidate| fs::metadata(candidate).is_ok_and(|m| m.is_file() && is_executable(&m)))
+        .ok_or_else(|| format!("{program} is not found on PATH"))
+}
+
+fn is_executable(metadata: &fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    metadata.permissions().mode() & 0o111 != 0
 }
 
 /// A runtime's processes: its process group and, where used, its cgroup.

@@ -47,6 +47,9 @@ pub struct Timing {
     pub liveness_failures: u32,
     /// How often runtime metrics are scraped while ready.
     pub metrics_interval: Duration,
+    /// How often a launch that waits for a resource (a free port) is tried again. Such a
+    /// wait is not a runtime failure: no backoff, no CrashLoop.
+    pub resource_retry: Duration,
 }
 
 impl Default for Timing {
@@ -61,6 +64,7 @@ impl Default for Timing {
             liveness_interval: Duration::from_secs(5),
             liveness_failures: 3,
             metrics_interval: Duration::from_secs(1),
+            resource_retry: Duration::from_secs(2),
         }
     }
 }
@@ -140,8 +144,9 @@ struct Run {
 
 #[derive(Debug, Clone)]
 enum State {
-    /// Not running; (re)start at `until` (CrashLoop while failures are many).
-    Waiting { until: Instant },
+    /// Not running; (re)start at `until` (CrashLoop while failures are many, unless it
+    /// waits for a resource: `resource`).
+    Waiting { until: Instant, resource: bool },
     /// A launch was asked for; waiting for its outcome.
     Launching,
     /// The launch cannot be built for this spec.
@@ -149,8 +154,13 @@ enum State {
     /// A process runs (Starting, Ready or Unhealthy).
     Running(Run),
     /// The run's group is being stopped; afterwards start again at `retry_at` (a failure)
-    /// or at once (a spec change), or forget the replica (removed).
-    Stopping { run: Run, retry_at: Option<Instant> },
+    /// or at once (a spec change), or forget the replica (removed). `cause` says why the
+    /// agent stops it (`stopped by the agent: ...`), for `last_exit`.
+    Stopping {
+        run: Run,
+        retry_at: Option<Instant>,
+        cause: String,
+    },
     /// Removed and stopped.
     Gone,
 }
@@ -187,7 +197,10 @@ impl ReplicaCore {
             jitter,
             current: desired.clone(),
             desired: Some(desired),
-            state: State::Waiting { until: now },
+            state: State::Waiting {
+                until: now,
+                resource: false,
+            },
             failures: 0,
             backoff,
             restarts: 0,
@@ -255,7 +268,9 @@ impl ReplicaCore {
     /// The phase now.
     pub fn phase(&self) -> ReplicaPhase {
         match &self.state {
-            State::Waiting { .. } if self.failures >= self.timing.crash_loop_after => ReplicaPhase::CrashLoop,
+            State::Waiting { resource: false, .. } if self.failures >= self.timing.crash_loop_after => {
+                ReplicaPhase::CrashLoop
+            }
             State::Waiting { .. } | State::Gone => ReplicaPhase::Pending,
             State::Launching => ReplicaPhase::Starting,
             State::Failed => ReplicaPhase::Failed,
@@ -292,7 +307,7 @@ impl ReplicaCore {
             State::Running(run) => {
                 let run = run.clone();
                 self.reason = "spec changed: stopping the old runtime".into();
-                self.stop(run, None);
+                self.stop(run, None, "stopped by the agent: spec changed".into());
             }
             State::Waiting { .. } | State::Failed | State::Gone | State::Launching => {
                 self.fresh_start(desired, now);
@@ -307,19 +322,27 @@ impl ReplicaCore {
         self.backoff.reset();
         self.restart_pending = false;
         self.reason = "waiting to start".into();
-        self.state = State::Waiting { until: now };
+        self.state = State::Waiting {
+            until: now,
+            resource: false,
+        };
     }
 
     /// The replica is no longer wanted: stop it (if it runs) and forget it.
     pub fn remove(&mut self) {
         self.desired = None;
-        match &self.state {
+        match &mut self.state {
             State::Running(run) => {
                 let run = run.clone();
                 self.reason = "removed: stopping".into();
-                self.stop(run, None);
+                self.stop(run, None, "stopped by the agent: removed".into());
             }
-            State::Stopping { .. } => self.reason = "removed: stopping".into(),
+            State::Stopping { cause, retry_at, .. } => {
+                if retry_at.is_none() {
+                    *cause = "stopped by the agent: removed".into();
+                }
+                self.reason = "removed: stopping".into();
+            }
             State::Waiting { .. } | State::Failed | State::Launching | State::Gone => {
                 self.state = State::Gone;
                 self.outbox.push_back(Decision::Forget);
@@ -327,9 +350,64 @@ impl ReplicaCore {
         }
     }
 
-    fn stop(&mut self, run: Run, retry_at: Option<Instant>) {
+    fn stop(&mut self, run: Run, retry_at: Option<Instant>, cause: String) {
         self.outbox.push_back(Decision::Stop { run: run.id });
-        self.state = State::Stopping { run, retry_at };
+        self.state = State::Stopping { run, retry_at, cause };
+    }
+
+    /// While a run is being stopped: why the agent stops it, and whether that is a failure
+    /// (the replica restarts after a backoff).
+    pub fn stopping(&self) -> Option<(&str, bool)> {
+        match &self.state {
+            State::Stopping { cause, retry_at, .. } => Some((cause.as_str(), retry_at.is_some())),
+            _ => None,
+        }
+    }
+
+    /// Replaces the reason shown (for what the supervisor knows and the core does not).
+    pub fn set_reason(&mut self, reason: String) {
+        self.reason = reason;
+    }
+
+    /// Failures in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// How the last run ended.
+    pub fn last_exit(&self) -> Option<&str> {
+        self.last_exit.as_deref()
+    }
+
+    /// When the next start is due, while waiting after a failure (not for a resource).
+    pub fn retry_at(&self) -> Option<Instant> {
+        match &self.state {
+            State::Waiting { until, resource: false } if self.failures > 0 => Some(*until),
+            State::Stopping { retry_at: Some(at), .. } => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// Restores the restart bookkeeping an earlier agent persisted: the restart count, the
+    /// failures in a row (and with them the backoff step) and, for a replica that was
+    /// waiting to restart, when it is due (`until`). Call right after creating the core.
+    pub fn restore(&mut self, restarts: u32, failures: u32, last_exit: Option<String>, until: Option<Instant>) {
+        self.restarts = restarts;
+        self.failures = failures;
+        self.backoff.reset();
+        for _ in 0..failures {
+            self.backoff.next_delay(0.0);
+        }
+        self.restart_pending = failures > 0 && matches!(self.state, State::Waiting { .. });
+        if last_exit.is_some() {
+            self.last_exit = last_exit;
+        }
+        if let (State::Waiting { until: due, .. }, Some(until)) = (&mut self.state, until) {
+            *due = until;
+            if failures > 0 {
+                self.reason = "waiting to restart (backoff carried over from the previous agent)".into();
+            }
+        }
     }
 
     /// The next decision, if one is due at `now`.
@@ -339,7 +417,7 @@ impl ReplicaCore {
         }
         let timing = self.timing.clone();
         match &mut self.state {
-            State::Waiting { until } if now >= *until => {
+            State::Waiting { until, .. } if now >= *until => {
                 let desired = self.desired.clone()?;
                 self.current = desired;
                 self.state = State::Launching;
@@ -381,7 +459,7 @@ impl ReplicaCore {
     /// can change that). Meaningful once `poll` has returned `None`.
     pub fn next_wake(&self) -> Option<Instant> {
         match &self.state {
-            State::Waiting { until } if self.desired.is_some() => Some(*until),
+            State::Waiting { until, .. } if self.desired.is_some() => Some(*until),
             State::Running(run) => {
                 let probe = (!run.probe_in_flight).then_some(run.next_probe);
                 let timer = if run.ready_at.is_none() {
@@ -438,9 +516,34 @@ impl ReplicaCore {
             self.state = State::Failed;
             return;
         }
+        // A relaunch after a failure counts as a restart even when it fails to start.
+        if self.restart_pending {
+            self.restarts += 1;
+        }
         let delay = self.count_failure(None, now);
-        self.reason = format!("{reason}; retrying in {}", round(delay));
-        self.state = State::Waiting { until: now + delay };
+        let crash_loop = if self.failures >= self.timing.crash_loop_after {
+            format!(" ({} failures in a row)", self.failures)
+        } else {
+            String::new()
+        };
+        self.reason = format!("{reason}; retrying in {}{crash_loop}", round(delay));
+        self.state = State::Waiting {
+            until: now + delay,
+            resource: false,
+        };
+    }
+
+    /// The launch waits for a resource (a free port): it is tried again after
+    /// [`Timing::resource_retry`], phase `Pending`, and nothing counts as a failure.
+    pub fn on_launch_waiting(&mut self, reason: String, now: Instant) {
+        if !matches!(self.state, State::Launching) {
+            return;
+        }
+        self.reason = reason;
+        self.state = State::Waiting {
+            until: now + self.timing.resource_retry,
+            resource: true,
+        };
     }
 
     fn running(&mut self, run: u64) -> Option<&mut Run> {
@@ -467,6 +570,8 @@ impl ReplicaCore {
             r.next_probe = now + timing.liveness_interval;
             r.next_metrics = now;
             self.reason = String::new();
+            // The tail explains a failure; a run that serves has none to explain.
+            self.log_tail.clear();
         } else {
             r.next_probe = now + timing.readiness_interval;
             self.reason = format!("waiting for readiness: {detail}");
@@ -524,8 +629,12 @@ impl ReplicaCore {
                 self.log_tail = log_tail;
                 self.fail(format!("runtime exited ({exit})"), now);
             }
-            State::Stopping { run: r, retry_at } if r.id == run => {
-                self.last_exit = Some(exit);
+            State::Stopping {
+                run: r,
+                retry_at,
+                cause,
+            } if r.id == run => {
+                self.last_exit = Some(format!("{cause} ({exit})"));
                 if retry_at.is_some() {
                     // A failed run being stopped: its last words explain the failure.
                     self.log_tail = log_tail;
@@ -543,7 +652,7 @@ impl ReplicaCore {
 
     /// The run's whole group is gone.
     pub fn on_stopped(&mut self, run: u64, now: Instant) {
-        let State::Stopping { run: r, retry_at } = &self.state else {
+        let State::Stopping { run: r, retry_at, .. } = &self.state else {
             return;
         };
         if r.id != run {
@@ -560,6 +669,7 @@ impl ReplicaCore {
             Some(_) => {
                 self.state = State::Waiting {
                     until: retry_at.unwrap_or(now),
+                    resource: false,
                 };
                 if retry_at.is_none() {
                     self.reason = "waiting to start".into();
@@ -591,7 +701,12 @@ impl ReplicaCore {
             String::new()
         };
         self.reason = format!("{why}; restarting in {}{phase}", round(delay));
-        self.stop(run, Some(now + delay));
+        let cause = if why.starts_with("runtime exited") {
+            why
+        } else {
+            format!("stopped by the agent: {why}")
+        };
+        self.stop(run, Some(now + delay), cause);
     }
 
     /// The wire status. `pid` and `endpoint` are shown while a process runs; the endpoint
@@ -841,7 +956,10 @@ mod tests {
         c.on_exit(run, "killed by signal 15".into(), vec!["loading".into()], t0 + secs(11));
         c.on_stopped(run, t0 + secs(11));
         let status = c.status();
-        assert_eq!(status.last_exit.as_deref(), Some("killed by signal 15"));
+        assert_eq!(
+            status.last_exit.as_deref(),
+            Some("stopped by the agent: not ready within 10s (killed by signal 15)")
+        );
         assert_eq!(status.log_tail, ["loading"]);
         assert_eq!(c.next_wake(), Some(t0 + secs(11)));
     }
@@ -943,5 +1061,125 @@ mod tests {
             (status.phase, status.restarts, status.ready_after_ms),
             (ReplicaPhase::Ready, 5, Some(30_000))
         );
+    }
+
+    #[test]
+    fn agent_initiated_stops_say_so_in_last_exit() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        let run = ready(&mut c, 1, t0);
+        let t = t0 + secs(2);
+        drain(&mut c, t);
+        for i in 1..=3 {
+            c.on_liveness(run, false, "HTTP 500", t + secs(5 * i));
+        }
+        assert_eq!(drain(&mut c, t + secs(15)), [Decision::Stop { run }]);
+        let (cause, failure) = c.stopping().unwrap();
+        assert!(
+            failure && cause.starts_with("stopped by the agent: liveness probe failed 3 times"),
+            "{cause}"
+        );
+        c.on_exit(run, "exit code 0".into(), vec![], t + secs(16));
+        let last = c.status().last_exit.unwrap();
+        assert!(
+            last.starts_with("stopped by the agent: liveness probe failed 3 times in a row")
+                && last.ends_with("(exit code 0)"),
+            "{last}"
+        );
+        // A removal says so too.
+        c.on_stopped(run, t + secs(16));
+        let now = c.next_wake().unwrap();
+        drain(&mut c, now);
+        let run2 = c.on_spawned(facts(2), now);
+        c.remove();
+        drain(&mut c, now);
+        c.on_exit(run2, "killed by signal 15".into(), vec![], now);
+        assert_eq!(
+            c.status().last_exit.as_deref(),
+            Some("stopped by the agent: removed (killed by signal 15)")
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_port_is_pending_retries_soon_and_is_no_failure() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        drain(&mut c, t0);
+        c.on_launch_waiting("waiting for a free port in runtime_ports 1-2".into(), t0);
+        assert_eq!(c.phase(), ReplicaPhase::Pending);
+        assert_eq!(c.next_wake(), Some(t0 + secs(2)));
+        assert_eq!(c.failures(), 0);
+        assert_eq!(c.status().reason, "waiting for a free port in runtime_ports 1-2");
+        // Even after crashes, a port wait is not CrashLoop and grows no backoff.
+        let mut now = t0 + secs(2);
+        for pid in 1..=3 {
+            let wake = c.next_wake().unwrap().max(now);
+            assert_eq!(drain(&mut c, wake), [Decision::Launch]);
+            let run = c.on_spawned(facts(pid), wake);
+            c.on_exit(run, "exit code 1".into(), vec![], wake);
+            drain(&mut c, wake);
+            c.on_stopped(run, wake);
+            now = wake;
+        }
+        assert_eq!(c.phase(), ReplicaPhase::CrashLoop);
+        let wake = c.next_wake().unwrap();
+        drain(&mut c, wake);
+        c.on_launch_waiting("waiting for a free port".into(), wake);
+        assert_eq!(c.phase(), ReplicaPhase::Pending);
+        assert_eq!(c.next_wake(), Some(wake + secs(2)));
+        assert_eq!(c.failures(), 3);
+    }
+
+    #[test]
+    fn failed_spawns_count_as_restarts_and_reach_crash_loop() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        let mut now = t0;
+        for _ in 0..4 {
+            assert_eq!(drain(&mut c, now), [Decision::Launch]);
+            c.on_launch_failed("cannot start x: Resource temporarily unavailable".into(), false, now);
+            now = c.next_wake().unwrap();
+        }
+        let status = c.status();
+        assert_eq!(status.phase, ReplicaPhase::CrashLoop);
+        assert_eq!(status.restarts, 3, "every relaunch after a failure counts");
+    }
+
+    #[test]
+    fn restored_bookkeeping_keeps_restarts_backoff_and_the_due_time() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        c.restore(7, 4, Some("exit code 3".into()), Some(t0 + secs(30)));
+        let status = c.status();
+        assert_eq!(
+            (status.phase, status.restarts, status.last_exit.as_deref()),
+            (ReplicaPhase::CrashLoop, 7, Some("exit code 3"))
+        );
+        assert_eq!(c.next_wake(), Some(t0 + secs(30)));
+        assert_eq!(drain(&mut c, t0 + secs(29)), []);
+        assert_eq!(drain(&mut c, t0 + secs(30)), [Decision::Launch]);
+        let run = c.on_spawned(facts(1), t0 + secs(30));
+        assert_eq!(c.restarts(), 8);
+        c.on_exit(run, "exit code 3".into(), vec![], t0 + secs(30));
+        drain(&mut c, t0 + secs(30));
+        c.on_stopped(run, t0 + secs(30));
+        // The fifth failure in a row: 1s doubled four times.
+        assert_eq!(c.next_wake(), Some(t0 + secs(30) + secs(16)));
+    }
+
+    #[test]
+    fn a_ready_run_shows_no_log_tail_of_an_earlier_failure() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        drain(&mut c, t0);
+        let run = c.on_spawned(facts(1), t0);
+        c.on_exit(run, "exit code 1".into(), vec!["boom".into()], t0);
+        drain(&mut c, t0);
+        c.on_stopped(run, t0);
+        assert_eq!(c.status().log_tail, ["boom"]);
+        let wake = c.next_wake().unwrap();
+        ready(&mut c, 2, wake);
+        assert!(c.status().log_tail.is_empty());
+        assert_eq!(c.status().last_exit.as_deref(), Some("exit code 1"));
     }
 }

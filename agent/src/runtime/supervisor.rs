@@ -16,9 +16,10 @@
 //!   [`Supervisor::stop_all`] and desired-state changes stop runtimes.
 //! - A replica is started only once its previous process group is gone, and the ledger is
 //!   written right after each spawn, before anything else happens: a runtime is never
-//!   run twice. (An agent killed between the spawn and that write, a window of
-//!   microseconds, leaves a process the ledger does not know; with cgroups it is killed
-//!   when the replica next starts.)
+//!   run twice. Runtimes the ledger cannot name (an agent killed between the spawn and
+//!   that write, an unreadable record, a corrupt ledger, which is moved aside) are found
+//!   at start by their working directory, `DATA_DIR/replicas/NAME`, and stopped before
+//!   their replica starts again.
 //! - Signals go to whole process groups (and cgroups): workers die with their runtime.
 
 use std::{
@@ -279,9 +280,30 @@ impl Supervisor {
             tracing::info!("replicas are tracked by process group only (cgroups disabled)");
             None
         };
-        let loaded = ledger::load(&context.data_dir)?;
+        let loaded = match ledger::load(&context.data_dir) {
+            Ok(loaded) => loaded,
+            Err(error @ ledger::LedgerError::Corrupt { .. }) => {
+                // Starting anyway beats a restart loop with the runtimes unsupervised: the
+                // runtimes are found by their working directories and stopped (the desired
+                // state is unknown; the coordinator sends it again, as generation 0 is
+                // applied now).
+                match ledger::move_aside(&context.data_dir) {
+                    Ok(to) => {
+                        tracing::error!(%error, moved_to = %to.display(), "the replica ledger is corrupt: moved it aside; the runtimes found running are stopped and the coordinator's desired state is applied afresh");
+                    }
+                    Err(e) => {
+                        tracing::error!(%error, move_error = %e, "the replica ledger is corrupt and cannot be moved aside; the runtimes found running are stopped and the coordinator's desired state is applied afresh");
+                    }
+                }
+                ledger::Loaded::default()
+            }
+            Err(error) => return Err(error.into()),
+        };
         for (name, why) in &loaded.unreadable {
-            tracing::error!(replica = %name, %why, "a record of the replica ledger cannot be read, so its process is not adopted; check for it by hand");
+            tracing::error!(replica = %name, %why, "a record of the replica ledger cannot be read: the replica's runtime is found by its working directory and stopped before it starts again");
+        }
+        if let Some(why) = &loaded.restarts_unreadable {
+            tracing::warn!(%why, "the restart counts in the replica ledger cannot be read; they start over");
         }
         if let Some(why) = &loaded.desired_unreadable {
             tracing::warn!(%why, "the desired state in the replica ledger cannot be read (agent upgraded?): the runtimes it lists are stopped, and started again when the coordinator sends its desired state");
@@ -301,10 +323,13 @@ impl Supervisor {
             next_housekeeping: Instant::now(),
             next_log_check: Instant::now() + config.log_check_interval,
             replicas_dir,
+            epoch: (Instant::now(), unix_ms()),
+            published: BTreeMap::new(),
             config,
             context,
         };
-        driver.adopt(loaded.ledger, Instant::now());
+        let strays = driver.find_strays(&loaded.ledger);
+        driver.adopt(loaded.ledger, strays, Instant::now());
         let generation = Arc::new(Mutex::new(driver.applied.as_ref().map(|d| d.generation)));
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
@@ -389,6 +414,9 @@ struct Live {
     stop_done: bool,
     adapter: Option<Arc<dyn Adapter>>,
     endpoints: Option<Endpoints>,
+    /// Other process groups of this replica that the ledger did not name (found by their
+    /// working directory): stopped with the run, so the replica never runs twice.
+    strays: Vec<ProcessGroup>,
 }
 
 struct Entry {
@@ -396,20 +424,40 @@ struct Entry {
     live: Option<Live>,
 }
 
-/// Why a launch could not be made; `terminal` when it cannot work for this spec.
+/// How a launch that could not be made goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaunchErrorKind {
+    /// It cannot work for this spec: `Failed`.
+    Terminal,
+    /// A failure: retried with backoff.
+    Retry,
+    /// A resource is missing (a free port): retried soon, not a failure.
+    Wait,
+}
+
+/// Why a launch could not be made.
 struct LaunchError {
     reason: String,
-    terminal: bool,
+    kind: LaunchErrorKind,
 }
 
 impl LaunchError {
     fn terminal(reason: String) -> Self {
-        Self { reason, terminal: true }
+        Self {
+            reason,
+            kind: LaunchErrorKind::Terminal,
+        }
     }
     fn retry(reason: String) -> Self {
         Self {
             reason,
-            terminal: false,
+            kind: LaunchErrorKind::Retry,
+        }
+    }
+    fn wait(reason: String) -> Self {
+        Self {
+            reason,
+            kind: LaunchErrorKind::Wait,
         }
     }
 }
@@ -429,6 +477,11 @@ struct Driver {
     next_housekeeping: Instant,
     next_log_check: Instant,
     replicas_dir: PathBuf,
+    /// An instant and the wall clock then, to write instants to the ledger as wall-clock
+    /// times that do not change from one write to the next.
+    epoch: (Instant, u64),
+    /// The phase each replica was last published with (to log entering CrashLoop once).
+    published: BTreeMap<String, ReplicaPhase>,
 }
 
 fn unix_ms() -> u64 {
@@ -436,6 +489,15 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Why a runtime's program cannot be started, with where its command comes from.
+fn cannot_start(kind: &str, program: &str, why: &str) -> String {
+    if kind == "custom" {
+        format!("cannot start the custom runtime's command {program}: {why} (the command is the spec's custom.command)")
+    } else {
+        format!("cannot start {program} for runtime kind {kind}: {why}; configure the command with --runtime {kind}=COMMAND (or [runtimes] in the config file)")
+    }
 }
 
 /// Replica names become directory and cgroup names.
@@ -479,24 +541,49 @@ fn desired(spec: &ReplicaSpec) -> Desired {
     }
 }
 
-/// What is known of a process whose spec is no longer known (only its name).
-fn unknown_spec(name: &str, hash: &str) -> Desired {
+/// What is known of a process whose spec is no longer known: its name and the labels its
+/// ledger record kept (empty for a runtime found by its working directory).
+fn unknown_spec(name: &str, record: Option<&ProcessRecord>) -> Desired {
+    let label = |f: fn(&ProcessRecord) -> &String| record.map(f).cloned().unwrap_or_default();
     Desired {
         spec: ReplicaSpec {
             name: name.to_string(),
-            deployment: String::new(),
-            tenant: String::new(),
+            deployment: label(|r| &r.deployment),
+            tenant: label(|r| &r.tenant),
             model_name: String::new(),
             model_version: String::new(),
             model_source: String::new(),
-            runtime_kind: String::new(),
+            runtime_kind: label(|r| &r.runtime_kind),
             runtime_args: Vec::new(),
             gpus: Vec::new(),
             env: Vec::new(),
             readiness_timeout_ms: 0,
             custom: None,
         },
-        hash: hash.to_string(),
+        hash: record.map(|r| r.spec_hash.clone()).unwrap_or_default(),
+    }
+}
+
+/// A failed probe as operators read it: a runtime that is loading refuses connections, so
+/// `not answering on PORT yet (connection refused)` rather than the client's error chain.
+fn probe_failure(error: &ProbeError, port: Option<u16>) -> String {
+    let on = port.map(|p| format!(" on {p}")).unwrap_or_default();
+    match error {
+        ProbeError::Timeout(after) => format!("no answer{on} within {}", humantime::format_duration(*after)),
+        ProbeError::Failed(text) => {
+            let lower = text.to_lowercase();
+            let what = if lower.contains("refused") {
+                "connection refused".to_string()
+            } else if lower.contains("reset") {
+                "connection reset".to_string()
+            } else if lower.contains("closed") || lower.contains("incomplete") {
+                "connection closed".to_string()
+            } else {
+                text.clone()
+            };
+            format!("not answering{on} yet ({what})")
+        }
+        ProbeError::Url { .. } => error.to_string(),
     }
 }
 
@@ -526,24 +613,57 @@ impl Driver {
         }
     }
 
+    /// Runtimes of replicas that the ledger does not name: process groups whose working
+    /// directory is under `DATA_DIR/replicas/NAME` and that are not a ledger record's
+    /// group (an unreadable record, a corrupt ledger moved aside, an agent killed between
+    /// a spawn and the ledger write).
+    fn find_strays(&self, ledger: &Ledger) -> BTreeMap<String, Vec<ProcessGroup>> {
+        let known: BTreeSet<u32> = ledger.processes.values().map(|r| r.pgid).collect();
+        let own: Vec<u32> = process::read_stat(std::process::id())
+            .map(|s| s.pgid)
+            .into_iter()
+            .collect();
+        let mut strays = process::groups_by_cwd(&self.replicas_dir, &own);
+        for (name, groups) in strays.iter_mut() {
+            groups.retain(|g| !known.contains(&g.pgid));
+            // The replica's cgroup holds only strays when the ledger has no record for it.
+            let cgroup = self
+                .cgroups
+                .as_ref()
+                .map(|c| c.base.join(name))
+                .filter(|dir| !ledger.processes.contains_key(name) && dir.is_dir());
+            for group in groups.iter_mut() {
+                group.cgroup = cgroup.clone();
+            }
+        }
+        strays.retain(|_, groups| !groups.is_empty());
+        for (name, groups) in &strays {
+            let pgids: Vec<u32> = groups.iter().map(|g| g.pgid).collect();
+            tracing::warn!(replica = %name, ?pgids, "found a runtime the replica ledger does not name (by its working directory); stopping it so the replica never runs twice");
+        }
+        strays
+    }
+
     /// Takes over what the ledger lists: live processes are adopted (and stopped when no
     /// longer desired or replaced when their spec changed); dead ones have their group's
     /// remains stopped and are restarted if still desired; desired replicas without a
-    /// process are started.
-    fn adopt(&mut self, ledger: Ledger, now: Instant) {
+    /// process are started, after their persisted backoff. `strays` (runtimes the ledger
+    /// does not name) are stopped before their replica starts.
+    fn adopt(&mut self, ledger: Ledger, mut strays: BTreeMap<String, Vec<ProcessGroup>>, now: Instant) {
         let wanted: BTreeMap<String, ReplicaSpec> = ledger
             .desired
             .iter()
             .flat_map(|d| &d.replicas)
             .map(|s| (s.name.clone(), s.clone()))
             .collect();
+        let counters = ledger.restarts;
         for (name, record) in ledger.processes {
             let alive = process::read_stat(record.pid)
                 .is_some_and(|s| s.start_time == record.start_time && s.pgid == record.pgid && !s.is_zombie());
             let wanted_spec = wanted.get(&name).map(desired);
             let running = match &wanted_spec {
                 Some(d) if d.hash == record.spec_hash => d.clone(),
-                _ => unknown_spec(&name, &record.spec_hash),
+                _ => unknown_spec(&name, Some(&record)),
             };
             let adapter = (self.context.adapters)(&running.spec.runtime_kind);
             let endpoints = adapter.as_ref().map(|a| a.endpoints(&running.spec));
@@ -553,14 +673,18 @@ impl Driver {
                 adopted: true,
                 ready_after: record.ready_after_ms.map(Duration::from_millis),
             };
+            let saved = counters.get(&name);
             let (mut core, run) = ReplicaCore::adopted(
                 running,
                 facts,
-                record.restarts,
+                saved.map_or(record.restarts, |c| c.restarts),
                 self.config.timing.clone(),
                 fastrand::f64,
                 now,
             );
+            if let Some(saved) = saved {
+                core.restore(saved.restarts, saved.failures, saved.last_exit.clone(), None);
+            }
             if !alive {
                 tracing::warn!(replica = %name, pid = record.pid, "a runtime exited while the agent was not running");
                 let tail = self.tail(&name);
@@ -584,6 +708,11 @@ impl Driver {
                     core.set_desired(d, now);
                 }
             }
+            let extra = strays.remove(&name).unwrap_or_default();
+            if alive && !extra.is_empty() {
+                // Duplicates of a runtime that keeps running: stopped now, not with it.
+                self.stop_detached(&name, extra.clone());
+            }
             let live = Live {
                 run,
                 record,
@@ -592,15 +721,95 @@ impl Driver {
                 stop_done: false,
                 adapter,
                 endpoints,
+                strays: extra,
+            };
+            self.replicas.insert(name, Entry { core, live: Some(live) });
+        }
+        for (name, groups) in strays {
+            let Some((first, rest)) = groups.split_first() else {
+                continue;
+            };
+            let leader_alive = process::is_running(first.pgid, first.leader_start_time);
+            let facts = RunFacts {
+                pid: first.pgid,
+                endpoint: String::new(),
+                adopted: true,
+                ready_after: None,
+            };
+            let saved = counters.get(&name);
+            let spec = wanted.get(&name);
+            let label = |f: fn(&ReplicaSpec) -> &String| spec.map(f).cloned().unwrap_or_default();
+            let record = ProcessRecord {
+                pid: first.pgid,
+                pgid: first.pgid,
+                start_time: first.leader_start_time,
+                ports: Vec::new(),
+                spec_hash: String::new(),
+                started_at_unix_ms: 0,
+                cgroup: first.cgroup.clone(),
+                restarts: saved.map_or(0, |c| c.restarts),
+                ready_after_ms: None,
+                deployment: label(|s| &s.deployment),
+                tenant: label(|s| &s.tenant),
+                runtime_kind: label(|s| &s.runtime_kind),
+            };
+            let (mut core, run) = ReplicaCore::adopted(
+                unknown_spec(&name, Some(&record)),
+                facts,
+                saved.map_or(0, |c| c.restarts),
+                self.config.timing.clone(),
+                fastrand::f64,
+                now,
+            );
+            match spec {
+                None => core.remove(),
+                Some(spec) => {
+                    core.set_desired(desired(spec), now);
+                }
+            }
+            core.set_reason(
+                "stopping a runtime the replica ledger does not name (found by its working directory)".into(),
+            );
+            let live = Live {
+                run,
+                record,
+                adopted: true,
+                exit_seen: !leader_alive,
+                stop_done: false,
+                adapter: None,
+                endpoints: None,
+                strays: rest.to_vec(),
             };
             self.replicas.insert(name, Entry { core, live: Some(live) });
         }
         for (name, spec) in wanted {
             if !self.replicas.contains_key(&name) {
-                let core = ReplicaCore::new(desired(&spec), self.config.timing.clone(), fastrand::f64, now);
+                let mut core = ReplicaCore::new(desired(&spec), self.config.timing.clone(), fastrand::f64, now);
+                if let Some(saved) = counters.get(&name) {
+                    // The backoff an earlier agent started goes on (never longer than the
+                    // longest backoff, whatever the wall clock did meanwhile).
+                    let until = saved.next_attempt_unix_ms.map(|at| {
+                        let wait = Duration::from_millis(at.saturating_sub(unix_ms()));
+                        now + wait.min(self.config.timing.restart_backoff_max)
+                    });
+                    core.restore(saved.restarts, saved.failures, saved.last_exit.clone(), until);
+                }
                 self.replicas.insert(name, Entry { core, live: None });
             }
         }
+    }
+
+    /// Stops process groups apart from any run (duplicates of an adopted runtime).
+    fn stop_detached(&mut self, name: &str, groups: Vec<ProcessGroup>) {
+        let grace = self.config.stop_grace_period;
+        let name = name.to_string();
+        self.helpers.spawn(async move {
+            for group in groups {
+                if let Err(error) = stop_group(&name, &group, grace).await {
+                    tracing::error!(replica = %name, %error, "a duplicate runtime's processes did not all end");
+                }
+            }
+        });
     }
 
     async fn run(
@@ -749,14 +958,22 @@ impl Driver {
                     let _ = events.send(Event::Exited { name, run, exit });
                 });
             }
-            Err(error) => {
-                if error.terminal {
+            Err(error) => match error.kind {
+                LaunchErrorKind::Terminal => {
                     tracing::error!(replica = %name, reason = %error.reason, "replica cannot be launched on this node");
-                } else {
-                    tracing::warn!(replica = %name, reason = %error.reason, "replica could not be started; retrying with backoff");
+                    entry.core.on_launch_failed(error.reason, true, now);
                 }
-                entry.core.on_launch_failed(error.reason, error.terminal, now);
-            }
+                LaunchErrorKind::Retry => {
+                    tracing::warn!(replica = %name, reason = %error.reason, "replica could not be started; retrying with backoff");
+                    entry.core.on_launch_failed(error.reason, false, now);
+                }
+                LaunchErrorKind::Wait => {
+                    if entry.core.status().reason != error.reason {
+                        tracing::info!(replica = %name, reason = %error.reason, "replica waits for a free port");
+                    }
+                    entry.core.on_launch_waiting(error.reason, now);
+                }
+            },
         }
     }
 
@@ -792,13 +1009,39 @@ impl Driver {
                     .ok_or_else(|| LaunchError::terminal(format!("device {uuid} is not on this node")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let needed = adapter.ports_needed(spec);
+        let dir = self.replica_dir(&spec.name);
+        let host = self.config.runtime_host.to_string();
+        // The launch is built once before ports are reserved: a spec the adapter refuses or
+        // a program that does not exist fails for good, whatever the ports.
+        let placeholder: Vec<u16> = (0..needed)
+            .map(|i| self.config.runtime_ports.0.saturating_add(i as u16))
+            .collect();
+        let trial = adapter
+            .launch(&LaunchContext {
+                spec,
+                command: &command,
+                host: &host,
+                ports: &placeholder,
+                devices: &devices,
+                replica_dir: &dir,
+            })
+            .map_err(|e| LaunchError::terminal(e.to_string()))?;
+        let path = trial
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| std::ffi::OsString::from(v))
+            .or_else(|| std::env::var_os("PATH"));
+        process::resolve_program(&trial.program, path.as_deref())
+            .map_err(|why| LaunchError::terminal(cannot_start(kind, &trial.program, &why)))?;
         let taken: BTreeSet<u16> = self
             .replicas
             .values()
             .filter_map(|e| e.live.as_ref())
             .flat_map(|l| l.record.ports.iter().copied())
             .collect();
-        let needed = adapter.ports_needed(spec);
         let ports = process::reserve_ports(
             self.config.runtime_host,
             self.config.runtime_ports,
@@ -807,15 +1050,14 @@ impl Driver {
             &mut self.port_cursor,
         )
         .ok_or_else(|| {
-            LaunchError::retry(format!(
-                "no {needed} free port(s) in runtime_ports {}-{}",
-                self.config.runtime_ports.0, self.config.runtime_ports.1
-            ))
+            let (first, last) = self.config.runtime_ports;
+            LaunchError::wait(match needed {
+                1 => format!("waiting for a free port in runtime_ports {first}-{last}"),
+                n => format!("waiting for {n} free ports in runtime_ports {first}-{last}"),
+            })
         })?;
-        let dir = self.replica_dir(&spec.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| LaunchError::retry(format!("cannot create {}: {e}", dir.display())))?;
-        let host = self.config.runtime_host.to_string();
         let context = LaunchContext {
             spec,
             command: &command,
@@ -861,7 +1103,12 @@ impl Driver {
             stderr: &stderr,
             cgroup: cgroup.as_deref(),
         })
-        .map_err(|e| LaunchError::retry(format!("cannot start {}: {e}", plan.program)))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                LaunchError::terminal(cannot_start(kind, &plan.program, &e.to_string()))
+            }
+            _ => LaunchError::retry(format!("cannot start {}: {e}", plan.program)),
+        })?;
         let pid = child
             .id()
             .ok_or_else(|| LaunchError::retry(format!("{} exited at once", plan.program)))?;
@@ -889,6 +1136,9 @@ impl Driver {
             cgroup,
             restarts: 0,
             ready_after_ms: None,
+            deployment: spec.deployment.clone(),
+            tenant: spec.tenant.clone(),
+            runtime_kind: spec.runtime_kind.clone(),
         };
         let live = Live {
             run: 0,
@@ -898,6 +1148,7 @@ impl Driver {
             stop_done: false,
             adapter: Some(adapter),
             endpoints: Some(endpoints),
+            strays: Vec::new(),
         };
         Ok((facts, live, child))
     }
@@ -914,15 +1165,28 @@ impl Driver {
             leader_start_time: live.record.start_time,
             cgroup: live.record.cgroup.clone(),
         };
-        tracing::info!(replica = %name, pgid = group.pgid, "stopping runtime");
+        let strays = live.strays.clone();
+        match self.replicas.get(name).and_then(|e| e.core.stopping()) {
+            Some((cause, true)) => {
+                tracing::warn!(replica = %name, pgid = group.pgid, %cause, "stopping a failed runtime");
+            }
+            Some((cause, false)) => tracing::info!(replica = %name, pgid = group.pgid, %cause, "stopping runtime"),
+            None => tracing::info!(replica = %name, pgid = group.pgid, "stopping runtime"),
+        }
         let grace = self.config.stop_grace_period;
         let events = self.events.clone();
         let name = name.to_string();
         self.helpers.spawn(async move {
-            let error = stop_group(&group, grace).await.err();
-            if let Some(cgroup) = &group.cgroup {
-                process::cgroup_remove(cgroup);
+            let mut errors: Vec<String> = Vec::new();
+            for group in std::iter::once(&group).chain(&strays) {
+                if let Err(e) = stop_group(&name, group, grace).await {
+                    errors.push(e);
+                }
+                if let Some(cgroup) = &group.cgroup {
+                    process::cgroup_remove(cgroup);
+                }
             }
+            let error = (!errors.is_empty()).then(|| errors.join("; "));
             let _ = events.send(Event::Stopped { name, run, error });
         });
     }
@@ -1039,13 +1303,14 @@ impl Driver {
                     ProbeKind::Readiness | ProbeKind::Liveness => {
                         let (ok, detail) = match &result {
                             Ok(answer) => (answered(answer), format!("HTTP {}", answer.status)),
-                            Err(e) => (false, e.to_string()),
+                            Err(e) => (false, probe_failure(e, live.record.ports.first().copied())),
                         };
                         if kind == ProbeKind::Readiness {
                             let before = entry.core.phase();
                             entry.core.on_readiness(run, ok, &detail, now);
                             if before == ReplicaPhase::Starting && entry.core.phase() == ReplicaPhase::Ready {
-                                tracing::info!(replica = %name, ready_after_ms = ?entry.core.ready_after().map(|d| d.as_millis()), "runtime ready");
+                                let ready_after_ms = entry.core.ready_after().map_or(0, |d| d.as_millis() as u64);
+                                tracing::info!(replica = %name, ready_after_ms, "runtime ready");
                             }
                         } else {
                             if !ok {
@@ -1138,6 +1403,19 @@ impl Driver {
 
     fn publish(&mut self) {
         let replicas: Vec<ReplicaStatus> = self.replicas.values().map(|e| e.core.status()).collect();
+        for status in &replicas {
+            let before = self.published.insert(status.name.clone(), status.phase);
+            if status.phase == ReplicaPhase::CrashLoop && before != Some(ReplicaPhase::CrashLoop) {
+                tracing::warn!(
+                    replica = %status.name,
+                    restarts = status.restarts,
+                    last_exit = status.last_exit.as_deref().unwrap_or("none"),
+                    reason = %status.reason,
+                    "replica is in CrashLoop: it keeps failing and restarts with growing backoff"
+                );
+            }
+        }
+        self.published.retain(|name, _| self.replicas.contains_key(name));
         self.board.send_if_modified(|board| {
             if board.replicas == replicas {
                 return false;
@@ -1169,6 +1447,26 @@ impl Driver {
                     Some((name.clone(), record))
                 })
                 .collect(),
+            restarts: self
+                .replicas
+                .iter()
+                .filter(|(_, e)| e.core.desired().is_some())
+                .map(|(name, e)| {
+                    let record = ledger::RestartRecord {
+                        restarts: e.core.restarts(),
+                        failures: e.core.failures(),
+                        next_attempt_unix_ms: e.core.retry_at().map(|at| {
+                            let (base, base_ms) = self.epoch;
+                            let ahead = at.saturating_duration_since(base).as_millis() as u64;
+                            let behind = base.saturating_duration_since(at).as_millis() as u64;
+                            (base_ms + ahead).saturating_sub(behind)
+                        }),
+                        last_exit: e.core.last_exit().map(str::to_string),
+                    };
+                    (name.clone(), record)
+                })
+                .filter(|(_, r)| *r != ledger::RestartRecord::default())
+                .collect(),
         }
     }
 
@@ -1189,19 +1487,19 @@ impl Driver {
 
 /// SIGTERM to the whole group, up to `grace` for it to go, then SIGKILL (and
 /// `cgroup.kill`); returns once no process of the group is left.
-async fn stop_group(group: &ProcessGroup, grace: Duration) -> Result<(), String> {
+async fn stop_group(name: &str, group: &ProcessGroup, grace: Duration) -> Result<(), String> {
     if members(group).await.is_empty() {
         return Ok(());
     }
     if let Err(e) = group.signal(Signal::SIGTERM) {
-        tracing::warn!(pgid = group.pgid, error = %e, "cannot send SIGTERM to a runtime's group");
+        tracing::warn!(replica = %name, pgid = group.pgid, error = %e, "cannot send SIGTERM to a runtime's group");
     }
     if wait_empty(group, grace).await {
         return Ok(());
     }
-    tracing::warn!(pgid = group.pgid, grace = ?grace, "runtime still running after the grace period; sending SIGKILL to its group");
+    tracing::warn!(replica = %name, pgid = group.pgid, grace = %humantime::format_duration(grace), "runtime still running after the grace period; sending SIGKILL to its group");
     if let Err(e) = group.signal(Signal::SIGKILL) {
-        tracing::warn!(pgid = group.pgid, error = %e, "cannot send SIGKILL to a runtime's group");
+        tracing::warn!(replica = %name, pgid = group.pgid, error = %e, "cannot send SIGKILL to a runtime's group");
     }
     if wait_empty(group, KILL_WAIT).await {
         Ok(())

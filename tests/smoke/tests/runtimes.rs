@@ -192,6 +192,20 @@ vllm = "{mock} --flavor vllm"
     first.kill();
     let (status, _) = chat(ready["chat-1"].endpoint.as_ref().unwrap());
     assert_eq!(status, 200, "a replica stopped serving when its agent died");
+    // Once the node is NotReady, its replicas' phases are Unknown (the last report is only
+    // a hint), while the runtimes themselves keep serving.
+    let lost = eventually("replicas Unknown on a NotReady node", Duration::from_secs(20), || {
+        let now = replicas(&coordinator);
+        (now.get("chat-0")?.phase == "Unknown").then_some(now)
+    })
+    .await;
+    assert!(
+        lost["chat-0"].reason.contains("last reported Ready"),
+        "{:?}",
+        lost["chat-0"]
+    );
+    let (status, _) = chat(ready["chat-0"].endpoint.as_ref().unwrap());
+    assert_eq!(status, 200);
     // A new agent adopts them: same processes, no duplicates.
     let _second = agent(&agent_toml);
     let adopted = eventually("replicas re-adopted", Duration::from_secs(30), || {
@@ -203,6 +217,9 @@ vllm = "{mock} --flavor vllm"
     })
     .await;
     assert_eq!(adopted["chat-0"].restarts, 0);
+    // Phase changes are the replica's events.
+    let detail = coordinator.shared.store.events("replica/chat-0", 20).unwrap();
+    assert!(detail.iter().any(|e| e.reason == "Ready"), "{detail:?}");
     assert_eq!(processes_with(&marker).len(), 2, "{:?}", processes_with(&marker));
 
     // The coordinator goes away: replicas keep serving; it comes back: nothing restarts.
