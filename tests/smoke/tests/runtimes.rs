@@ -67,13 +67,15 @@ fn replicas(coordinator: &Coordinator) -> BTreeMap<String, ReplicaView> {
         .collect()
 }
 
-/// Waits until the named replicas are all Ready; returns their views.
+/// Waits until the named replicas are all Ready with their version read (the version is
+/// asked once a replica is ready, so it can arrive one report later); returns their views.
 async fn all_ready(coordinator: &Coordinator, names: &[&str]) -> BTreeMap<String, ReplicaView> {
     eventually(&format!("{names:?} Ready"), Duration::from_secs(60), || {
         let now = replicas(coordinator);
         let ready = names.iter().all(|n| {
-            now.get(*n)
-                .is_some_and(|r| r.phase == "Ready" && r.endpoint.is_some() && r.pid.is_some())
+            now.get(*n).is_some_and(|r| {
+                r.phase == "Ready" && r.endpoint.is_some() && r.pid.is_some() && r.runtime_version.is_some()
+            })
         });
         ready.then_some(now)
     })
