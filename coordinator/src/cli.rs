@@ -899,28 +899,7 @@ fn describe_node(detail: &NodeDetail) -> String {
             out.push_str(&format!("  {line}\n"));
         }
     }
-    out.push_str("Events:\n");
-    if detail.events.is_empty() {
-        out.push_str("  none\n");
-    } else {
-        let mut rows = vec![vec![
-            "TIME".to_string(),
-            "TYPE".into(),
-            "REASON".into(),
-            "MESSAGE".into(),
-        ]];
-        for e in &detail.events {
-            rows.push(vec![
-                e.time.clone(),
-                e.kind.clone(),
-                e.reason.clone(),
-                e.message.clone(),
-            ]);
-        }
-        for line in table(rows).lines() {
-            out.push_str(&format!("  {line}\n"));
-        }
-    }
+    out.push_str(&events_section(&detail.events));
     out
 }
 
