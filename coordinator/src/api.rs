@@ -34,6 +34,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    problems: Vec<crate::api_types::ProblemView>,
 }
 
 impl ApiError {
@@ -42,6 +43,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            problems: Vec::new(),
         }
     }
 
@@ -61,6 +63,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
+                problems: self.problems,
             },
         };
         (self.status, Json(body)).into_response()

@@ -381,4 +381,341 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong and what to do.
     pub message: String,
+    /// For `invalid_manifest`: every problem, with its document, object and field path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<ProblemView>,
+}
+
+/// One problem in an applied manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProblemView {
+    /// The source the document came from (a file name given in [`ApplyRequest`]); absent
+    /// for a plain-text request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Document number in the request, from 1.
+    pub document: usize,
+    /// Kind, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `metadata.namespace`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `metadata.name`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Dotted field path (`spec.replicas.min`); empty for the document as a whole.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// `POST /api/v1/apply` or `POST /api/v1/delete` with `Content-Type: application/json`.
+/// (Any other content type: the body is the manifest text itself, one source.) Every
+/// source is parsed and checked; the request is applied as a whole or not at all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    /// Manifest texts, each one or more YAML (or JSON) documents.
+    pub sources: Vec<ManifestSource>,
+    /// Check everything and report what would happen, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One manifest text and where it came from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSource {
+    /// A name for error messages (the file path; `-` for stdin).
+    pub name: String,
+    /// The text.
+    pub text: String,
+}
+
+/// `POST /api/v1/apply` and `POST /api/v1/delete`: what happened to each object.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// One per object of the request, in request order.
+    pub items: Vec<AppliedObject>,
+    /// Things that are accepted but will not work yet (a class no node has, ...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One object of an apply or delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedObject {
+    /// `Tenant`, `HardwareClass` or `ModelDeployment`.
+    pub kind: String,
+    /// The tenant, for namespaced kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// `created`, `configured`, `unchanged`, `deleted` or `not-found`.
+    pub action: String,
+    /// The object's generation after the request (bumped on every spec change); 0 once deleted.
+    pub generation: u64,
+}
+
+/// A condition, Kubernetes style.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    /// Condition type (`Available`, `Placed`, `QuotaEnforced`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Short CamelCase reason.
+    pub reason: String,
+    /// Human message.
+    pub message: String,
+    /// RFC 3339 time the status last changed.
+    #[serde(rename = "lastTransitionTime")]
+    pub last_transition_time: String,
+}
+
+/// `metadata` of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMetaView {
+    /// Name.
+    pub name: String,
+    /// Tenant, for namespaced kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Bumped on every spec change, from 1.
+    pub generation: u64,
+    /// RFC 3339 creation time.
+    #[serde(rename = "creationTimestamp")]
+    pub creation_timestamp: String,
+}
+
+/// A stored manifest with its status (`get tenants|hardwareclasses|deployments -o json`
+/// items). `spec` is the applied spec, in manifest spelling (camelCase), with defaults filled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectView<S> {
+    /// `pyxis.dev/v1alpha1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Kind.
+    pub kind: String,
+    /// Metadata.
+    pub metadata: ObjectMetaView,
+    /// The applied spec.
+    pub spec: serde_json::Value,
+    /// What the coordinator observes.
+    pub status: S,
+}
+
+/// `GET /api/v1/{tenants,hardwareclasses,deployments}/{name}`: the object and its events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectDetail<S> {
+    /// The object.
+    #[serde(flatten)]
+    pub object: ObjectView<S>,
+    /// Recent events, oldest first.
+    pub events: Vec<EventView>,
+}
+
+/// A tenant as the API shows it.
+pub type TenantView = ObjectView<TenantStatus>;
+/// A hardware class as the API shows it.
+pub type HardwareClassView = ObjectView<HardwareClassStatus>;
+/// A model deployment as the API shows it.
+pub type DeploymentView = ObjectView<DeploymentStatus>;
+
+/// `Tenant` status. GPU amounts are normalised GPUs (see `HardwareClass.relativeCapacity`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// `enforce` or `dry-run`, stated explicitly.
+    pub quota_mode: String,
+    /// Whether the limit is enforced (false in dry-run).
+    pub quota_enforced: bool,
+    /// Guarantee, normalised (per-class guarantees converted with relative capacities).
+    pub guarantee_gpus: f64,
+    /// Borrowing limit, normalised; null: none.
+    pub limit_gpus: Option<f64>,
+    /// Normalised GPUs held by its placed replicas.
+    pub allocated_gpus: f64,
+    /// Devices (and MIG instances) held.
+    pub allocated_devices: u32,
+    /// Weighted max-min fair share of the fleet given everyone's demand.
+    pub fair_share_gpus: f64,
+    /// Placed plus pending, at the smallest size pending replicas could take.
+    pub demand_gpus: f64,
+    /// The fleet's normalised capacity.
+    pub capacity_gpus: f64,
+    /// Holds more than its limit (dry-run only).
+    pub over_limit: bool,
+    /// Its deployments.
+    pub deployments: u32,
+    /// Replicas placed.
+    pub replicas_placed: u32,
+    /// Replicas wanted but not placed.
+    pub replicas_pending: u32,
+    /// `QuotaEnforced`, `GuaranteeMet`, `WithinLimit`.
+    pub conditions: Vec<Condition>,
+}
+
+/// `HardwareClass` status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HardwareClassStatus {
+    /// Devices (and MIG instances) in the fleet of this class, by the match rules.
+    pub devices: u32,
+    /// Nodes with at least one.
+    pub nodes: u32,
+    /// Of those devices, held by replicas.
+    pub allocated: u32,
+    /// `Matched`: some device has this class.
+    pub conditions: Vec<Condition>,
+}
+
+/// `ModelDeployment` status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    /// The generation this status was computed for.
+    pub observed_generation: u64,
+    /// Replica counts.
+    pub replicas: ReplicaCounts,
+    /// Every placed replica.
+    pub placements: Vec<PlacedReplica>,
+    /// `Available` (ready >= min), `Placed` (nothing pending), `Progressing`.
+    pub conditions: Vec<Condition>,
+}
+
+/// Replica counts of a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaCounts {
+    /// `spec.replicas.min`.
+    pub min: u32,
+    /// `spec.replicas.max`.
+    pub max: u32,
+    /// Placed on a ready or cordoned node.
+    pub placed: u32,
+    /// Reported `Ready` by their agents.
+    pub ready: u32,
+    /// Wanted but not placed (up to `max`).
+    pub pending: u32,
+    /// On a draining or lost node, kept until replaced.
+    pub displaced: u32,
+}
+
+/// A replica placement decided by the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedReplica {
+    /// Replica name (`{deployment}-{sequence}`).
+    pub name: String,
+    /// Node.
+    pub node: String,
+    /// Runtime kind chosen (the first of the deployment's list the node supports).
+    pub runtime: String,
+    /// Hardware class of its devices (`cpu` for none).
+    pub hardware_class: String,
+    /// Device UUIDs.
+    pub gpus: Vec<String>,
+    /// Phase its agent last reported; `Pending` until it reports one.
+    pub phase: String,
+}
+
+/// `pyxis explain deployment NAME`: the last placement decision for a deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExplainView {
+    /// Tenant.
+    pub tenant: String,
+    /// Deployment.
+    pub deployment: String,
+    /// RFC 3339 time of the placement pass.
+    pub evaluated_at: String,
+    /// One line: placed, pending, and the main reason.
+    pub summary: String,
+    /// Replica counts.
+    pub replicas: ReplicaCounts,
+    /// Where its replicas are.
+    pub placements: Vec<PlacedReplica>,
+    /// The tenant's share against its guarantee.
+    pub share: TenantShareView,
+    /// When replicas are pending: every node, by name, and why it was not chosen. Empty
+    /// when nothing is pending.
+    pub nodes: Vec<NodeVerdictView>,
+}
+
+/// A tenant's share (normalised GPUs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenantShareView {
+    /// Tenant.
+    pub tenant: String,
+    /// Weight.
+    pub weight: f64,
+    /// Held now.
+    pub usage: f64,
+    /// Wanted.
+    pub demand: f64,
+    /// Guarantee.
+    pub guarantee: f64,
+    /// Limit; null: none.
+    pub limit: Option<f64>,
+    /// Fair share.
+    pub fair_share: f64,
+    /// Fleet capacity.
+    pub capacity: f64,
+    /// `enforce` or `dry-run`.
+    pub quota_mode: String,
+    /// Over its limit (dry-run).
+    pub over_limit: bool,
+}
+
+/// Why one node was not chosen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeVerdictView {
+    /// Node.
+    pub node: String,
+    /// Every reason that applies.
+    pub reasons: Vec<ReasonView>,
+}
+
+/// One reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonView {
+    /// Stable code: `node-unschedulable`, `runtime-unsupported`, `class-not-allowed`,
+    /// `insufficient-memory`, `unhealthy`, `mig-instances`, `insufficient-gpus`,
+    /// `mixed-classes`, `no-linked-gpus`, `quota`, `fair-share`, `deferred`.
+    pub code: String,
+    /// In words.
+    pub message: String,
+}
+
+/// `pyxis usage`: GPU time and cost per tenant and hardware class.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsageView {
+    /// RFC 3339 start of the window (rounded down to the hour usage is kept in).
+    pub since: String,
+    /// RFC 3339 end of the window (now).
+    pub until: String,
+    /// One row per tenant and class with usage in the window, sorted.
+    pub items: Vec<UsageRow>,
+}
+
+/// GPU time of one tenant on one hardware class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Hardware class.
+    pub hardware_class: String,
+    /// Device-seconds held by running replicas (a replica on 2 GPUs for 10 s: 20).
+    pub gpu_seconds: f64,
+    /// The same in hours.
+    pub gpu_hours: f64,
+    /// The class's `pricePerGpuHour` (0 when no HardwareClass prices it).
+    pub price_per_gpu_hour: f64,
+    /// `gpu_hours * price_per_gpu_hour`.
+    pub cost: f64,
 }
