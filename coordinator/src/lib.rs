@@ -19,6 +19,7 @@ pub mod dev;
 pub mod link;
 pub mod manifest;
 pub mod metrics;
+pub mod objects;
 pub mod placement;
 pub mod registry;
 pub mod server;

@@ -185,6 +185,37 @@ pub struct Capacity {
     pub devices: Vec<DeviceState>,
 }
 
+/// One node as the reconciler sees it (a copy: the registry lock is not held while it
+/// places).
+#[derive(Debug, Clone)]
+pub struct FleetNode {
+    /// Node name.
+    pub name: String,
+    /// Status now.
+    pub status: NodeStatus,
+    /// Whether the node has registered at least once (facts known).
+    pub registered: bool,
+    /// Runtime kinds it reports.
+    pub runtimes: Vec<String>,
+    /// Its devices with their live state.
+    pub devices: Vec<FleetDevice>,
+    /// Replicas as its agent last reported them.
+    pub reported: Vec<ReplicaStatus>,
+    /// What it was last told to run.
+    pub desired: DesiredState,
+}
+
+/// One device as the reconciler sees it.
+#[derive(Debug, Clone)]
+pub struct FleetDevice {
+    /// Static facts.
+    pub facts: DeviceFacts,
+    /// `healthy`, `degraded` or `unhealthy` (`healthy` before any report).
+    pub health: &'static str,
+    /// Memory in use, when reported.
+    pub memory_used_bytes: Option<u64>,
+}
+
 /// Node status as users see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeStatus {
@@ -512,6 +543,48 @@ impl Registry {
             joined_at_ms: node.joined_at_ms,
             last_seen_ms: node.last_seen_ms,
         }
+    }
+
+    /// Every node with what placement needs, sorted by name.
+    pub fn fleet(&self, now: Instant, timeout: Duration) -> Vec<FleetNode> {
+        let mut fleet: Vec<FleetNode> = self
+            .nodes
+            .iter()
+            .map(|(name, node)| {
+                let devices = node
+                    .facts
+                    .as_ref()
+                    .map(|facts| {
+                        facts
+                            .devices
+                            .iter()
+                            .map(|d| {
+                                let state = node
+                                    .capacity
+                                    .as_ref()
+                                    .and_then(|c| c.devices.iter().find(|s| s.uuid == d.uuid));
+                                FleetDevice {
+                                    facts: d.clone(),
+                                    health: state.map_or("healthy", |s| s.health),
+                                    memory_used_bytes: state.and_then(|s| s.memory_used_bytes),
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                FleetNode {
+                    name: name.clone(),
+                    status: status_of(node, now, timeout),
+                    registered: node.facts.is_some(),
+                    runtimes: node.facts.as_ref().map(|f| f.runtimes.clone()).unwrap_or_default(),
+                    devices,
+                    reported: node.replicas.clone(),
+                    desired: node.desired.clone(),
+                }
+            })
+            .collect();
+        fleet.sort_by(|a, b| a.name.cmp(&b.name));
+        fleet
     }
 
     /// Number of nodes.

@@ -76,6 +76,40 @@ pub struct EventRow {
     pub message: String,
 }
 
+/// An applied manifest (`objects` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRow {
+    /// `Tenant`, `HardwareClass` or `ModelDeployment`.
+    pub kind: String,
+    /// The tenant of a namespaced kind; empty for cluster-wide kinds.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The manifest as JSON (re-validated when loaded).
+    pub manifest_json: String,
+    /// Bumped on every spec change, from 1.
+    pub generation: u64,
+    /// Creation order across all objects (smaller is older).
+    pub seq: u64,
+    /// Created at, ms since the epoch.
+    pub created_ms: i64,
+    /// Last changed at, ms since the epoch.
+    pub updated_ms: i64,
+}
+
+/// GPU time of one tenant on one hardware class in one hour (`usage` table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRecord {
+    /// Tenant.
+    pub tenant: String,
+    /// Hardware class.
+    pub hardware_class: String,
+    /// Start of the hour, ms since the epoch.
+    pub hour_ms: i64,
+    /// Device-seconds.
+    pub gpu_seconds: f64,
+}
+
 /// The SQLite store.
 #[derive(Debug)]
 pub struct Store {
@@ -114,6 +148,24 @@ CREATE TABLE IF NOT EXISTS desired_state (
     node TEXT PRIMARY KEY,
     generation INTEGER NOT NULL,
     replicas TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+);
+CREATE TABLE IF NOT EXISTS usage (
+    tenant TEXT NOT NULL,
+    hardware_class TEXT NOT NULL,
+    hour_ms INTEGER NOT NULL,
+    gpu_seconds REAL NOT NULL,
+    PRIMARY KEY (tenant, hardware_class, hour_ms)
 );
 ";
 
@@ -204,6 +256,92 @@ impl Store {
                 params![node, generation as i64, replicas_json],
             )
             .map(|_| ())
+        })
+    }
+
+    /// Every applied manifest, oldest first.
+    pub fn objects(&self) -> Result<Vec<ObjectRow>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT kind, namespace, name, manifest, generation, seq, created_ms, updated_ms FROM objects ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ObjectRow {
+                    kind: r.get(0)?,
+                    namespace: r.get(1)?,
+                    name: r.get(2)?,
+                    manifest_json: r.get(3)?,
+                    generation: r.get::<_, i64>(4)? as u64,
+                    seq: r.get::<_, i64>(5)? as u64,
+                    created_ms: r.get(6)?,
+                    updated_ms: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Writes and deletes objects in one transaction: all of them or none.
+    pub fn write_objects(&self, upserts: &[ObjectRow], deletes: &[(String, String, String)]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut upsert = tx.prepare_cached(
+                    "INSERT INTO objects(kind, namespace, name, manifest, generation, seq, created_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(kind, namespace, name) DO UPDATE SET manifest = excluded.manifest,
+                         generation = excluded.generation, updated_ms = excluded.updated_ms",
+                )?;
+                for o in upserts {
+                    upsert.execute(params![
+                        o.kind,
+                        o.namespace,
+                        o.name,
+                        o.manifest_json,
+                        o.generation as i64,
+                        o.seq as i64,
+                        o.created_ms,
+                        o.updated_ms
+                    ])?;
+                }
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")?;
+                for (kind, namespace, name) in deletes {
+                    delete.execute(params![kind, namespace, name])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Adds GPU time to the hourly usage records, in one transaction.
+    pub fn add_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut add = tx.prepare_cached(
+                    "INSERT INTO usage(tenant, hardware_class, hour_ms, gpu_seconds) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(tenant, hardware_class, hour_ms) DO UPDATE SET gpu_seconds = gpu_seconds + excluded.gpu_seconds",
+                )?;
+                for r in records {
+                    add.execute(params![r.tenant, r.hardware_class, r.hour_ms, r.gpu_seconds])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// GPU-seconds per (tenant, class) in the hours starting at or after `since_hour_ms`,
+    /// sorted by tenant then class.
+    pub fn usage(&self, since_hour_ms: i64, tenant: Option<&str>) -> Result<Vec<(String, String, f64)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT tenant, hardware_class, SUM(gpu_seconds) FROM usage
+                 WHERE hour_ms >= ?1 AND (?2 IS NULL OR tenant = ?2)
+                 GROUP BY tenant, hardware_class ORDER BY tenant, hardware_class",
+            )?;
+            let rows = stmt.query_map(params![since_hour_ms, tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
         })
     }
 

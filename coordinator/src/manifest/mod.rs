@@ -26,7 +26,7 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 
 pub use error::{ManifestError, Problem};
-pub use parse::{parse_documents, MAX_DOCUMENTS};
+pub use parse::{parse_documents, parse_numbered, MAX_DOCUMENTS};
 pub use types::{
     CustomRuntimeSpec, DeviceVendor, GpuQuota, HardwareClass, HardwareClassSpec, HardwareMatch, LatencyBand,
     LatencyBudget, ModelDeployment, ModelDeploymentSpec, ModelPattern, ModelSpec, ObjectMeta, QuotaMode, Replicas,

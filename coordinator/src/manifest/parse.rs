@@ -34,6 +34,12 @@ const MAX_ERRORS_PER_DOCUMENT: usize = 50;
 /// `---`, only comments) are skipped; an input with no manifest is `Ok(vec![])`. `status` is
 /// accepted and ignored. An object defined twice in one input is an error.
 pub fn parse_documents(text: &str) -> Result<Vec<Manifest>, Vec<ManifestError>> {
+    parse_numbered(text).map(|manifests| manifests.into_iter().map(|(_, manifest)| manifest).collect())
+}
+
+/// [`parse_documents`], with each manifest's document number (from 1), so that problems
+/// found later (references between objects) can say where they are.
+pub fn parse_numbered(text: &str) -> Result<Vec<(usize, Manifest)>, Vec<ManifestError>> {
     let mut manifests: Vec<(usize, Manifest)> = Vec::new();
     let mut errors = Vec::new();
     let mut last_yaml_error: Option<String> = None;
@@ -73,7 +79,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Manifest>, Vec<ManifestError>> 
     }
     errors.extend(duplicates(&manifests));
     if errors.is_empty() {
-        Ok(manifests.into_iter().map(|(_, manifest)| manifest).collect())
+        Ok(manifests)
     } else {
         errors.sort_by_key(|e| e.document);
         Err(errors)
