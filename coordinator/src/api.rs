@@ -34,11 +34,11 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    problems: Vec<crate::api_types::ProblemView>,
+    pub(crate) problems: Vec<crate::api_types::ProblemView>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -47,7 +47,12 @@ impl ApiError {
         }
     }
 
-    fn internal(error: impl std::fmt::Display) -> Self {
+    /// Whether this is a 404.
+    pub(crate) fn is_not_found(&self) -> bool {
+        self.status == StatusCode::NOT_FOUND
+    }
+
+    pub(crate) fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(error = %error, "admin API internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -99,6 +104,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/nodes/{name}/{action}", post(node_action))
         .route("/api/v1/replicas", get(list_replicas))
         .route("/api/v1/replicas/{name}", get(get_replica))
+        .merge(crate::api_objects::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(shared.clone(), require_admin));
@@ -300,7 +306,7 @@ async fn list_nodes(State(shared): State<Arc<Shared>>) -> Json<List<crate::api_t
 /// `?namespace=TENANT` filters namespaced lists.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NamespaceQuery {
+pub(crate) struct NamespaceQuery {
     namespace: Option<String>,
 }
 
@@ -416,6 +422,7 @@ async fn node_action(
             tracing::info!(node = %name, "{message}");
         }
         shared.event(&format!("node/{name}"), kind, reason, message);
+        shared.wake_reconciler();
     }
     let view = shared
         .registry()
@@ -442,11 +449,12 @@ async fn delete_node(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
+    shared.wake_reconciler();
     tracing::warn!(node = %name, "node deleted by an operator: its certificate no longer works; the name may join again with a new token");
     Ok(Json(serde_json::json!({"deleted": name})))
 }
 
-fn path_error(rejection: PathRejection) -> ApiError {
+pub(crate) fn path_error(rejection: PathRejection) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "bad_request",

@@ -81,6 +81,10 @@ pub struct CoordinatorConfig {
     pub cluster_name: String,
     /// Existing CA certificate and key, if configured.
     pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Whether the reconciler places replicas from the applied manifests and owns every
+    /// node's desired state (always, for a daemon). Library users that set desired states
+    /// by hand ([`crate::server::Coordinator::set_desired`], in tests) turn it off.
+    pub reconcile: bool,
 }
 
 /// Default data directory.
@@ -151,6 +155,7 @@ impl CoordinatorConfig {
             report_interval,
             cluster_name,
             ca_files,
+            reconcile: true,
         })
     }
 
@@ -165,6 +170,7 @@ impl CoordinatorConfig {
             report_interval: Duration::from_secs(1),
             cluster_name: "pyxis".into(),
             ca_files: None,
+            reconcile: true,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`cli`]: the `pyxis` operator CLI.
 
 pub mod api;
+pub mod api_objects;
 pub mod api_types;
 pub mod cli;
 pub mod config;
@@ -21,11 +22,13 @@ pub mod manifest;
 pub mod metrics;
 pub mod objects;
 pub mod placement;
+pub mod reconciler;
 pub mod registry;
 pub mod server;
 pub mod store;
 pub mod time;
 pub mod tokens;
+pub mod views;
 
 /// This coordinator's software version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

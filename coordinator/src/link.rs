@@ -496,6 +496,7 @@ impl Session {
             }
         }
         tracing::info!(peer = %self.remote, node = %name, accelerators = devices, agent_version = %agent_version, "node registered");
+        self.shared.wake_reconciler();
         for message in &unwell {
             tracing::warn!(node = %name, "{message}");
             self.shared
@@ -577,6 +578,10 @@ impl Session {
                         // Replaced or revoked meanwhile; the connection is being closed.
                         return Ok(());
                     };
+                    if !changes.is_empty() {
+                        // A device's health tier changed: placement may move replicas.
+                        self.shared.wake_reconciler();
+                    }
                     for change in changes {
                         let (reason, kind, message) = change.event();
                         if kind == "Normal" {

@@ -103,6 +103,11 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// The bound QUIC port (for join hints).
     pub quic_port: u16,
+    catalog: Mutex<crate::objects::Catalog>,
+    /// Serialises applies and deletes: each is planned and written as a whole.
+    pub apply_lock: tokio::sync::Mutex<()>,
+    placement: Mutex<crate::reconciler::PlacementState>,
+    reconcile: tokio::sync::Notify,
 }
 
 /// Why a desired state could not be set.
@@ -128,6 +133,26 @@ impl Shared {
     /// hold between method calls).
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Locks the catalog of applied manifests.
+    pub fn catalog(&self) -> MutexGuard<'_, crate::objects::Catalog> {
+        self.catalog.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Locks the outcome of the last placement pass.
+    pub fn placement_state(&self) -> MutexGuard<'_, crate::reconciler::PlacementState> {
+        self.placement.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks the reconciler for a pass now (something placement depends on changed).
+    pub fn wake_reconciler(&self) {
+        self.reconcile.notify_one();
+    }
+
+    /// Resolves when [`Shared::wake_reconciler`] was called.
+    pub async fn reconcile_wakeup(&self) {
+        self.reconcile.notified().await;
     }
 
     /// A fresh connection id.
@@ -393,6 +418,10 @@ impl Coordinator {
                 Err(e) => tracing::error!(node = %node, error = %e, "stored desired state is unreadable; ignoring it"),
             }
         }
+        let (catalog, problems) = crate::objects::Catalog::load(store.objects()?);
+        for problem in &problems {
+            tracing::error!(problem = %problem, "an applied manifest could not be loaded; apply it again");
+        }
         let ca = load_or_create_ca(&config, !registry.is_empty())?;
         let (admin_token_sha256, admin_token) = admin_token(&store, &data_dir)?;
         tracing::info!(ca_hash = %ca.hash(), nodes = registry.len(), "state loaded");
@@ -431,9 +460,13 @@ impl Coordinator {
             next_connection_id: AtomicU64::new(1),
             ready: AtomicBool::new(false),
             quic_port: quic_addr.port(),
+            catalog: Mutex::new(catalog),
+            apply_lock: tokio::sync::Mutex::new(()),
+            placement: Mutex::new(crate::reconciler::PlacementState::default()),
+            reconcile: tokio::sync::Notify::new(),
         });
         let shutdown = CancellationToken::new();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::link::accept_loop(
                 endpoint.clone(),
                 shared.clone(),
@@ -442,6 +475,11 @@ impl Coordinator {
             tokio::spawn(crate::api::serve(api_listener, shared.clone(), shutdown.clone())),
             tokio::spawn(sweeper(shared.clone(), shutdown.clone())),
         ];
+        if shared.config.reconcile {
+            tasks.push(tokio::spawn(crate::reconciler::run(shared.clone(), shutdown.clone())));
+        } else {
+            tracing::info!("the reconciler is off: desired states are set by the library user");
+        }
         shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(addr = %quic_addr, "agent link listening (QUIC, mutual TLS)");
         tracing::info!(addr = %api_addr, "admin API listening (/api/v1, /metrics, /healthz, /readyz)");
@@ -458,40 +496,14 @@ impl Coordinator {
 
     /// Sets the replicas `node` should run: persisted first, then sent to its agent if it
     /// is connected (and at every later registration). Returns the new generation. The
-    /// placement engine is the intended caller; tests and dev mode call it directly.
+    /// reconciler is the caller in a running coordinator; tests that turn it off
+    /// ([`CoordinatorConfig::reconcile`]) call this directly.
     pub async fn set_desired(
         &self,
         node: &str,
         replicas: Vec<pyxis_protocol::ReplicaSpec>,
     ) -> Result<u64, SetDesiredError> {
-        let json = serde_json::to_string(&replicas).map_err(|e| SetDesiredError::Store(e.to_string()))?;
-        // Hold the registry only to compute the generation; the write happens before the
-        // agent is told, so a coordinator restart never sends an older state.
-        let generation = {
-            let registry = self.shared.registry();
-            let current = registry
-                .desired(node)
-                .ok_or_else(|| SetDesiredError::NotFound(node.to_string()))?;
-            (current.generation + 1).max(crate::time::now_ms().max(0) as u64)
-        };
-        let shared = self.shared.clone();
-        let name = node.to_string();
-        tokio::task::spawn_blocking(move || shared.store.put_desired_state(&name, generation, &json))
-            .await
-            .map_err(|e| SetDesiredError::Store(e.to_string()))?
-            .map_err(|e| SetDesiredError::Store(e.to_string()))?;
-        let state = self
-            .shared
-            .registry()
-            .set_desired_generation(node, generation, replicas)
-            .map_err(|_| SetDesiredError::NotFound(node.to_string()))?;
-        tracing::info!(
-            node,
-            generation = state.generation,
-            replicas = state.replicas.len(),
-            "desired state set"
-        );
-        Ok(state.generation)
+        set_desired(&self.shared, node, replicas).await
     }
 
     /// Graceful stop: closes agent connections, flushes last-seen times, waits for tasks.
@@ -527,6 +539,41 @@ impl Coordinator {
     }
 }
 
+/// [`Coordinator::set_desired`] for the coordinator's own tasks.
+pub async fn set_desired(
+    shared: &Arc<Shared>,
+    node: &str,
+    replicas: Vec<pyxis_protocol::ReplicaSpec>,
+) -> Result<u64, SetDesiredError> {
+    let json = serde_json::to_string(&replicas).map_err(|e| SetDesiredError::Store(e.to_string()))?;
+    // Hold the registry only to compute the generation; the write happens before the
+    // agent is told, so a coordinator restart never sends an older state.
+    let generation = {
+        let registry = shared.registry();
+        let current = registry
+            .desired(node)
+            .ok_or_else(|| SetDesiredError::NotFound(node.to_string()))?;
+        (current.generation + 1).max(crate::time::now_ms().max(0) as u64)
+    };
+    let writer = shared.clone();
+    let name = node.to_string();
+    tokio::task::spawn_blocking(move || writer.store.put_desired_state(&name, generation, &json))
+        .await
+        .map_err(|e| SetDesiredError::Store(e.to_string()))?
+        .map_err(|e| SetDesiredError::Store(e.to_string()))?;
+    let state = shared
+        .registry()
+        .set_desired_generation(node, generation, replicas)
+        .map_err(|_| SetDesiredError::NotFound(node.to_string()))?;
+    tracing::info!(
+        node,
+        generation = state.generation,
+        replicas = state.replicas.len(),
+        "desired state set"
+    );
+    Ok(state.generation)
+}
+
 fn flush(shared: &Shared) {
     let dirty = shared.registry().take_dirty_last_seen();
     if let Err(e) = shared.store.flush_last_seen(&dirty) {
@@ -555,6 +602,9 @@ async fn sweeper(shared: Arc<Shared>, shutdown: CancellationToken) {
                 quinn::VarInt::from_u32(pyxis_agent::link::close_code::REFUSED),
                 b"no capacity report within the liveness timeout",
             );
+        }
+        if !sweep.transitions.is_empty() {
+            shared.wake_reconciler();
         }
         for change in sweep.transitions {
             let message = format!("{} -> {}: {}", change.from.as_str(), change.to.as_str(), change.reason);

@@ -80,6 +80,8 @@ impl Cluster {
         let mut config = CoordinatorConfig::local(dir.path().join("coordinator"));
         config.liveness_timeout = liveness;
         config.report_interval = Duration::from_millis(100);
+        // Some tests set desired states by hand; placement from manifests is tested elsewhere.
+        config.reconcile = false;
         let coordinator = Coordinator::start(config).await.unwrap();
         Self {
             dir,

@@ -183,6 +183,16 @@ pub enum QuotaMode {
     DryRun,
 }
 
+impl QuotaMode {
+    /// The spelling in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaMode::Enforce => "enforce",
+            QuotaMode::DryRun => "dry-run",
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // HardwareClass
 

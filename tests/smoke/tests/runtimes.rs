@@ -132,6 +132,8 @@ fn spec(name: &str, gpu: &str, model: &str) -> ReplicaSpec {
 async fn replicas_survive_agent_kill_and_coordinator_outage_without_duplicates_or_orphans() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = CoordinatorConfig::local(dir.path().join("coordinator"));
+    // These tests set desired states by hand; placement from manifests is placement.rs's.
+    config.reconcile = false;
     config.report_interval = Duration::from_millis(200);
     config.liveness_timeout = Duration::from_secs(3);
     let coordinator = start_coordinator(&config).await;
@@ -283,6 +285,8 @@ async fn a_real_llama_server_serves_a_chat_completion_under_the_agent() {
     let (server, model) = llama_server();
     let dir = tempfile::tempdir().unwrap();
     let mut config = CoordinatorConfig::local(dir.path().join("coordinator"));
+    // These tests set desired states by hand; placement from manifests is placement.rs's.
+    config.reconcile = false;
     config.report_interval = Duration::from_millis(200);
     let coordinator = start_coordinator(&config).await;
     let token = coordinator
@@ -386,6 +390,8 @@ async fn every_adapter_launches_its_runtime_flavour_and_reads_its_probes() {
     const KINDS: [&str; 7] = ["vllm", "tgi", "sglang", "triton", "trtllm", "ollama", "llama-cpp"];
     let dir = tempfile::tempdir().unwrap();
     let mut config = CoordinatorConfig::local(dir.path().join("coordinator"));
+    // These tests set desired states by hand; placement from manifests is placement.rs's.
+    config.reconcile = false;
     config.report_interval = Duration::from_millis(200);
     let coordinator = start_coordinator(&config).await;
     let token = coordinator

@@ -1,0 +1,453 @@
+//! Admin API for applied objects: `apply`, `delete`, list/get/delete of tenants, hardware
+//! classes and model deployments, `explain` and `usage` (docs/api.md).
+//!
+//! Applies and deletes hold [`Shared::apply_lock`] from planning to commit, write every
+//! row in one store transaction, and only then change the in-memory catalog and wake the
+//! reconciler: a request is applied whole or not at all, and a crash in between loses
+//! nothing the store acknowledged.
+
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::PathRejection, rejection::QueryRejection, Path, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+
+use crate::{
+    api::{path_error, ApiError},
+    api_types::{
+        ApplyRequest, ApplyResponse, DeploymentView, EventView, ExplainView, HardwareClassView, List, ObjectDetail,
+        ProblemView, TenantView, UsageView,
+    },
+    manifest::Kind,
+    objects::{object_ref, parse_sources, Plan, Target},
+    server::Shared,
+    time::{now_ms, rfc3339_ms},
+    views,
+};
+
+/// The routes (merged into the admin router, behind the admin token).
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/apply", post(apply))
+        .route("/api/v1/delete", post(delete_manifests))
+        .route("/api/v1/tenants", get(list_tenants))
+        .route("/api/v1/tenants/{name}", get(get_tenant).delete(delete_tenant))
+        .route("/api/v1/hardwareclasses", get(list_classes))
+        .route("/api/v1/hardwareclasses/{name}", get(get_class).delete(delete_class))
+        .route("/api/v1/deployments", get(list_deployments))
+        .route(
+            "/api/v1/deployments/{name}",
+            get(get_deployment).delete(delete_deployment),
+        )
+        .route("/api/v1/deployments/{name}/explain", get(explain))
+        .route("/api/v1/usage", get(usage))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyQuery {
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    tenant: Option<String>,
+    since: Option<String>,
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    bad_request(format!("invalid query: {}", rejection.body_text()))
+}
+
+fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+}
+
+fn invalid(problems: Vec<ProblemView>) -> ApiError {
+    let mut message = format!(
+        "{} problem(s) in the manifests; nothing was applied:",
+        problems.len()
+    );
+    for p in &problems {
+        message.push_str("\n  ");
+        if let Some(source) = &p.source {
+            message.push_str(&format!("{source}: "));
+        }
+        message.push_str(&format!("document {}", p.document));
+        match (&p.kind, &p.namespace, &p.name) {
+            (Some(kind), Some(ns), Some(name)) => message.push_str(&format!(" ({kind} {ns}/{name})")),
+            (Some(kind), None, Some(name)) => message.push_str(&format!(" ({kind} {name})")),
+            _ => {}
+        }
+        if !p.path.is_empty() {
+            message.push_str(&format!(": {}", p.path));
+        }
+        message.push_str(&format!(": {}", p.reason));
+    }
+    let mut error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest", message);
+    error.problems = problems;
+    error
+}
+
+/// Manifest texts with the name of where each came from.
+type Sources = Vec<(Option<String>, String)>;
+
+/// The request's manifest sources: a JSON [`ApplyRequest`], or the body as one text.
+fn sources(headers: &HeaderMap, body: &Bytes, dry_run_query: bool) -> Result<(Sources, bool), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if json {
+        let request: ApplyRequest = serde_json::from_slice(body)
+            .map_err(|e| bad_request(format!("invalid apply request (want {{\"sources\": [{{\"name\", \"text\"}}], \"dry_run\"}}): {e}")))?;
+        if request.sources.is_empty() {
+            return Err(bad_request("the request has no sources"));
+        }
+        let sources = request.sources.into_iter().map(|s| (Some(s.name), s.text)).collect();
+        return Ok((sources, request.dry_run || dry_run_query));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| bad_request(format!("the manifest text is not UTF-8: {e}")))?;
+    Ok((vec![(None, text.to_string())], dry_run_query))
+}
+
+async fn commit(shared: &Arc<Shared>, plan: Plan, verb: &str) -> Result<(), ApiError> {
+    if plan.is_noop() {
+        return Ok(());
+    }
+    let writer = shared.clone();
+    let rows = plan.rows.clone();
+    let deletes = plan.deletes.clone();
+    tokio::task::spawn_blocking(move || writer.store.write_objects(&rows, &deletes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    for item in plan.items.iter().filter(|i| i.action != "unchanged" && i.action != "not-found") {
+        let Some(kind) = Kind::parse(&item.kind) else {
+            continue;
+        };
+        let object = object_ref(kind, item.namespace.as_deref(), &item.name);
+        let (reason, message) = match item.action.as_str() {
+            "created" => ("Created", format!("{verb}: created (generation 1)")),
+            "configured" => ("Configured", format!("{verb}: spec changed (generation {})", item.generation)),
+            _ => ("Deleted", format!("{verb}: deleted")),
+        };
+        tracing::info!(object = %object, action = %item.action, generation = item.generation, "{verb}");
+        shared.event(&object, "Normal", reason, &message);
+    }
+    shared.catalog().commit(plan);
+    shared.wake_reconciler();
+    Ok(())
+}
+
+async fn apply(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<ApplyQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let (sources, dry_run) = sources(&headers, &body, query.dry_run.unwrap_or(false))?;
+    let located = parse_sources(&sources).map_err(invalid)?;
+    let _guard = shared.apply_lock.lock().await;
+    let fleet_classes: BTreeSet<String> = shared
+        .registry()
+        .fleet(Instant::now(), shared.config.liveness_timeout)
+        .into_iter()
+        .flat_map(|f| f.devices.into_iter().map(|d| d.facts.hardware_class))
+        .collect();
+    let plan = shared
+        .catalog()
+        .plan_apply(located, now_ms(), &fleet_classes)
+        .map_err(invalid)?;
+    let response = ApplyResponse {
+        items: plan.items.clone(),
+        warnings: plan.warnings.clone(),
+    };
+    if !dry_run {
+        commit(&shared, plan, "applied").await?;
+    }
+    Ok(Json(response))
+}
+
+async fn delete_targets(shared: &Arc<Shared>, targets: Vec<Target>) -> Result<Json<ApplyResponse>, ApiError> {
+    let _guard = shared.apply_lock.lock().await;
+    let plan = shared
+        .catalog()
+        .plan_delete(targets)
+        .map_err(|conflict| ApiError::new(StatusCode::CONFLICT, "conflict", conflict.0))?;
+    let response = ApplyResponse {
+        items: plan.items.clone(),
+        warnings: plan.warnings.clone(),
+    };
+    commit(shared, plan, "deleted").await?;
+    Ok(Json(response))
+}
+
+async fn delete_manifests(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<ApplyQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let (sources, dry_run) = sources(&headers, &body, query.dry_run.unwrap_or(false))?;
+    let located = parse_sources(&sources).map_err(invalid)?;
+    let targets = located
+        .into_iter()
+        .map(|l| Target {
+            kind: l.manifest.kind(),
+            namespace: l.manifest.namespace().map(str::to_string),
+            name: l.manifest.name().to_string(),
+            source: l.source,
+            document: l.document,
+        })
+        .collect();
+    if dry_run {
+        let plan = shared
+            .catalog()
+            .plan_delete(targets)
+            .map_err(|conflict| ApiError::new(StatusCode::CONFLICT, "conflict", conflict.0))?;
+        return Ok(Json(ApplyResponse {
+            items: plan.items,
+            warnings: plan.warnings,
+        }));
+    }
+    delete_targets(&shared, targets).await
+}
+
+fn one_target(kind: Kind, namespace: Option<String>, name: String) -> Vec<Target> {
+    vec![Target {
+        kind,
+        namespace,
+        name,
+        source: None,
+        document: 0,
+    }]
+}
+
+fn events(shared: &Shared, object: &str) -> Result<Vec<EventView>, ApiError> {
+    Ok(shared
+        .store
+        .events(object, 30)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|e| EventView {
+            time: rfc3339_ms(e.at_ms),
+            kind: e.kind,
+            reason: e.reason,
+            message: e.message,
+        })
+        .collect())
+}
+
+async fn list_tenants(State(shared): State<Arc<Shared>>) -> Json<List<TenantView>> {
+    let catalog = shared.catalog().clone();
+    let mut state = shared.placement_state();
+    let items = catalog
+        .tenants
+        .keys()
+        .filter_map(|name| views::tenant(&catalog, &mut state, name))
+        .collect();
+    Json(List { items })
+}
+
+async fn get_tenant(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ObjectDetail<crate::api_types::TenantStatus>>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    let catalog = shared.catalog().clone();
+    let object = {
+        let mut state = shared.placement_state();
+        views::tenant(&catalog, &mut state, &name)
+    }
+    .ok_or_else(|| not_found(format!("tenant {name} not found; `pyxis get tenants` lists them")))?;
+    let events = events(&shared, &object_ref(Kind::Tenant, None, &name))?;
+    Ok(Json(ObjectDetail { object, events }))
+}
+
+async fn delete_tenant(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    delete_targets(&shared, one_target(Kind::Tenant, None, name)).await
+}
+
+async fn list_classes(State(shared): State<Arc<Shared>>) -> Json<List<HardwareClassView>> {
+    let catalog = shared.catalog().clone();
+    let mut state = shared.placement_state();
+    let items = catalog
+        .classes
+        .keys()
+        .filter_map(|name| views::hardware_class(&catalog, &mut state, name))
+        .collect();
+    Json(List { items })
+}
+
+async fn get_class(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ObjectDetail<crate::api_types::HardwareClassStatus>>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    let catalog = shared.catalog().clone();
+    let object = {
+        let mut state = shared.placement_state();
+        views::hardware_class(&catalog, &mut state, &name)
+    }
+    .ok_or_else(|| not_found(format!("hardware class {name} not found; `pyxis get hardwareclasses` lists them")))?;
+    let events = events(&shared, &object_ref(Kind::HardwareClass, None, &name))?;
+    Ok(Json(ObjectDetail { object, events }))
+}
+
+async fn delete_class(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    delete_targets(&shared, one_target(Kind::HardwareClass, None, name)).await
+}
+
+/// The tenant of deployment `name`: the one asked for, or the only tenant that has it.
+fn resolve_tenant(shared: &Shared, name: &str, namespace: Option<String>) -> Result<String, ApiError> {
+    if let Some(namespace) = namespace {
+        return Ok(namespace);
+    }
+    let tenants: Vec<String> = shared
+        .catalog()
+        .deployments
+        .keys()
+        .filter(|(_, n)| n == name)
+        .map(|(tenant, _)| tenant.clone())
+        .collect();
+    match tenants.as_slice() {
+        [] => Err(not_found(format!(
+            "deployment {name} not found in any tenant; `pyxis get deployments -A` lists them"
+        ))),
+        [one] => Ok(one.clone()),
+        many => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "deployment {name} exists in several tenants ({}); name one with -n TENANT",
+                many.join(", ")
+            ),
+        )),
+    }
+}
+
+async fn list_deployments(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
+) -> Result<Json<List<DeploymentView>>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let catalog = shared.catalog().clone();
+    let mut state = shared.placement_state();
+    let items = catalog
+        .deployments
+        .keys()
+        .filter(|(tenant, _)| query.namespace.as_ref().is_none_or(|t| t == tenant))
+        .filter_map(|(tenant, name)| views::deployment(&catalog, &mut state, tenant, name))
+        .collect();
+    Ok(Json(List { items }))
+}
+
+async fn get_deployment(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
+) -> Result<Json<ObjectDetail<crate::api_types::DeploymentStatus>>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    let Query(query) = query.map_err(query_error)?;
+    let tenant = resolve_tenant(&shared, &name, query.namespace)?;
+    let catalog = shared.catalog().clone();
+    let object = {
+        let mut state = shared.placement_state();
+        views::deployment(&catalog, &mut state, &tenant, &name)
+    }
+    .ok_or_else(|| {
+        not_found(format!(
+            "deployment {name} not found in tenant {tenant}; `pyxis get deployments -n {tenant}` lists them"
+        ))
+    })?;
+    let events = events(&shared, &object_ref(Kind::ModelDeployment, Some(&tenant), &name))?;
+    Ok(Json(ObjectDetail { object, events }))
+}
+
+async fn delete_deployment(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    let Query(query) = query.map_err(query_error)?;
+    let tenant = match resolve_tenant(&shared, &name, query.namespace) {
+        Ok(tenant) => tenant,
+        // Deleting what does not exist answers `not-found`, as a manifest delete does.
+        Err(e) if e.is_not_found() => String::new(),
+        Err(e) => return Err(e),
+    };
+    delete_targets(&shared, one_target(Kind::ModelDeployment, Some(tenant), name)).await
+}
+
+async fn explain(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<NamespaceQuery>, QueryRejection>,
+) -> Result<Json<ExplainView>, ApiError> {
+    let Path(name) = path.map_err(path_error)?;
+    let Query(query) = query.map_err(query_error)?;
+    let tenant = resolve_tenant(&shared, &name, query.namespace)?;
+    let catalog = shared.catalog().clone();
+    let state = shared.placement_state();
+    views::explain(&catalog, &state, &tenant, &name)
+        .map(Json)
+        .ok_or_else(|| not_found(format!("deployment {name} not found in tenant {tenant}")))
+}
+
+async fn usage(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Json<UsageView>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let since = match &query.since {
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| bad_request(format!("since={text:?} is not a duration like 24h or 7d ({e})")))?,
+        None => std::time::Duration::from_secs(24 * 3600),
+    };
+    let now = now_ms();
+    let start = now.saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
+    let since_hour = start - start.rem_euclid(3_600_000);
+    let reader = shared.clone();
+    let tenant = query.tenant.clone();
+    let stored = tokio::task::spawn_blocking(move || reader.store.usage(since_hour, tenant.as_deref()))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let catalog = shared.catalog().clone();
+    let state = shared.placement_state();
+    let items = views::usage_rows(stored, &state, &catalog, since_hour, query.tenant.as_deref());
+    Ok(Json(UsageView {
+        since: rfc3339_ms(since_hour),
+        until: rfc3339_ms(now),
+        items,
+    }))
+}
