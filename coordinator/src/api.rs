@@ -28,13 +28,19 @@ pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// Longest join-token lifetime.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// An API error: status, stable code, message.
+/// An API error: status, stable code, message (and, for manifests, every problem).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
     pub(crate) problems: Vec<crate::api_types::ProblemView>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl ApiError {

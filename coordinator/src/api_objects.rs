@@ -81,10 +81,7 @@ fn not_found(message: impl Into<String>) -> ApiError {
 }
 
 fn invalid(problems: Vec<ProblemView>) -> ApiError {
-    let mut message = format!(
-        "{} problem(s) in the manifests; nothing was applied:",
-        problems.len()
-    );
+    let mut message = format!("{} problem(s) in the manifests; nothing was applied:", problems.len());
     for p in &problems {
         message.push_str("\n  ");
         if let Some(source) = &p.source {
@@ -116,8 +113,11 @@ fn sources(headers: &HeaderMap, body: &Bytes, dry_run_query: bool) -> Result<(So
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().starts_with("application/json"));
     if json {
-        let request: ApplyRequest = serde_json::from_slice(body)
-            .map_err(|e| bad_request(format!("invalid apply request (want {{\"sources\": [{{\"name\", \"text\"}}], \"dry_run\"}}): {e}")))?;
+        let request: ApplyRequest = serde_json::from_slice(body).map_err(|e| {
+            bad_request(format!(
+                "invalid apply request (want {{\"sources\": [{{\"name\", \"text\"}}], \"dry_run\"}}): {e}"
+            ))
+        })?;
         if request.sources.is_empty() {
             return Err(bad_request("the request has no sources"));
         }
@@ -139,18 +139,42 @@ async fn commit(shared: &Arc<Shared>, plan: Plan, verb: &str) -> Result<(), ApiE
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    for item in plan.items.iter().filter(|i| i.action != "unchanged" && i.action != "not-found") {
+    for item in plan
+        .items
+        .iter()
+        .filter(|i| i.action != "unchanged" && i.action != "not-found")
+    {
         let Some(kind) = Kind::parse(&item.kind) else {
             continue;
         };
         let object = object_ref(kind, item.namespace.as_deref(), &item.name);
         let (reason, message) = match item.action.as_str() {
             "created" => ("Created", format!("{verb}: created (generation 1)")),
-            "configured" => ("Configured", format!("{verb}: spec changed (generation {})", item.generation)),
+            "configured" => (
+                "Configured",
+                format!("{verb}: spec changed (generation {})", item.generation),
+            ),
             _ => ("Deleted", format!("{verb}: deleted")),
         };
         tracing::info!(object = %object, action = %item.action, generation = item.generation, "{verb}");
         shared.event(&object, "Normal", reason, &message);
+    }
+    {
+        // A deleted object's conditions start afresh if it is created again.
+        let deleted: Vec<String> = plan
+            .deletes
+            .iter()
+            .filter_map(|(kind, namespace, name)| {
+                let namespace = (!namespace.is_empty()).then_some(namespace.as_str());
+                Kind::parse(kind).map(|k| object_ref(k, namespace, name))
+            })
+            .collect();
+        if !deleted.is_empty() {
+            shared
+                .placement_state()
+                .transitions
+                .retain(|(object, _), _| !deleted.contains(object));
+        }
     }
     shared.catalog().commit(plan);
     shared.wake_reconciler();
@@ -165,7 +189,18 @@ async fn apply(
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let Query(query) = query.map_err(query_error)?;
     let (sources, dry_run) = sources(&headers, &body, query.dry_run.unwrap_or(false))?;
-    let located = parse_sources(&sources).map_err(invalid)?;
+    apply_sources(&shared, &sources, dry_run).await.map(Json)
+}
+
+/// Applies manifest texts (each `(source name, text)`) as one request: checked whole,
+/// written in one transaction, then the reconciler is woken. The API's `apply` and dev
+/// mode both come here.
+pub async fn apply_sources(
+    shared: &Arc<Shared>,
+    sources: &[(Option<String>, String)],
+    dry_run: bool,
+) -> Result<ApplyResponse, ApiError> {
+    let located = parse_sources(sources).map_err(invalid)?;
     let _guard = shared.apply_lock.lock().await;
     let fleet_classes: BTreeSet<String> = shared
         .registry()
@@ -182,9 +217,9 @@ async fn apply(
         warnings: plan.warnings.clone(),
     };
     if !dry_run {
-        commit(&shared, plan, "applied").await?;
+        commit(shared, plan, "applied").await?;
     }
-    Ok(Json(response))
+    Ok(response)
 }
 
 async fn delete_targets(shared: &Arc<Shared>, targets: Vec<Target>) -> Result<Json<ApplyResponse>, ApiError> {
@@ -313,7 +348,11 @@ async fn get_class(
         let mut state = shared.placement_state();
         views::hardware_class(&catalog, &mut state, &name)
     }
-    .ok_or_else(|| not_found(format!("hardware class {name} not found; `pyxis get hardwareclasses` lists them")))?;
+    .ok_or_else(|| {
+        not_found(format!(
+            "hardware class {name} not found; `pyxis get hardwareclasses` lists them"
+        ))
+    })?;
     let events = events(&shared, &object_ref(Kind::HardwareClass, None, &name))?;
     Ok(Json(ObjectDetail { object, events }))
 }
@@ -400,12 +439,12 @@ async fn delete_deployment(
     let Path(name) = path.map_err(path_error)?;
     let Query(query) = query.map_err(query_error)?;
     let tenant = match resolve_tenant(&shared, &name, query.namespace) {
-        Ok(tenant) => tenant,
+        Ok(tenant) => Some(tenant),
         // Deleting what does not exist answers `not-found`, as a manifest delete does.
-        Err(e) if e.is_not_found() => String::new(),
+        Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e),
     };
-    delete_targets(&shared, one_target(Kind::ModelDeployment, Some(tenant), name)).await
+    delete_targets(&shared, one_target(Kind::ModelDeployment, tenant, name)).await
 }
 
 async fn explain(

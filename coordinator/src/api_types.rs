@@ -393,7 +393,7 @@ pub struct ProblemView {
     /// for a plain-text request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// Document number in the request, from 1.
+    /// Document number within its source, from 1.
     pub document: usize,
     /// Kind, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -610,6 +610,7 @@ pub struct ReplicaCounts {
 
 /// A replica placement decided by the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PlacedReplica {
     /// Replica name (`{deployment}-{sequence}`).
     pub name: String,
@@ -627,6 +628,7 @@ pub struct PlacedReplica {
 
 /// `pyxis explain deployment NAME`: the last placement decision for a deployment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExplainView {
     /// Tenant.
     pub tenant: String,
@@ -649,6 +651,7 @@ pub struct ExplainView {
 
 /// A tenant's share (normalised GPUs).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TenantShareView {
     /// Tenant.
     pub tenant: String,
@@ -674,6 +677,7 @@ pub struct TenantShareView {
 
 /// Why one node was not chosen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeVerdictView {
     /// Node.
     pub node: String,
@@ -683,6 +687,7 @@ pub struct NodeVerdictView {
 
 /// One reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ReasonView {
     /// Stable code: `node-unschedulable`, `runtime-unsupported`, `class-not-allowed`,
     /// `insufficient-memory`, `unhealthy`, `mig-instances`, `insufficient-gpus`,

@@ -10,9 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::api_types::{
-    AcceleratorView, ErrorBody, EventView, List, NodeDetail, NodeView, ReplicaDetail, ReplicaView, TokenRequest,
-    TokenResponse,
+    AcceleratorView, ErrorBody, EventView, List, NodeDetail, NodeView, ProblemView, ReplicaDetail, ReplicaView,
+    TokenRequest, TokenResponse,
 };
+
+mod objects;
 
 /// Default admin API URL.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7080";
@@ -28,6 +30,10 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7080";
 ///   pyxis get nodes -o wide
 ///   pyxis describe node gpu-node-1
 ///   pyxis node drain gpu-node-1
+///   pyxis apply -f examples/manifests/
+///   pyxis get deployments -A
+///   pyxis explain deployment qwen-7b -n research
+///   pyxis usage --since 7d
 #[derive(Debug, Parser)]
 #[command(name = "pyxis", version, verbatim_doc_comment)]
 pub struct Cli {
@@ -64,24 +70,31 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
-    /// List resources.
+    /// List resources: nodes, replicas, tenants, hardwareclasses, deployments.
+    ///
+    /// Deployments and replicas belong to tenants: `-n TENANT` shows one tenant's, and
+    /// without `-n` every tenant's are listed (as with `-A`), with a TENANT column.
     Get {
         /// Kind to list.
         #[arg(ignore_case = true)]
         kind: GetKind,
         /// Only this one.
         name: Option<String>,
-        /// Tenant of namespaced kinds (nodes are cluster-wide and ignore it).
+        /// Tenant of namespaced kinds (deployments, replicas); cluster-wide kinds ignore it.
         #[arg(short = 'n', long = "namespace", value_name = "TENANT")]
         namespace: Option<String>,
-        /// All tenants (nodes are cluster-wide and ignore it).
+        /// All tenants: the default for deployments and replicas when -n is absent (wins over
+        /// -n); cluster-wide kinds ignore it.
         #[arg(short = 'A', long = "all-tenants")]
         all_tenants: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Show one resource in detail, with its events.
+    /// Show one resource in detail, with its conditions and events.
+    ///
+    /// A deployment also shows its placements and, when replicas are pending, every node
+    /// and why it was not chosen (as `explain deployment` does).
     Describe {
         /// Kind.
         #[arg(ignore_case = true)]
@@ -89,19 +102,93 @@ pub enum Command {
         /// Name.
         #[arg(value_parser = parse_name)]
         name: String,
+        /// Tenant of a deployment (needed only when tenants share the name); cluster-wide
+        /// kinds ignore it.
+        #[arg(short = 'n', long = "namespace", value_name = "TENANT")]
+        namespace: Option<String>,
         /// Output format (table is the human description).
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Delete a resource. Deleting a node forgets it: its certificate stops working and
-    /// its name may join again with a new token (the way back after `node revoke`).
+    /// Create or update objects from manifests (Tenant, HardwareClass, ModelDeployment).
+    ///
+    /// Every file goes to the coordinator in one request, and the request is applied as a
+    /// whole or not at all: when any document has a problem, nothing changes and every
+    /// problem is listed with its file, document, object and field path.
+    Apply {
+        /// A manifest file, a directory (its *.yaml, *.yml and *.json files, not recursive,
+        /// in name order; hidden files are skipped) or - for stdin. Repeatable.
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+        files: Vec<PathBuf>,
+        /// Check everything and report what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Delete resources, by manifest (-f) or by KIND NAME.
+    ///
+    /// `delete -f FILE|DIR|-` deletes the objects its manifests name, in one request (all
+    /// or nothing); `delete KIND NAME` deletes one object. Deleting a node forgets it: its
+    /// certificate stops working and its name may join again with a new token (the way
+    /// back after `node revoke`). A tenant is deleted only once it has no deployments.
     Delete {
-        /// Kind.
-        #[arg(ignore_case = true)]
-        kind: GetKind,
+        /// Kind: node, tenant, hardwareclass or deployment.
+        #[arg(ignore_case = true, required_unless_present = "files", requires = "name")]
+        kind: Option<GetKind>,
         /// Name.
         #[arg(value_parser = parse_name)]
+        name: Option<String>,
+        /// Delete the objects these manifests name (file, directory or - for stdin, as for
+        /// apply; only kind and metadata are read). Repeatable.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "FILE|DIR|-",
+            conflicts_with_all = ["kind", "name", "namespace"]
+        )]
+        files: Vec<PathBuf>,
+        /// Tenant of a deployment (needed only when tenants share the name).
+        #[arg(short = 'n', long = "namespace", value_name = "TENANT")]
+        namespace: Option<String>,
+        /// Report what would be deleted; delete nothing (with -f only).
+        #[arg(long, conflicts_with_all = ["kind", "name"])]
+        dry_run: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Why a deployment's replicas are placed where they are, and why pending ones are not.
+    ///
+    /// Shows the last placement decision, the tenant's share against its guarantee and,
+    /// while replicas are pending, every node and why it was not chosen.
+    Explain {
+        /// Kind (only deployments are explained).
+        #[arg(ignore_case = true)]
+        kind: ExplainKind,
+        /// Deployment name.
+        #[arg(value_parser = parse_name)]
         name: String,
+        /// Tenant (needed only when tenants share the name).
+        #[arg(short = 'n', long = "namespace", value_name = "TENANT")]
+        namespace: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// GPU-hours and cost per tenant and hardware class over a time window.
+    Usage {
+        /// Only this tenant.
+        #[arg(long, value_name = "TENANT", value_parser = parse_name)]
+        tenant: Option<String>,
+        /// The window, back from now: 90m, 24h, 7d, 30d. Usage is kept per hour, so the
+        /// window starts at the top of an hour.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_since)]
+        since: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Node operations.
     Node {
@@ -121,6 +208,16 @@ fn parse_ttl(text: &str) -> Result<String, String> {
         humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 30m or 1h ({e})"))?;
     if ttl < crate::api::MIN_TOKEN_TTL || ttl > crate::api::MAX_TOKEN_TTL {
         return Err("must be between 1m and 720h".into());
+    }
+    Ok(text.to_string())
+}
+
+/// `--since`: a positive humantime duration (`30m`, `24h`, `7d`).
+fn parse_since(text: &str) -> Result<String, String> {
+    let since =
+        humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 90m, 24h or 7d ({e})"))?;
+    if since.is_zero() {
+        return Err("must be longer than 0".into());
     }
     Ok(text.to_string())
 }
@@ -162,7 +259,7 @@ pub enum TokenAction {
     },
 }
 
-/// Kinds `get` and `describe` know in this release.
+/// Kinds `get`, `describe` and `delete` know in this release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GetKind {
     /// Nodes (agents).
@@ -171,6 +268,41 @@ pub enum GetKind {
     /// Replicas: runtime processes on nodes, as their agents report them.
     #[value(alias = "replica", alias = "rep")]
     Replicas,
+    /// Tenants: weight, guarantee, limit and share of the fleet.
+    #[value(alias = "tenant", alias = "tn")]
+    Tenants,
+    /// Hardware classes: device match rules, price and relative capacity.
+    #[value(
+        name = "hardwareclasses",
+        alias = "hardwareclass",
+        alias = "hc",
+        alias = "hardware-classes",
+        alias = "hardware-class"
+    )]
+    HardwareClasses,
+    /// Model deployments, per tenant.
+    #[value(
+        alias = "deployment",
+        alias = "deploy",
+        alias = "modeldeployment",
+        alias = "modeldeployments",
+        alias = "md"
+    )]
+    Deployments,
+}
+
+/// Kinds `explain` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainKind {
+    /// A model deployment.
+    #[value(
+        alias = "deployments",
+        alias = "deploy",
+        alias = "modeldeployment",
+        alias = "modeldeployments",
+        alias = "md"
+    )]
+    Deployment,
 }
 
 /// Node actions.
@@ -206,6 +338,18 @@ pub enum CliError {
     /// The API answered with an error.
     #[error("{0}")]
     Api(String),
+    /// The manifests were refused (`invalid_manifest`, or a conflict between objects):
+    /// nothing was applied. Printed one problem per `error:` line.
+    #[error("{}", objects::invalid_text(.message, .problems))]
+    Invalid {
+        /// The server's summary.
+        message: String,
+        /// Every problem.
+        problems: Vec<ProblemView>,
+    },
+    /// A manifest source (file, directory, stdin) could not be read.
+    #[error("{0}")]
+    Source(String),
     /// The answer was not what the API documents.
     #[error("unexpected answer from {server} (is that a Pyxis coordinator?): {reason}")]
     BadAnswer {
@@ -274,10 +418,19 @@ impl Client {
                 reason: e.to_string(),
             });
         }
-        let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error.message).unwrap_or_else(|_| {
-            let snippet: String = text.chars().take(200).collect();
-            format!("HTTP {status} without a Pyxis error body from {} (is that a Pyxis coordinator's admin API?) {snippet}", self.server)
-        });
+        let message = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) if !body.error.problems.is_empty() => {
+                return Err(CliError::Invalid {
+                    message: body.error.message,
+                    problems: body.error.problems,
+                })
+            }
+            Ok(body) => body.error.message,
+            Err(_) => {
+                let snippet: String = text.chars().take(200).collect();
+                format!("HTTP {status} without a Pyxis error body from {} (is that a Pyxis coordinator's admin API?) {snippet}", self.server)
+            }
+        };
         if status == 401 {
             Err(CliError::Unauthorized(message))
         } else {
@@ -454,10 +607,21 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                 Output::Wide => write(out, replicas_table(&items, true)),
             }
         }
+        Command::Get {
+            kind: kind @ (GetKind::Tenants | GetKind::HardwareClasses | GetKind::Deployments),
+            name,
+            namespace,
+            all_tenants,
+            output,
+        } => {
+            let tenant = namespace.as_deref().filter(|_| !all_tenants);
+            objects::get(client, kind, name.as_deref(), tenant, output, out)
+        }
         Command::Describe {
             kind: GetKind::Replicas,
             name,
             output,
+            ..
         } => {
             let detail: ReplicaDetail =
                 client.call("GET", &format!("/api/v1/replicas/{}", encode(&name)), None::<&()>)?;
@@ -466,16 +630,11 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                 _ => write(out, describe_replica(&detail)),
             }
         }
-        Command::Delete {
-            kind: GetKind::Replicas,
-            name,
-        } => Err(CliError::Api(format!(
-            "replica {name} cannot be deleted by itself: it runs because its deployment wants it; scale or delete the deployment"
-        ))),
         Command::Describe {
             kind: GetKind::Nodes,
             name,
             output,
+            ..
         } => {
             let detail: NodeDetail = client.call("GET", &format!("/api/v1/nodes/{}", encode(&name)), None::<&()>)?;
             match output {
@@ -483,17 +642,53 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                 _ => write(out, describe_node(&detail)),
             }
         }
-        Command::Delete {
-            kind: GetKind::Nodes,
+        Command::Describe {
+            kind,
             name,
+            namespace,
+            output,
+        } => objects::describe(client, kind, &name, namespace.as_deref(), output, out),
+        Command::Apply { files, dry_run, output } => objects::apply(client, &files, dry_run, output, out),
+        Command::Delete {
+            kind: Some(GetKind::Replicas),
+            name: Some(name),
+            ..
+        } => Err(CliError::Api(format!(
+            "replica {name} cannot be deleted by itself: it runs because its deployment wants it; scale or delete the deployment"
+        ))),
+        Command::Delete {
+            kind: Some(GetKind::Nodes),
+            name: Some(name),
+            output,
+            ..
         } => {
-            let _: serde_json::Value =
+            let deleted: serde_json::Value =
                 client.call("DELETE", &format!("/api/v1/nodes/{}", encode(&name)), None::<&()>)?;
-            write(
-                out,
-                format!("node/{name} deleted; it may join again with a new token\n"),
-            )
+            match output {
+                Output::Json | Output::Yaml => print_structured(out, &deleted, output),
+                _ => write(
+                    out,
+                    format!("node/{name} deleted; it may join again with a new token\n"),
+                ),
+            }
         }
+        Command::Delete {
+            kind: Some(kind),
+            name: Some(name),
+            namespace,
+            output,
+            ..
+        } => objects::delete_one(client, kind, &name, namespace.as_deref(), output, out),
+        Command::Delete {
+            files, dry_run, output, ..
+        } => objects::delete_files(client, &files, dry_run, output, out),
+        Command::Explain {
+            kind: ExplainKind::Deployment,
+            name,
+            namespace,
+            output,
+        } => objects::explain(client, &name, namespace.as_deref(), output, out),
+        Command::Usage { tenant, since, output } => objects::usage(client, tenant.as_deref(), &since, output, out),
         Command::Node { action, name, output } => {
             let verb = match action {
                 NodeActionArg::Cordon => "cordon",

@@ -2,7 +2,7 @@
 //! host reports no accelerator, a small simulated mixed fleet, all in one process with
 //! state in a temporary directory.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use pyxis_agent::{config::AgentConfig, Agent};
 
@@ -11,13 +11,59 @@ use crate::{
     server::Coordinator,
 };
 
-/// The simulated fleet dev mode adds when the host has no accelerator: (node, devices).
-pub const DEV_FLEET: &[(&str, &str)] = &[
-    ("dev-nvidia-0", "2xH100-80GB"),
-    ("dev-nvidia-1", "4xA100-40GB"),
-    ("dev-amd-0", "2xMI300X-192GB"),
-    ("dev-tpu-0", "4xTPU-v5e"),
+/// The simulated fleet dev mode adds when the host has no accelerator: (node, devices,
+/// runtime kinds it can launch). The AMD node has SGLang but no vLLM, so one deployment
+/// shows two runtimes.
+pub const DEV_FLEET: &[(&str, &str, &[&str])] = &[
+    (
+        "dev-nvidia-0",
+        "2xH100-80GB",
+        &["vllm", "tgi", "trtllm", "triton", "llama-cpp"],
+    ),
+    ("dev-nvidia-1", "4xA100-40GB", &["vllm", "tgi", "llama-cpp"]),
+    ("dev-amd-0", "2xMI300X-192GB", &["sglang", "tgi", "llama-cpp"]),
+    ("dev-tpu-0", "4xTPU-v5e", &["vllm"]),
 ];
+
+/// Runtime kinds the host agent of dev mode can launch (the real binary where one is on
+/// `PATH`, the mock otherwise).
+const HOST_RUNTIMES: &[&str] = &["vllm", "tgi", "sglang", "triton", "trtllm", "ollama", "llama-cpp"];
+
+/// The manifests dev mode applies: `examples/dev/`, built in.
+pub const DEV_MANIFESTS: &[(&str, &str)] =
+    &[("examples/dev/fleet.yaml", include_str!("../../examples/dev/fleet.yaml"))];
+
+/// Where the bundled mock runtime is: beside this executable, else on `PATH`.
+fn mock_runtime() -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("pyxis-mock-runtime"))
+        .filter(|p| p.is_file());
+    beside.or_else(|| {
+        std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("pyxis-mock-runtime"))
+                .find(|p| p.is_file())
+        })
+    })
+}
+
+/// The `[runtimes]` of a dev agent: for the host, a real runtime where its binary is on
+/// `PATH` and the mock otherwise; for a simulated node always the mock (a real runtime
+/// cannot use a simulated GPU).
+fn dev_runtimes(kinds: &[&str], simulated: bool, mock: Option<&std::path::Path>) -> BTreeMap<String, String> {
+    let on_path = pyxis_agent::runtimes::discover(&BTreeMap::new(), std::env::var_os("PATH").as_deref());
+    let mut runtimes = BTreeMap::new();
+    for kind in kinds {
+        if !simulated && on_path.contains_key(*kind) {
+            continue; // the agent finds the real one itself
+        }
+        if let Some(mock) = mock {
+            runtimes.insert(kind.to_string(), format!("{} --flavor {kind}", mock.display()));
+        }
+    }
+    runtimes
+}
 
 /// Dev defaults: loopback ports 7443/7080/8080 and a fresh, private temporary data dir
 /// (removed when the returned guard drops), unless flags or the file say otherwise.
@@ -73,6 +119,8 @@ fn agent_config(
     name: &str,
     simulate: Option<&str>,
     token: &str,
+    runtimes: BTreeMap<String, String>,
+    runtime_ports: (u16, u16),
 ) -> AgentConfig {
     AgentConfig {
         coordinators: vec![coordinator.quic_addr.to_string()],
@@ -85,13 +133,16 @@ fn agent_config(
         report_interval: coordinator.shared.config.report_interval,
         min_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(5),
-        runtimes: Default::default(),
+        runtimes,
         hardware_classes: Default::default(),
         nvml_library: None,
         gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
         rocm_library: None,
         host_paths: Default::default(),
-        supervisor: Default::default(),
+        supervisor: pyxis_agent::runtime::supervisor::SupervisorConfig {
+            runtime_ports,
+            ..Default::default()
+        },
         health: Default::default(),
     }
 }
@@ -104,12 +155,26 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
     let host = pyxis_agent::host::probe_host();
     let host_name = sanitize(&host.hostname);
     let mut agents = Vec::new();
+    let mock = mock_runtime();
+    match &mock {
+        Some(path) => tracing::info!(
+            mock = %path.display(),
+            "runtimes: simulated nodes use the bundled mock runtime (OpenAI-compatible, no model); this host uses a real runtime where one is on PATH and the mock otherwise"
+        ),
+        None => tracing::warn!(
+            "pyxis-mock-runtime is neither beside pyxis-coordinator nor on PATH: only runtimes installed on this host can start (build it with `cargo build -p pyxis-mock-runtime`)"
+        ),
+    }
+    // Every agent runs on this one host: each gets its own runtime port range.
+    let ports = |i: u16| (21000 + i * 200, 21000 + i * 200 + 199);
     let host_agent = Agent::start(agent_config(
         coordinator,
         root.join(&host_name),
         &host_name,
         None,
         &token.token,
+        dev_runtimes(HOST_RUNTIMES, false, mock.as_deref()),
+        ports(0),
     ))
     .await?;
     let host_has_accelerators = !host_agent.shared.devices().is_empty();
@@ -118,7 +183,7 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
         tracing::info!(
             "this host reports no accelerator: adding a simulated mixed fleet (marked simulated everywhere)"
         );
-        for (name, spec) in DEV_FLEET {
+        for (i, (name, spec, kinds)) in DEV_FLEET.iter().enumerate() {
             agents.push(
                 Agent::start(agent_config(
                     coordinator,
@@ -126,10 +191,24 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
                     name,
                     Some(spec),
                     &token.token,
+                    dev_runtimes(kinds, true, mock.as_deref()),
+                    ports(i as u16 + 1),
                 ))
                 .await?,
             );
         }
+    }
+    let sources: Vec<(Option<String>, String)> = DEV_MANIFESTS
+        .iter()
+        .map(|(name, text)| (Some(name.to_string()), text.to_string()))
+        .collect();
+    match crate::api_objects::apply_sources(&coordinator.shared, &sources, false).await {
+        Ok(applied) => {
+            for item in &applied.items {
+                tracing::info!(kind = %item.kind, namespace = ?item.namespace, name = %item.name, action = %item.action, "dev manifest applied");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "the built-in dev manifests were refused"),
     }
     let api = coordinator.api_url();
     let admin = coordinator
@@ -150,12 +229,19 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
     println!("Try, in another shell:");
     println!("  export PYXIS_SERVER={api} PYXIS_TOKEN={admin}");
     println!("  pyxis get nodes -o wide");
-    println!("  pyxis describe node {}", DEV_FLEET[0].0);
-    println!("  pyxis node cordon {}", DEV_FLEET[0].0);
-    println!("  pyxis token create --ttl 1h");
-    println!("  curl -s {api}/metrics | grep pyxis_nodes");
+    println!("  pyxis get deployments -A");
+    println!("  pyxis get replicas");
+    println!("  pyxis explain deployment qwen-7b -n research");
+    println!("  pyxis describe tenant research");
+    println!(
+        "  pyxis node drain {}        # watch qwen-7b move, the old replica kept until the new one is ready",
+        DEV_FLEET[0].0
+    );
+    println!("  pyxis usage --since 1h");
+    println!("  pyxis apply -f examples/manifests/");
+    println!("  curl -s {api}/metrics | grep pyxis_tenant");
     println!();
-    println!("Stop with Ctrl-C. (The OpenAI-compatible gateway and runtimes join dev mode in later releases.)");
+    println!("Stop with Ctrl-C. (The OpenAI-compatible gateway joins dev mode with the gateway release.)");
     Ok(DevFleet { agents })
 }
 

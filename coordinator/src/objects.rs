@@ -171,7 +171,10 @@ pub fn parse_sources(sources: &[(Option<String>, String)]) -> Result<Vec<Located
             problems.push(problem(
                 l,
                 "metadata.name",
-                format!("{} is also defined by {place}; an object may appear once per apply", key.2),
+                format!(
+                    "{} is also defined by {place}; an object may appear once per apply",
+                    key.2
+                ),
             ));
         } else {
             seen.insert(key, (l.source.clone(), l.document));
@@ -196,7 +199,10 @@ impl Catalog {
             let manifest = match parsed {
                 Ok(mut manifests) if manifests.len() == 1 => manifests.remove(0),
                 Ok(_) => {
-                    problems.push(format!("{} {}/{}: stored manifest is empty", row.kind, row.namespace, row.name));
+                    problems.push(format!(
+                        "{} {}/{}: stored manifest is empty",
+                        row.kind, row.namespace, row.name
+                    ));
                     continue;
                 }
                 Err(errors) => {
@@ -325,7 +331,11 @@ impl Catalog {
                         ));
                     }
                     let resources = &d.spec.resources;
-                    for class in resources.hardware_classes.iter().chain(&resources.preferred_hardware_classes) {
+                    for class in resources
+                        .hardware_classes
+                        .iter()
+                        .chain(&resources.preferred_hardware_classes)
+                    {
                         if !known_class(class) {
                             unknown_classes.insert(class.clone());
                         }
@@ -562,11 +572,17 @@ mod tests {
         let mut catalog = Catalog::default();
         let text = format!("{TENANT}---\n{CLASS}---\n{DEPLOYMENT}");
         let plan = apply(&mut catalog, &text).unwrap();
-        assert_eq!(plan.items.iter().map(|i| i.action.as_str()).collect::<Vec<_>>(), ["created"; 3]);
+        assert_eq!(
+            plan.items.iter().map(|i| i.action.as_str()).collect::<Vec<_>>(),
+            ["created"; 3]
+        );
         assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
         let again = apply(&mut catalog, &text).unwrap();
         assert!(again.is_noop());
-        assert_eq!(again.items.iter().map(|i| i.action.as_str()).collect::<Vec<_>>(), ["unchanged"; 3]);
+        assert_eq!(
+            again.items.iter().map(|i| i.action.as_str()).collect::<Vec<_>>(),
+            ["unchanged"; 3]
+        );
         let changed = apply(&mut catalog, &TENANT.replace("weight: 2", "weight: 3")).unwrap();
         assert_eq!(changed.items[0].action, "configured");
         assert_eq!(changed.items[0].generation, 2);
@@ -580,7 +596,11 @@ mod tests {
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].document, 2);
         assert_eq!(problems[0].path, "metadata.namespace");
-        assert!(problems[0].reason.contains("tenant \"research\" does not exist"), "{}", problems[0].reason);
+        assert!(
+            problems[0].reason.contains("tenant \"research\" does not exist"),
+            "{}",
+            problems[0].reason
+        );
         assert!(catalog.classes.is_empty(), "nothing is half-applied");
     }
 
@@ -606,7 +626,10 @@ mod tests {
         let mut all = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            all.push((Some(path.display().to_string()), std::fs::read_to_string(&path).unwrap()));
+            all.push((
+                Some(path.display().to_string()),
+                std::fs::read_to_string(&path).unwrap(),
+            ));
         }
         let located = parse_sources(&all).unwrap();
         assert!(!located.is_empty());
@@ -638,7 +661,10 @@ mod tests {
             document: 0,
         };
         let plan = catalog.plan_delete(vec![deployment, tenant]).unwrap();
-        assert_eq!(plan.items.iter().map(|i| i.action.as_str()).collect::<Vec<_>>(), ["deleted"; 2]);
+        assert_eq!(
+            plan.items.iter().map(|i| i.action.as_str()).collect::<Vec<_>>(),
+            ["deleted"; 2]
+        );
         catalog.commit(plan);
         assert!(catalog.tenants.is_empty() && catalog.deployments.is_empty());
     }
@@ -649,12 +675,23 @@ mod tests {
         apply(&mut catalog, CLASS).unwrap();
         apply(
             &mut catalog,
-            &CLASS.replace("name: H100-80GB", "name: any-nvidia").replace("model: \"H100.*80GB\"", "model: \".*\""),
+            &CLASS
+                .replace("name: H100-80GB", "name: any-nvidia")
+                .replace("model: \"H100.*80GB\"", "model: \".*\""),
         )
         .unwrap();
-        assert_eq!(catalog.device_class("nvidia", "NVIDIA H100 80GB HBM3", 80 << 30, "x"), "H100-80GB");
-        assert_eq!(catalog.device_class("nvidia", "NVIDIA A100", 40 << 30, "x"), "any-nvidia");
-        assert_eq!(catalog.device_class("amd", "MI300X", 192 << 30, "MI300X-192GB"), "MI300X-192GB");
+        assert_eq!(
+            catalog.device_class("nvidia", "NVIDIA H100 80GB HBM3", 80 << 30, "x"),
+            "H100-80GB"
+        );
+        assert_eq!(
+            catalog.device_class("nvidia", "NVIDIA A100", 40 << 30, "x"),
+            "any-nvidia"
+        );
+        assert_eq!(
+            catalog.device_class("amd", "MI300X", 192 << 30, "MI300X-192GB"),
+            "MI300X-192GB"
+        );
         assert_eq!(
             catalog.normalised(&GpuQuota::PerClass([("H100-80GB".to_string(), 2)].into())),
             2.0

@@ -332,7 +332,13 @@ impl Reconciler {
             .flatten()
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0);
-        let next_sequence = placed.iter().map(|r| r.created + 1).max().unwrap_or(1).max(stored).max(1);
+        let next_sequence = placed
+            .iter()
+            .map(|r| r.created + 1)
+            .max()
+            .unwrap_or(1)
+            .max(stored)
+            .max(1);
         tracing::info!(
             replicas = placed.len(),
             next_sequence,
@@ -404,7 +410,12 @@ impl Reconciler {
             .iter()
             .flat_map(|f| {
                 f.devices.iter().flat_map(move |d| {
-                    let instances = d.facts.details.mig.iter().flat_map(|m| m.instances.iter().map(|i| i.uuid.clone()));
+                    let instances = d
+                        .facts
+                        .details
+                        .mig
+                        .iter()
+                        .flat_map(|m| m.instances.iter().map(|i| i.uuid.clone()));
                     std::iter::once(d.facts.uuid.clone())
                         .chain(instances)
                         .map(move |uuid| (uuid, f.name.clone()))
@@ -603,7 +614,11 @@ impl Reconciler {
                 let kind = if e.pending > 0 { "Warning" } else { "Normal" };
                 let reason = if e.pending > 0 { "FailedPlacement" } else { "OverLimit" };
                 tracing::info!(tenant = %e.tenant, deployment = %e.deployment, "{summary}");
-                shared.event(&object, kind, reason, &summary);
+                let message = format!(
+                    "{summary}; `pyxis explain deployment {} -n {}` lists every node",
+                    e.deployment, e.tenant
+                );
+                shared.event(&object, kind, reason, &message);
                 self.last_summary.insert(key, summary);
             }
         }
@@ -718,12 +733,7 @@ pub fn summary(e: &DeploymentExplanation) -> String {
     }
     let most = counts.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
     if let Some((reason, count)) = most {
-        text.push_str(&format!(
-            "; {count} of {} node(s): {reason}; `pyxis explain deployment {} -n {}` lists every node",
-            e.nodes.len(),
-            e.deployment,
-            e.tenant
-        ));
+        text.push_str(&format!("; {count} of {} node(s): {reason}", e.nodes.len()));
     } else if e.pending > 0 && e.nodes.is_empty() {
         text.push_str("; no node has registered yet");
     }
@@ -771,9 +781,7 @@ pub async fn flush_usage(shared: &Arc<Shared>) {
 
 /// Runs passes until `shutdown`, then flushes usage.
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let fleet = shared
-        .registry()
-        .fleet(Instant::now(), shared.config.liveness_timeout);
+    let fleet = shared.registry().fleet(Instant::now(), shared.config.liveness_timeout);
     let mut reconciler = Reconciler::start(&shared, &fleet);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -340,7 +340,9 @@ impl Store {
                  WHERE hour_ms >= ?1 AND (?2 IS NULL OR tenant = ?2)
                  GROUP BY tenant, hardware_class ORDER BY tenant, hardware_class",
             )?;
-            let rows = stmt.query_map(params![since_hour_ms, tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let rows = stmt.query_map(params![since_hour_ms, tenant], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
             rows.collect()
         })
     }

@@ -20,7 +20,12 @@ use crate::{
     time::rfc3339_ms,
 };
 
-fn meta<T>(stored: &Stored<T>, name: &str, namespace: Option<&str>, labels: &BTreeMap<String, String>) -> ObjectMetaView {
+fn meta<T>(
+    stored: &Stored<T>,
+    name: &str,
+    namespace: Option<&str>,
+    labels: &BTreeMap<String, String>,
+) -> ObjectMetaView {
     ObjectMetaView {
         name: name.to_string(),
         namespace: namespace.map(str::to_string),
@@ -104,15 +109,37 @@ pub fn tenant(catalog: &Catalog, state: &mut PlacementState, name: &str) -> Opti
     let limit_text = limit.map_or("no limit".to_string(), |l| format!("limit {l:.2} normalised GPUs"));
     let conditions = vec![
         if enforced {
-            condition(state, &object, "QuotaEnforced", true, "Enforce", format!("{limit_text} is enforced: nothing is placed beyond it"))
+            condition(
+                state,
+                &object,
+                "QuotaEnforced",
+                true,
+                "Enforce",
+                format!("{limit_text} is enforced: nothing is placed beyond it"),
+            )
         } else {
-            condition(state, &object, "QuotaEnforced", false, "DryRun", format!("dry-run: {limit_text} is reported, not enforced"))
+            condition(
+                state,
+                &object,
+                "QuotaEnforced",
+                false,
+                "DryRun",
+                format!("dry-run: {limit_text} is reported, not enforced"),
+            )
         },
         {
             let wanted = guarantee.min(demand);
             let met = usage + 1e-9 >= wanted;
-            let message = format!("holds {usage:.2} of min(guarantee {guarantee:.2}, demand {demand:.2}) = {wanted:.2}");
-            condition(state, &object, "GuaranteeMet", met, if met { "Met" } else { "BelowGuarantee" }, message)
+            let message =
+                format!("holds {usage:.2} of min(guarantee {guarantee:.2}, demand {demand:.2}) = {wanted:.2}");
+            condition(
+                state,
+                &object,
+                "GuaranteeMet",
+                met,
+                if met { "Met" } else { "BelowGuarantee" },
+                message,
+            )
         },
         condition(
             state,
@@ -207,11 +234,7 @@ fn placements(state: &PlacementState, tenant: &str, deployment: &str) -> Vec<Pla
             runtime: r.runtime.clone(),
             hardware_class: state.class_of(r),
             gpus: r.devices.clone(),
-            phase: state
-                .phases
-                .get(&r.name)
-                .map_or("Pending", |p| p.as_str())
-                .to_string(),
+            phase: state.phases.get(&r.name).map_or("Pending", |p| p.as_str()).to_string(),
         })
         .collect()
 }
@@ -251,12 +274,29 @@ pub fn deployment(catalog: &Catalog, state: &mut PlacementState, tenant: &str, n
         .filter(|p| p.phase != "Ready")
         .map(|p| p.name.as_str())
         .collect();
-    let progressing_message = if starting.is_empty() {
-        "every placed replica is ready".to_string()
+    let failing: Vec<&str> = placements
+        .iter()
+        .filter(|p| matches!(p.phase.as_str(), "Failed" | "CrashLoop" | "Unhealthy"))
+        .map(|p| p.name.as_str())
+        .collect();
+    let (progressing, progressing_reason, progressing_message) = if !failing.is_empty() {
+        (
+            false,
+            "ReplicaFailure",
+            format!(
+                "failing: {}; `pyxis describe replica NAME` shows the exit and the log tail",
+                failing.join(", ")
+            ),
+        )
+    } else if !starting.is_empty() {
+        (
+            true,
+            "ReplicasStarting",
+            format!("not ready yet: {}", starting.join(", ")),
+        )
     } else {
-        format!("not ready yet: {}", starting.join(", "))
+        (false, "Stable", "every placed replica is ready".to_string())
     };
-    let progressing = !starting.is_empty();
     let placed_message = explanation
         .clone()
         .unwrap_or_else(|| format!("{} of max {} placed; nothing pending", counts.placed, counts.max));
@@ -266,7 +306,11 @@ pub fn deployment(catalog: &Catalog, state: &mut PlacementState, tenant: &str, n
             &object,
             "Available",
             available,
-            if available { "MinimumReplicasReady" } else { "MinimumReplicasUnavailable" },
+            if available {
+                "MinimumReplicasReady"
+            } else {
+                "MinimumReplicasUnavailable"
+            },
             format!("{} ready of min {}", counts.ready, counts.min),
         ),
         condition(
@@ -282,7 +326,7 @@ pub fn deployment(catalog: &Catalog, state: &mut PlacementState, tenant: &str, n
             &object,
             "Progressing",
             progressing,
-            if progressing { "ReplicasStarting" } else { "Stable" },
+            progressing_reason,
             progressing_message,
         ),
     ];
