@@ -798,7 +798,216 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use pyxis_protocol::{DesiredState, ReplicaStatus};
+
     use super::*;
+    use crate::{
+        api_types::{MigInstanceView, MigView, PeerLinkView},
+        objects::parse_sources,
+        registry::{DeviceDetails, DeviceFacts, FleetDevice},
+    };
+
+    const MANIFESTS: &str = "\
+apiVersion: pyxis.dev/v1alpha1
+kind: HardwareClass
+metadata: {name: big-nvidia}
+spec: {match: {vendor: nvidia, model: \"H100\"}, pricePerGpuHour: 4.0, relativeCapacity: 2.0}
+---
+apiVersion: pyxis.dev/v1alpha1
+kind: Tenant
+metadata: {name: research}
+spec: {weight: 1, guarantee: {big-nvidia: 1}, limit: {gpus: 8}}
+---
+apiVersion: pyxis.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: qwen, namespace: research}
+spec:
+  model: {name: q, version: \"1\", source: /m}
+  runtimes: [{kind: vllm}, {kind: sglang}]
+  resources: {gpusPerReplica: 1, gpuMemoryGiB: 10}
+  replicas: {min: 1, max: 2}
+";
+
+    fn catalog() -> Catalog {
+        let mut catalog = Catalog::default();
+        let located = parse_sources(&[(None, MANIFESTS.to_string())]).unwrap();
+        let plan = catalog.plan_apply(located, 1, &BTreeSet::new()).unwrap();
+        catalog.commit(plan);
+        catalog
+    }
+
+    fn device(index: u32, uuid: &str, model: &str, class: &str, used: Option<u64>) -> FleetDevice {
+        FleetDevice {
+            facts: DeviceFacts {
+                index,
+                vendor: "nvidia".into(),
+                model: model.into(),
+                uuid: uuid.into(),
+                memory_bytes: 80 << 30,
+                hardware_class: class.into(),
+                simulated: true,
+                details: DeviceDetails {
+                    links: vec![PeerLinkView {
+                        peer: 1 - index,
+                        kind: "nvlink".into(),
+                        lanes: 18,
+                    }],
+                    ..DeviceDetails::default()
+                },
+            },
+            health: if index == 1 { "degraded" } else { "healthy" },
+            memory_used_bytes: used,
+        }
+    }
+
+    fn node(name: &str, status: NodeStatus, devices: Vec<FleetDevice>, runtimes: &[&str]) -> FleetNode {
+        FleetNode {
+            name: name.into(),
+            status,
+            registered: true,
+            runtimes: runtimes.iter().map(|r| r.to_string()).collect(),
+            devices,
+            reported: Vec::new(),
+            desired: DesiredState::default(),
+        }
+    }
+
+    #[test]
+    fn the_fleet_and_catalog_map_into_the_engine_input() {
+        let catalog = catalog();
+        let mut mig = device(0, "GPU-mig", "NVIDIA A100", "A100-80GB", Some(1 << 30));
+        mig.facts.details.mig = Some(MigView {
+            enabled: true,
+            pending_enabled: true,
+            instances: vec![MigInstanceView {
+                uuid: "MIG-1".into(),
+                profile: "3g.40gb".into(),
+                memory_bytes: 40 << 30,
+                hardware_class: "A100-80GB-MIG-3g.40gb".into(),
+                ..MigInstanceView::default()
+            }],
+        });
+        let fleet = vec![
+            node(
+                "a",
+                NodeStatus::Ready,
+                vec![
+                    device(0, "GPU-0", "NVIDIA H100 80GB HBM3", "H100-80GB", Some(5 << 30)),
+                    device(1, "GPU-1", "NVIDIA H100 80GB HBM3", "H100-80GB", Some(7 << 30)),
+                ],
+                &["vllm"],
+            ),
+            node("b", NodeStatus::Draining, vec![mig], &["sglang"]),
+            FleetNode {
+                registered: false,
+                ..node("never-registered", NodeStatus::NotReady, vec![], &[])
+            },
+        ];
+        let held = Replica {
+            name: "qwen-1".into(),
+            tenant: "research".into(),
+            deployment: "qwen".into(),
+            node: "a".into(),
+            devices: vec!["GPU-0".into()],
+            runtime: "vllm".into(),
+            created: 1,
+        };
+        let (input, unit_class) = build_input(&fleet, &catalog, vec![held], 2);
+        assert_eq!(
+            input.nodes.len(),
+            2,
+            "a node that never registered has nothing to place on"
+        );
+        let a = &input.nodes[0];
+        assert_eq!(a.state, NodeState::Ready);
+        assert_eq!(a.devices[0].hardware_class, "big-nvidia", "the HardwareClass rules win");
+        assert_eq!(
+            a.devices[0].other_memory_used_bytes, None,
+            "what our own replica uses is freed with it"
+        );
+        assert_eq!(a.devices[1].other_memory_used_bytes, Some(7 << 30));
+        assert_eq!(a.devices[1].health, DeviceHealth::Degraded);
+        assert!(a.devices[0].links[0].fabric);
+        let b = &input.nodes[1];
+        assert_eq!(b.state, NodeState::Draining);
+        assert_eq!(
+            b.devices[0].hardware_class, "A100-80GB",
+            "no rule fits: the agent's class"
+        );
+        let instance = &input.classes["A100-80GB-MIG-3g.40gb"];
+        assert!(
+            (instance.relative_capacity - 0.5).abs() < 1e-9,
+            "half the parent's memory, half its worth"
+        );
+        assert_eq!(unit_class["MIG-1"], "A100-80GB-MIG-3g.40gb");
+        let tenant = &input.tenants[0];
+        assert_eq!(tenant.guarantee, 2.0, "one big-nvidia GPU is worth 2 normalised GPUs");
+        assert_eq!(tenant.limit, Some(8.0));
+        let deployment = &input.deployments[0];
+        assert_eq!(deployment.runtimes, ["vllm", "sglang"]);
+        assert_eq!(deployment.gpu_memory_bytes, 10 << 30);
+        assert_eq!(input.next_sequence, 2);
+
+        let placement = placement::place(&input).unwrap();
+        let names: Vec<&str> = placement.replicas.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(names, ["a", "a"], "the draining node takes nothing new");
+    }
+
+    #[test]
+    fn usage_counts_running_replicas_per_gpu_and_class_and_not_on_lost_nodes() {
+        let mut reconciler = Reconciler {
+            placed: Vec::new(),
+            next_sequence: 1,
+            surging: BTreeMap::new(),
+            last_summary: HashMap::new(),
+            last_usage_at: None,
+            last_flush: Instant::now(),
+            adopted_logged: BTreeSet::new(),
+        };
+        let status = |name: &str, phase, gpus: &[&str]| ReplicaStatus {
+            name: name.into(),
+            tenant: "research".into(),
+            deployment: "qwen".into(),
+            phase,
+            gpus: gpus.iter().map(|g| g.to_string()).collect(),
+            ..ReplicaStatus::default()
+        };
+        let mut ready = node("a", NodeStatus::Ready, vec![], &[]);
+        ready.reported = vec![
+            status("two-gpus", ReplicaPhase::Ready, &["G0", "G1"]),
+            status("crashing", ReplicaPhase::CrashLoop, &["G2"]),
+        ];
+        let mut lost = node("b", NodeStatus::NotReady, vec![], &[]);
+        lost.reported = vec![status("stale", ReplicaPhase::Ready, &["G3"])];
+        let fleet = vec![ready, lost];
+        let classes: HashMap<String, String> = [("G0", "H100-80GB"), ("G1", "H100-80GB"), ("G2", "H100-80GB")]
+            .into_iter()
+            .map(|(u, c)| (u.to_string(), c.to_string()))
+            .collect();
+        let statuses: HashMap<String, NodeStatus> = fleet.iter().map(|f| (f.name.clone(), f.status)).collect();
+        let t0 = Instant::now();
+        assert!(
+            reconciler.account(&fleet, &classes, &statuses, t0).is_empty(),
+            "the first pass starts the clock"
+        );
+        let usage = reconciler.account(&fleet, &classes, &statuses, t0 + Duration::from_secs(2));
+        let total: f64 = usage.values().sum();
+        assert!(
+            (total - 4.0).abs() < 1e-9,
+            "2 GPUs for 2 s; crash loops and lost nodes count nothing: {usage:?}"
+        );
+        assert!(usage
+            .keys()
+            .all(|(tenant, class, _)| tenant == "research" && class == "H100-80GB"));
+        let usage = reconciler.account(&fleet, &classes, &statuses, t0 + Duration::from_secs(60));
+        let total: f64 = usage.values().sum();
+        assert!(
+            (total - 2.0 * MAX_USAGE_STEP.as_secs_f64()).abs() < 1e-9,
+            "a stall is not billed: {usage:?}"
+        );
+    }
 
     #[test]
     fn replica_sequence_comes_from_the_name() {
