@@ -105,8 +105,12 @@ pub struct DevFleet {
 }
 
 impl DevFleet {
-    /// Stops every agent.
+    /// Stops every replica, then every agent: dev mode's state is temporary, so nothing
+    /// it started may outlive it (a production agent leaves its runtimes running).
     pub async fn stop(self) {
+        for agent in &self.agents {
+            agent.stop_replicas().await;
+        }
         for agent in self.agents {
             agent.stop().await;
         }

@@ -511,5 +511,48 @@ fn dev_mode_prints_commands_that_work() {
         assert!(start.elapsed() < START, "dev fleet not Ready: {nodes}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The built-in manifests are applied and their replicas run on the mock runtime: one
+    // deployment on two runtimes (vLLM on NVIDIA, SGLang on the AMD node, which has no vLLM).
+    let start = Instant::now();
+    loop {
+        let deployments = cli.json(&["get", "deployments", "-A", "-o", "json"]);
+        let ready = |name: &str| {
+            deployments["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["metadata"]["name"] == name)
+                .map_or(0, |d| d["status"]["replicas"]["ready"].as_u64().unwrap())
+        };
+        if ready("qwen-7b") == 3 && ready("smollm2-135m") == 1 {
+            let replicas = cli.json(&["get", "replicas", "-o", "json"]);
+            let runtimes: std::collections::BTreeSet<&str> = replicas["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["deployment"] == "qwen-7b")
+                .map(|r| r["runtime"].as_str().unwrap())
+                .collect();
+            assert_eq!(runtimes, ["sglang", "vllm"].into(), "{replicas}");
+            break;
+        }
+        assert!(start.elapsed() < START, "dev deployments not ready: {deployments}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let explain = cli.ok(&["explain", "deployment", "llama-70b", "-n", "research"]);
+    assert!(explain.contains("WHY NOT CHOSEN"), "{explain}");
     assert!(dev.terminate(START).success());
+    // Nothing dev mode started outlives it: no process works in its data dir.
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read_link(e.path().join("cwd")).ok())
+        .filter(|cwd| cwd.starts_with(dir.path()))
+        .map(|cwd| cwd.display().to_string())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "processes left in the dev data dir: {leftovers:?}"
+    );
 }

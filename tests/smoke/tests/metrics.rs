@@ -119,14 +119,37 @@ fn coordinator_and_agent_metrics_pass_promtool() {
     }
     promtool("agent", &text);
 
-    let (status, text) = http("GET", &format!("http://{api}/metrics"), None, None);
-    assert_eq!(status, 200);
+    // Dev mode applies examples/dev: wait for a placement pass that placed something.
+    let deadline = std::time::Instant::now() + START;
+    let text = loop {
+        let (status, text) = http("GET", &format!("http://{api}/metrics"), None, None);
+        assert_eq!(status, 200);
+        if text.contains("pyxis_replicas_placed{tenant=\"research\"") {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no placement in the metrics:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     for family in [
         "pyxis_nodes{status=\"Ready\"}",
         "pyxis_capacity_reports_total",
         "pyxis_capacity_report_lag_seconds_bucket",
+        "pyxis_placement_duration_seconds_bucket",
+        "pyxis_placement_passes_total",
+        "pyxis_replicas_pending{tenant=",
+        "pyxis_tenant_allocated_gpus{tenant=\"research\",quota_mode=\"enforce\"}",
+        "pyxis_tenant_guarantee_gpus{tenant=\"product\",quota_mode=\"dry-run\"}",
+        "pyxis_tenant_fair_share_gpus{tenant=",
+        "pyxis_tenant_quota_used_ratio{tenant=",
+        "pyxis_fleet_capacity_gpus",
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
     promtool("coordinator", &text);
+    // A graceful stop: dev mode stops the mock runtimes it started.
+    let mut coordinator = coordinator;
+    assert!(coordinator.terminate(START).success());
 }
