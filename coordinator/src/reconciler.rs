@@ -296,7 +296,7 @@ fn build_input(
                 name: d.object.metadata.name.clone(),
                 created: d.seq,
                 gpus_per_replica: spec.resources.gpus_per_replica,
-                gpu_memory_bytes: spec.resources.gpu_memory_gib.map_or(0, |gib| (gib * GIB) as u64),
+                gpu_memory_bytes: gpu_memory_bytes(&d.object),
                 allowed_classes: spec.resources.hardware_classes.clone(),
                 preferred_classes: spec.resources.preferred_hardware_classes.clone(),
                 runtimes: spec.runtimes.iter().map(|r| r.kind.as_str().to_string()).collect(),
@@ -315,6 +315,21 @@ fn build_input(
         next_sequence,
     };
     (input, unit_class)
+}
+
+/// Free memory each GPU of a replica needs: `gpuMemoryGiB` when given, else the model's
+/// `sizeGiB` split over its GPUs (the weights must fit; the runtime's KV cache is the
+/// operator's to size with `gpuMemoryGiB`), else nothing.
+fn gpu_memory_bytes(d: &crate::manifest::ModelDeployment) -> u64 {
+    let resources = &d.spec.resources;
+    let gib = resources.gpu_memory_gib.or_else(|| {
+        d.spec
+            .model
+            .size_gib
+            .filter(|_| resources.gpus_per_replica > 0)
+            .map(|size| size / f64::from(resources.gpus_per_replica))
+    });
+    gib.map_or(0, |gib| (gib * GIB) as u64)
 }
 
 impl Reconciler {
@@ -948,6 +963,15 @@ spec:
         let deployment = &input.deployments[0];
         assert_eq!(deployment.runtimes, ["vllm", "sglang"]);
         assert_eq!(deployment.gpu_memory_bytes, 10 << 30);
+        let mut sized = catalog.deployments.values().next().unwrap().object.clone();
+        sized.spec.resources.gpu_memory_gib = None;
+        sized.spec.model.size_gib = Some(30.0);
+        sized.spec.resources.gpus_per_replica = 2;
+        assert_eq!(
+            gpu_memory_bytes(&sized),
+            15 << 30,
+            "without gpuMemoryGiB the weights must fit"
+        );
         assert_eq!(input.next_sequence, 2);
 
         let placement = placement::place(&input).unwrap();
