@@ -305,8 +305,42 @@ fn join_hint(headers: &axum::http::HeaderMap, quic_port: u16) -> Option<String> 
 }
 
 async fn list_nodes(State(shared): State<Arc<Shared>>) -> Json<List<crate::api_types::NodeView>> {
-    let items = shared.registry().views(Instant::now(), shared.config.liveness_timeout);
+    let mut items = shared.registry().views(Instant::now(), shared.config.liveness_timeout);
+    let catalog = shared.catalog();
+    for node in &mut items {
+        effective_classes(&catalog, node);
+    }
     Json(List { items })
+}
+
+/// Devices show the class placement uses: the first `HardwareClass` whose rules fit them,
+/// else the class their agent derived.
+fn effective_classes(catalog: &crate::objects::Catalog, node: &mut crate::api_types::NodeView) {
+    if catalog.classes.is_empty() {
+        return;
+    }
+    for a in &mut node.accelerators {
+        a.hardware_class = catalog.device_class(&a.vendor, &a.model, a.memory_bytes, &a.hardware_class);
+    }
+}
+
+/// Replicas show the class placement saw for their devices.
+fn replica_classes(shared: &Shared, replicas: &mut [crate::api_types::ReplicaView]) {
+    let state = shared.placement_state();
+    if state.unit_class.is_empty() {
+        return;
+    }
+    for r in replicas {
+        let known: Option<Vec<&str>> = r
+            .gpus
+            .iter()
+            .map(|uuid| state.unit_class.get(uuid).map(String::as_str))
+            .collect();
+        if let Some(mut classes) = known.filter(|c| !c.is_empty()) {
+            classes.dedup();
+            r.hardware_class = classes.join("+");
+        }
+    }
 }
 
 /// `?namespace=TENANT` filters namespaced lists.
@@ -322,12 +356,13 @@ async fn list_replicas(
 ) -> Result<Json<List<crate::api_types::ReplicaView>>, ApiError> {
     let axum::extract::Query(query) =
         query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let items = shared
+    let mut items: Vec<_> = shared
         .registry()
         .replica_views()
         .into_iter()
         .filter(|r| query.namespace.as_ref().is_none_or(|t| *t == r.tenant))
         .collect();
+    replica_classes(&shared, &mut items);
     Ok(Json(List { items }))
 }
 
@@ -336,7 +371,7 @@ async fn get_replica(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<crate::api_types::ReplicaDetail>, ApiError> {
     let Path(name) = path.map_err(path_error)?;
-    let replica = shared
+    let mut replica = shared
         .registry()
         .replica_views()
         .into_iter()
@@ -360,6 +395,7 @@ async fn get_replica(
             message: e.message,
         })
         .collect();
+    replica_classes(&shared, std::slice::from_mut(&mut replica));
     Ok(Json(crate::api_types::ReplicaDetail { replica, events }))
 }
 
@@ -368,10 +404,11 @@ async fn get_node(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<NodeDetail>, ApiError> {
     let Path(name) = path.map_err(path_error)?;
-    let view = shared
+    let mut view = shared
         .registry()
         .view(&name, Instant::now(), shared.config.liveness_timeout)
         .ok_or_else(|| ApiError::from(RegistryError::NotFound(name.clone())))?;
+    effective_classes(&shared.catalog(), &mut view);
     let events = shared
         .store
         .events(&format!("node/{name}"), 20)
