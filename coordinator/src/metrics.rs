@@ -214,7 +214,7 @@ fn render_placement(shared: &Shared, out: &mut Exposition) {
     // Replicas per deployment: placed (on a ready or cordoned node), displaced (on a
     // draining or lost node, kept until replaced), pending (wanted, not placed).
     let mut per_deployment: std::collections::BTreeMap<(&str, &str), [u32; 3]> = std::collections::BTreeMap::new();
-    for r in &placement.replicas {
+    for r in placement.replicas.iter().chain(state.surging.iter()) {
         let displaced = matches!(
             state.node_status.get(&r.node),
             Some(NodeStatus::Draining) | Some(NodeStatus::NotReady) | None

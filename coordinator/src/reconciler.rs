@@ -84,6 +84,8 @@ pub struct PlacementState {
     pub passes: u64,
     /// GPU-seconds accounted since this coordinator started, by (tenant, class).
     pub usage_totals: BTreeMap<(String, String), f64>,
+    /// Replicas displaced by a drain and kept running until their replacement is ready.
+    pub surging: Vec<Replica>,
 }
 
 impl PlacementState {
@@ -96,11 +98,13 @@ impl PlacementState {
         })
     }
 
-    /// The placed replicas of one deployment.
+    /// The placed replicas of one deployment, and those a drain keeps running until their
+    /// replacement is ready.
     pub fn replicas_of<'a>(&'a self, tenant: &'a str, deployment: &'a str) -> impl Iterator<Item = &'a Replica> + 'a {
         self.placement
             .iter()
             .flat_map(|p| p.replicas.iter())
+            .chain(self.surging.iter())
             .filter(move |r| r.tenant == tenant && r.deployment == deployment)
     }
 
@@ -138,6 +142,9 @@ struct Reconciler {
     last_usage_at: Option<Instant>,
     last_flush: Instant,
     adopted_logged: BTreeSet<String>,
+    /// Until then, a node not heard from since this coordinator started is assumed to run
+    /// what it was told (kept, given nothing new) rather than lost.
+    grace_until: Instant,
 }
 
 fn created_of(name: &str) -> u64 {
@@ -179,6 +186,7 @@ fn build_input(
     catalog: &Catalog,
     current: Vec<Replica>,
     next_sequence: u64,
+    in_grace: bool,
 ) -> (PlacementInput, HashMap<String, String>) {
     let held: BTreeSet<&str> = current
         .iter()
@@ -259,9 +267,18 @@ fn build_input(
                 mig,
             });
         }
+        // Right after a coordinator start every node is NotReady until it reports: one
+        // that has not yet keeps what it runs and takes nothing new, for one liveness
+        // timeout, so a restart never replaces replicas of nodes that are merely slower
+        // to reconnect.
+        let state = if in_grace && !f.heard_since_start && f.status == NodeStatus::NotReady {
+            NodeState::Cordoned
+        } else {
+            node_state(f.status)
+        };
         nodes.push(Node {
             name: f.name.clone(),
-            state: node_state(f.status),
+            state,
             runtimes: f.runtimes.clone(),
             devices,
         });
@@ -367,6 +384,7 @@ impl Reconciler {
             last_usage_at: None,
             last_flush: Instant::now(),
             adopted_logged: BTreeSet::new(),
+            grace_until: Instant::now() + shared.config.liveness_timeout,
         }
     }
 
@@ -388,6 +406,15 @@ impl Reconciler {
                     .deployments
                     .contains_key(&(r.tenant.clone(), r.deployment.clone()))
                 {
+                    continue;
+                }
+                // Every name this coordinator ever gave is below its stored sequence: such
+                // a replica missing from every desired set was stopped on purpose (its
+                // node is told so) and is not taken back. Only a replica named after the
+                // store's last sequence (a store restored from an older backup) is unknown
+                // here, and adopted.
+                let created = created_of(&r.name);
+                if created < self.next_sequence {
                     continue;
                 }
                 if self.adopted_logged.insert(r.name.clone()) {
@@ -418,8 +445,13 @@ impl Reconciler {
         let fleet = shared.registry().fleet(now, shared.config.liveness_timeout);
         let catalog = shared.catalog().clone();
         let mut current = self.placed.clone();
-        current.extend(self.adopt(shared, &fleet, &catalog));
-        let (input, unit_class) = build_input(&fleet, &catalog, current, self.next_sequence);
+        let adopted = self.adopt(shared, &fleet, &catalog);
+        if let Some(last) = adopted.iter().map(|r| r.created).max() {
+            self.next_sequence = self.next_sequence.max(last + 1);
+        }
+        current.extend(adopted);
+        let in_grace = now < self.grace_until;
+        let (input, unit_class) = build_input(&fleet, &catalog, current, self.next_sequence, in_grace);
         let class_terms = input.classes.clone();
         let unit_node: HashMap<String, String> = fleet
             .iter()
@@ -478,6 +510,7 @@ impl Reconciler {
             state.placement = Some(placement);
             state.error = None;
             state.unit_class = unit_class;
+            state.surging = self.surging.values().map(|s| s.old.clone()).collect();
             state.unit_node = unit_node;
             state.class_terms = class_terms;
             state.node_status = status;
@@ -882,6 +915,7 @@ spec:
             name: name.into(),
             status,
             registered: true,
+            heard_since_start: true,
             runtimes: runtimes.iter().map(|r| r.to_string()).collect(),
             devices,
             reported: Vec::new(),
@@ -929,7 +963,7 @@ spec:
             runtime: "vllm".into(),
             created: 1,
         };
-        let (input, unit_class) = build_input(&fleet, &catalog, vec![held], 2);
+        let (input, unit_class) = build_input(&fleet, &catalog, vec![held], 2, false);
         assert_eq!(
             input.nodes.len(),
             2,
@@ -989,6 +1023,7 @@ spec:
             last_usage_at: None,
             last_flush: Instant::now(),
             adopted_logged: BTreeSet::new(),
+            grace_until: Instant::now(),
         };
         let status = |name: &str, phase, gpus: &[&str]| ReplicaStatus {
             name: name.into(),

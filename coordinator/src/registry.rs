@@ -195,6 +195,9 @@ pub struct FleetNode {
     pub status: NodeStatus,
     /// Whether the node has registered at least once (facts known).
     pub registered: bool,
+    /// Whether the node has reported since this coordinator started (until then its
+    /// status is `NotReady` for want of news, not because it is known to be down).
+    pub heard_since_start: bool,
     /// Runtime kinds it reports.
     pub runtimes: Vec<String>,
     /// Its devices with their live state.
@@ -576,6 +579,7 @@ impl Registry {
                     name: name.clone(),
                     status: status_of(node, now, timeout),
                     registered: node.facts.is_some(),
+                    heard_since_start: node.last_report.is_some(),
                     runtimes: node.facts.as_ref().map(|f| f.runtimes.clone()).unwrap_or_default(),
                     devices,
                     reported: node.replicas.clone(),
