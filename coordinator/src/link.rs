@@ -627,6 +627,9 @@ impl Session {
                     {
                         return Ok(());
                     }
+                    // Placement waits for this after a restart, and a drain's surge ends
+                    // when a replacement turns Ready.
+                    self.shared.wake_reconciler();
                     for replica in removed {
                         tracing::info!(node = %name, replica = %replica, "replica stopped and removed");
                         self.shared.event(

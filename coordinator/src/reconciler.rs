@@ -145,6 +145,7 @@ struct Reconciler {
     /// Until then, a node not heard from since this coordinator started is assumed to run
     /// what it was told (kept, given nothing new) rather than lost.
     grace_until: Instant,
+    waiting_logged: bool,
 }
 
 fn created_of(name: &str) -> u64 {
@@ -186,7 +187,6 @@ fn build_input(
     catalog: &Catalog,
     current: Vec<Replica>,
     next_sequence: u64,
-    in_grace: bool,
 ) -> (PlacementInput, HashMap<String, String>) {
     let held: BTreeSet<&str> = current
         .iter()
@@ -267,18 +267,9 @@ fn build_input(
                 mig,
             });
         }
-        // Right after a coordinator start every node is NotReady until it reports: one
-        // that has not yet keeps what it runs and takes nothing new, for one liveness
-        // timeout, so a restart never replaces replicas of nodes that are merely slower
-        // to reconnect.
-        let state = if in_grace && !f.heard_since_start && f.status == NodeStatus::NotReady {
-            NodeState::Cordoned
-        } else {
-            node_state(f.status)
-        };
         nodes.push(Node {
             name: f.name.clone(),
-            state,
+            state: node_state(f.status),
             runtimes: f.runtimes.clone(),
             devices,
         });
@@ -385,6 +376,7 @@ impl Reconciler {
             last_flush: Instant::now(),
             adopted_logged: BTreeSet::new(),
             grace_until: Instant::now() + shared.config.liveness_timeout,
+            waiting_logged: false,
         }
     }
 
@@ -444,14 +436,31 @@ impl Reconciler {
         let now = Instant::now();
         let fleet = shared.registry().fleet(now, shared.config.liveness_timeout);
         let catalog = shared.catalog().clone();
+        // Right after a coordinator start every node is NotReady until it reports. Until
+        // each known node has (or one liveness timeout has passed), nothing is decided: a
+        // restart must not replace the replicas of nodes that are merely slower to
+        // reconnect, nor place anew what an agent is about to report and have adopted.
+        if now < self.grace_until {
+            let waiting: Vec<&str> = fleet
+                .iter()
+                .filter(|f| f.registered && !f.heard_since_start)
+                .map(|f| f.name.as_str())
+                .collect();
+            if !waiting.is_empty() {
+                if !self.waiting_logged {
+                    tracing::info!(nodes = ?waiting, "placement waits for every known node to report after the start (at most one liveness timeout)");
+                    self.waiting_logged = true;
+                }
+                return;
+            }
+        }
         let mut current = self.placed.clone();
         let adopted = self.adopt(shared, &fleet, &catalog);
         if let Some(last) = adopted.iter().map(|r| r.created).max() {
             self.next_sequence = self.next_sequence.max(last + 1);
         }
         current.extend(adopted);
-        let in_grace = now < self.grace_until;
-        let (input, unit_class) = build_input(&fleet, &catalog, current, self.next_sequence, in_grace);
+        let (input, unit_class) = build_input(&fleet, &catalog, current, self.next_sequence);
         let class_terms = input.classes.clone();
         let unit_node: HashMap<String, String> = fleet
             .iter()
@@ -963,7 +972,7 @@ spec:
             runtime: "vllm".into(),
             created: 1,
         };
-        let (input, unit_class) = build_input(&fleet, &catalog, vec![held], 2, false);
+        let (input, unit_class) = build_input(&fleet, &catalog, vec![held], 2);
         assert_eq!(
             input.nodes.len(),
             2,
@@ -1024,6 +1033,7 @@ spec:
             last_flush: Instant::now(),
             adopted_logged: BTreeSet::new(),
             grace_until: Instant::now(),
+            waiting_logged: false,
         };
         let status = |name: &str, phase, gpus: &[&str]| ReplicaStatus {
             name: name.into(),

@@ -195,8 +195,9 @@ pub struct FleetNode {
     pub status: NodeStatus,
     /// Whether the node has registered at least once (facts known).
     pub registered: bool,
-    /// Whether the node has reported since this coordinator started (until then its
-    /// status is `NotReady` for want of news, not because it is known to be down).
+    /// Whether the node has registered and reported what it runs since this coordinator
+    /// started (until then its status is `NotReady` for want of news, not because it is
+    /// known to be down, and its replicas are not known).
     pub heard_since_start: bool,
     /// Runtime kinds it reports.
     pub runtimes: Vec<String>,
@@ -283,6 +284,9 @@ struct Node {
     desired: DesiredState,
     /// Replicas as the agent last reported them.
     replicas: Vec<ReplicaStatus>,
+    /// Whether the current connection has reported its replicas yet (an agent does so
+    /// right after registering).
+    replicas_reported: bool,
 }
 
 /// What a registering agent brings: its facts, its first capacity, its connection.
@@ -463,6 +467,7 @@ impl Registry {
                     status: NodeStatus::NotReady,
                     desired: DesiredState::default(),
                     replicas: Vec::new(),
+                    replicas_reported: false,
                 },
             );
         }
@@ -513,6 +518,7 @@ impl Registry {
             return false;
         }
         node.replicas = replicas;
+        node.replicas_reported = true;
         true
     }
 
@@ -579,7 +585,7 @@ impl Registry {
                     name: name.clone(),
                     status: status_of(node, now, timeout),
                     registered: node.facts.is_some(),
-                    heard_since_start: node.last_report.is_some(),
+                    heard_since_start: node.last_report.is_some() && node.replicas_reported,
                     runtimes: node.facts.as_ref().map(|f| f.runtimes.clone()).unwrap_or_default(),
                     devices,
                     reported: node.replicas.clone(),
@@ -632,6 +638,7 @@ impl Registry {
         let node = self.nodes.entry(name.to_string()).or_insert_with(|| Node {
             desired: DesiredState::default(),
             replicas: Vec::new(),
+            replicas_reported: false,
             fingerprint: String::new(),
             facts: None,
             capacity: None,
@@ -714,6 +721,7 @@ impl Registry {
         node.last_report = Some(now);
         node.last_seen_ms = Some(now_ms);
         node.last_seen_dirty = !changed;
+        node.replicas_reported = false;
         let old = node.connection.replace(connection).map(|c| c.connection);
         Ok((changed.then(|| Self::row(name, node)), old))
     }

@@ -239,7 +239,7 @@ spec:
 ---
 apiVersion: pyxis.dev/v1alpha1
 kind: HardwareClass
-metadata: {{name: H100-80GB}}
+metadata: {{name: h100-sxm}}
 spec:
   match: {{vendor: nvidia, model: "H100.*80GB"}}
   pricePerGpuHour: 4.10
@@ -253,7 +253,7 @@ spec:
   runtimes:
     # A second to load, so a drain's surge is visible: the old replica must outlive it.
     - {{kind: vllm, env: {{PYXIS_MOCK_STARTUP_MS: "1000"}}}}
-  resources: {{gpusPerReplica: 1, hardwareClasses: [H100-80GB]}}
+  resources: {{gpusPerReplica: 1, hardwareClasses: [h100-sxm]}}
   replicas: {{min: {MIN}, max: {max}}}
   readinessTimeout: 60s
 "#
@@ -465,8 +465,9 @@ vllm = "{mock} --flavor vllm"
                 .unwrap_or_else(|| panic!("{r:?} holds an unknown GPU"));
             assert_eq!(node, &r.node, "{r:?} holds a GPU of another node");
             assert!(simulated, "{r:?} is on a GPU not reported as simulated");
-            assert_eq!(class, "H100-80GB");
-            assert_eq!(r.hardware_class, "H100-80GB", "{r:?}");
+            assert_eq!(class, "H100-80GB", "the class its agent derived");
+            // A device takes the first HardwareClass whose rules fit it.
+            assert_eq!(r.hardware_class, "h100-sxm", "{r:?}");
             assert_eq!(r.runtime, "vllm", "{r:?}");
         }
         assert_eq!(
@@ -544,6 +545,17 @@ async fn a_killed_agents_replica_moves_within_15s_and_its_stale_copy_stops_when_
         on,
         BTreeSet::from(["node-a", "node-b"]),
         "bin-packing fills the one-GPU nodes first: {first:?}"
+    );
+    let classes: BTreeSet<String> = fleet
+        .api
+        .nodes()
+        .values()
+        .flat_map(|n| n.accelerators.iter().map(|a| a.hardware_class.clone()))
+        .collect();
+    assert_eq!(
+        classes,
+        BTreeSet::from(["h100-sxm".to_string()]),
+        "nodes show the effective class"
     );
     let detail = fleet.api.deployment();
     let status = &detail.object.status;
@@ -826,6 +838,36 @@ async fn a_coordinator_restart_moves_nothing_and_a_drain_surges() {
         );
     }
 
+    // 3b. A store restored from a backup taken before these replicas were placed: no
+    // desired state names them and the stored sequence is older. The agents report them,
+    // the coordinator adopts them (an event says so), and nothing is placed twice.
+    fleet.coordinator.take().unwrap().stop().await;
+    {
+        let store = pyxis_coordinator::store::Store::open(&fleet.config.data_dir.join("pyxis.db")).unwrap();
+        for (node, _) in NODES {
+            store.put_desired_state(node, 1, "[]").unwrap();
+        }
+        store.set_meta("placement_next_sequence", "1").unwrap();
+    }
+    let coordinator = start_coordinator(&fleet.config).await;
+    fleet.api = Api::of(&coordinator);
+    fleet.coordinator = Some(coordinator);
+    let passes_with_fleet = fleet.all_connected("every agent back after the restore").await;
+    eventually("three placement passes after the restore", SLOW, || {
+        let passes = fleet.passes();
+        (passes >= passes_with_fleet + 3)
+            .then_some(())
+            .ok_or_else(|| format!("{passes} passes"))
+    })
+    .await;
+    let adopted = fleet.settled(2, "the adopted replicas Ready").await;
+    assert_eq!(running(&adopted), before, "adoption moved or restarted replicas");
+    assert_eq!(fleet.runtime_pids(), expected, "{:?}", processes_with(&fleet.marker));
+    let events = fleet.api.deployment().events;
+    let adoptions = events.iter().filter(|e| e.reason == "ReplicaAdopted").count();
+    assert_eq!(adoptions, 2, "{events:?}");
+    let still = adopted;
+
     // 4. Drain a node holding a replica: the replacement is Ready before the drained
     // replica stops, and at no point are fewer than `min` replicas Ready.
     let drained = still.values().next().unwrap().clone();
@@ -866,7 +908,7 @@ async fn a_coordinator_restart_moves_nothing_and_a_drain_surges() {
         }
         let new = replicas
             .values()
-            .find(|r| !three.contains_key(&r.name) && r.node != drained.node);
+            .find(|r| !still.contains_key(&r.name) && r.node != drained.node);
         if let Some(new) = new {
             if pids.contains(&drained_pid) && new.phase != "Ready" {
                 // The replacement is starting while the drained replica still runs.
@@ -903,9 +945,12 @@ async fn a_coordinator_restart_moves_nothing_and_a_drain_surges() {
         "never saw the replacement starting while the drained replica ran"
     );
     assert_ne!(new.node, drained.node);
+    // After the restore the coordinator knows only the sequences it adopted: a new name
+    // comes after those (names used only before the backup cannot be known).
+    let adopted_max = still.keys().map(|n| sequence(n)).max().unwrap();
     assert!(
-        sequence(&new.name) > used_max,
-        "the replacement {} reuses a sequence used before the coordinator restart (up to {used_max})",
+        sequence(&new.name) > adopted_max,
+        "the replacement {} reuses a sequence of a running replica (up to {adopted_max})",
         new.name
     );
     let detail = fleet.api.deployment();
