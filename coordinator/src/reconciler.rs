@@ -15,10 +15,13 @@
 //! 5. accounts GPU time of running replicas per tenant and hardware class, priced by the
 //!    class, flushed to the store every 10 s and at shutdown.
 //!
-//! Adoption: on start, the replicas placed so far are every node's stored desired set; a
-//! replica an agent reports that no desired set names (a restored store, say) is adopted
-//! when its deployment exists, so nothing runs twice. Placement keeps every valid replica
-//! where it is.
+//! Restarts and adoption: on start, the replicas placed so far are every node's stored
+//! desired set. No pass runs until every known node has registered and reported what it
+//! runs (at most one liveness timeout), so a node that is merely slow to reconnect does
+//! not have its replicas replaced. A replica an agent reports that no desired set names is
+//! adopted when its deployment exists and its name is past the stored sequence (a store
+//! restored from an older backup); one with an older name was stopped on purpose and is
+//! not taken back. Placement keeps every valid replica where it is, so nothing runs twice.
 //!
 //! What it deliberately does not do: decide anything itself (placement is the engine's),
 //! talk to agents (the link does), or run while [`crate::config::CoordinatorConfig::reconcile`]
