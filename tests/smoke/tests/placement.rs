@@ -686,6 +686,28 @@ async fn a_killed_agents_replica_moves_within_15s_and_its_stale_copy_stops_when_
         detail.events
     );
 
+    // 3. Usage: the GPU time of the replicas that ran, per tenant and effective class,
+    // priced by the class (flushed to the store every 10 s; the API adds what is not yet).
+    let usage = eventually("GPU time accounted", SLOW, || {
+        let usage = fleet.api.get("/api/v1/usage?since=1h");
+        let rows = usage["items"].as_array().cloned().unwrap_or_default();
+        rows.iter()
+            .find(|r| r["tenant"] == TENANT && r["hardware_class"] == "h100-sxm")
+            .filter(|r| r["gpu_seconds"].as_f64().unwrap_or(0.0) > 1.0)
+            .cloned()
+            .ok_or_else(|| usage.to_string())
+    })
+    .await;
+    let seconds = usage["gpu_seconds"].as_f64().unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        seconds <= 3.0 * elapsed,
+        "at most 3 replicas ran during the test's {elapsed:.1} s: {usage}"
+    );
+    assert_eq!(usage["price_per_gpu_hour"].as_f64(), Some(4.10), "{usage}");
+    let cost = usage["cost"].as_f64().unwrap();
+    assert!((cost - seconds / 3600.0 * 4.10).abs() < 1e-9, "{usage}");
+
     fleet.shut_down().await;
     println!(
         "a_killed_agents_replica_moves...: {:.1} s",
