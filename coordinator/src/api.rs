@@ -383,18 +383,7 @@ async fn get_replica(
                 format!("replica {name} not found; `pyxis get replicas` lists them"),
             )
         })?;
-    let events = shared
-        .store
-        .events(&format!("replica/{name}"), 20)
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .map(|e| EventView {
-            time: rfc3339_ms(e.at_ms),
-            kind: e.kind,
-            reason: e.reason,
-            message: e.message,
-        })
-        .collect();
+    let events = recent_events(&shared, &format!("replica/{name}"), 20)?;
     replica_classes(&shared, std::slice::from_mut(&mut replica));
     Ok(Json(crate::api_types::ReplicaDetail { replica, events }))
 }
@@ -409,18 +398,7 @@ async fn get_node(
         .view(&name, Instant::now(), shared.config.liveness_timeout)
         .ok_or_else(|| ApiError::from(RegistryError::NotFound(name.clone())))?;
     effective_classes(&shared.catalog(), &mut view);
-    let events = shared
-        .store
-        .events(&format!("node/{name}"), 20)
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .map(|e| EventView {
-            time: rfc3339_ms(e.at_ms),
-            kind: e.kind,
-            reason: e.reason,
-            message: e.message,
-        })
-        .collect();
+    let events = recent_events(&shared, &format!("node/{name}"), 20)?;
     Ok(Json(NodeDetail { node: view, events }))
 }
 
@@ -495,6 +473,22 @@ async fn delete_node(
     shared.wake_reconciler();
     tracing::warn!(node = %name, "node deleted by an operator: its certificate no longer works; the name may join again with a new token");
     Ok(Json(serde_json::json!({"deleted": name})))
+}
+
+/// The latest `limit` events of `object`, oldest first.
+pub(crate) fn recent_events(shared: &Shared, object: &str, limit: usize) -> Result<Vec<EventView>, ApiError> {
+    Ok(shared
+        .store
+        .events(object, limit)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .map(|e| EventView {
+            time: rfc3339_ms(e.at_ms),
+            kind: e.kind,
+            reason: e.reason,
+            message: e.message,
+        })
+        .collect())
 }
 
 pub(crate) fn path_error(rejection: PathRejection) -> ApiError {

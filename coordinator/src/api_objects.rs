@@ -19,12 +19,14 @@ use serde::Deserialize;
 
 use crate::{
     api::{path_error, ApiError},
+    api_types::ObjectView,
     api_types::{
         ApplyRequest, ApplyResponse, DeploymentView, EventView, ExplainView, HardwareClassView, List, ObjectDetail,
         ProblemView, TenantView, UsageView,
     },
     manifest::Kind,
-    objects::{object_ref, parse_sources, Plan, Target},
+    objects::{object_ref, parse_sources, Catalog, Plan, Target},
+    reconciler::PlacementState,
     server::Shared,
     time::{now_ms, rfc3339_ms},
     views,
@@ -279,29 +281,46 @@ fn one_target(kind: Kind, namespace: Option<String>, name: String) -> Vec<Target
 }
 
 fn events(shared: &Shared, object: &str) -> Result<Vec<EventView>, ApiError> {
-    Ok(shared
-        .store
-        .events(object, 30)
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .map(|e| EventView {
-            time: rfc3339_ms(e.at_ms),
-            kind: e.kind,
-            reason: e.reason,
-            message: e.message,
-        })
-        .collect())
+    crate::api::recent_events(shared, object, 30)
+}
+
+/// Builds one object's view from the catalog and the last placement.
+type ViewOf<S> = fn(&Catalog, &mut PlacementState, &str) -> Option<ObjectView<S>>;
+
+/// Every object of a cluster-wide kind.
+fn list_of<S>(shared: &Shared, names: impl Fn(&Catalog) -> Vec<String>, view: ViewOf<S>) -> Json<List<ObjectView<S>>> {
+    let catalog = shared.catalog().clone();
+    let mut state = shared.placement_state();
+    let items = names(&catalog)
+        .iter()
+        .filter_map(|name| view(&catalog, &mut state, name))
+        .collect();
+    Json(List { items })
+}
+
+/// One object of a cluster-wide kind with its events.
+fn detail_of<S>(shared: &Shared, kind: Kind, name: &str, view: ViewOf<S>) -> Result<Json<ObjectDetail<S>>, ApiError> {
+    let catalog = shared.catalog().clone();
+    let object = {
+        let mut state = shared.placement_state();
+        view(&catalog, &mut state, name)
+    }
+    .ok_or_else(|| {
+        let plural = match kind {
+            Kind::Tenant => "tenants",
+            _ => "hardwareclasses",
+        };
+        not_found(format!(
+            "{} {name} not found; `pyxis get {plural}` lists them",
+            kind.as_str().to_ascii_lowercase()
+        ))
+    })?;
+    let events = events(shared, &object_ref(kind, None, name))?;
+    Ok(Json(ObjectDetail { object, events }))
 }
 
 async fn list_tenants(State(shared): State<Arc<Shared>>) -> Json<List<TenantView>> {
-    let catalog = shared.catalog().clone();
-    let mut state = shared.placement_state();
-    let items = catalog
-        .tenants
-        .keys()
-        .filter_map(|name| views::tenant(&catalog, &mut state, name))
-        .collect();
-    Json(List { items })
+    list_of(&shared, |c| c.tenants.keys().cloned().collect(), views::tenant)
 }
 
 async fn get_tenant(
@@ -309,14 +328,7 @@ async fn get_tenant(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ObjectDetail<crate::api_types::TenantStatus>>, ApiError> {
     let Path(name) = path.map_err(path_error)?;
-    let catalog = shared.catalog().clone();
-    let object = {
-        let mut state = shared.placement_state();
-        views::tenant(&catalog, &mut state, &name)
-    }
-    .ok_or_else(|| not_found(format!("tenant {name} not found; `pyxis get tenants` lists them")))?;
-    let events = events(&shared, &object_ref(Kind::Tenant, None, &name))?;
-    Ok(Json(ObjectDetail { object, events }))
+    detail_of(&shared, Kind::Tenant, &name, views::tenant)
 }
 
 async fn delete_tenant(
@@ -328,14 +340,7 @@ async fn delete_tenant(
 }
 
 async fn list_classes(State(shared): State<Arc<Shared>>) -> Json<List<HardwareClassView>> {
-    let catalog = shared.catalog().clone();
-    let mut state = shared.placement_state();
-    let items = catalog
-        .classes
-        .keys()
-        .filter_map(|name| views::hardware_class(&catalog, &mut state, name))
-        .collect();
-    Json(List { items })
+    list_of(&shared, |c| c.classes.keys().cloned().collect(), views::hardware_class)
 }
 
 async fn get_class(
@@ -343,18 +348,7 @@ async fn get_class(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ObjectDetail<crate::api_types::HardwareClassStatus>>, ApiError> {
     let Path(name) = path.map_err(path_error)?;
-    let catalog = shared.catalog().clone();
-    let object = {
-        let mut state = shared.placement_state();
-        views::hardware_class(&catalog, &mut state, &name)
-    }
-    .ok_or_else(|| {
-        not_found(format!(
-            "hardware class {name} not found; `pyxis get hardwareclasses` lists them"
-        ))
-    })?;
-    let events = events(&shared, &object_ref(Kind::HardwareClass, None, &name))?;
-    Ok(Json(ObjectDetail { object, events }))
+    detail_of(&shared, Kind::HardwareClass, &name, views::hardware_class)
 }
 
 async fn delete_class(

@@ -462,3 +462,38 @@ mod tests {
         assert!(parse_response(b"garbage").is_err());
     }
 }
+
+/// Processes whose command line contains `marker`, by pid (a test's runtimes carry a
+/// per-test path on their command line).
+pub fn processes_with(marker: &str) -> std::collections::BTreeMap<u32, String> {
+    let mut found = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(marker) {
+            found.insert(pid, cmdline);
+        }
+    }
+    found
+}
+
+/// Kills every process marked `marker` when dropped, so a failing test leaves no runtime
+/// behind (agents deliberately leave runtimes running when they exit).
+#[derive(Debug)]
+pub struct Reaper(pub String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in processes_with(&self.0).keys() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}

@@ -36,7 +36,7 @@ use pyxis_coordinator::{
     config::CoordinatorConfig,
     server::Coordinator,
 };
-use pyxis_smoke::{bin, http, Daemon};
+use pyxis_smoke::{bin, http, processes_with, Daemon, Reaper};
 
 /// The acceptance bound: a replica lost with its node is Ready elsewhere within this.
 const REPLACEMENT_BOUND: Duration = Duration::from_secs(15);
@@ -48,40 +48,9 @@ const MIN: usize = 2;
 /// The fleet: node name and simulated H100-80GB count.
 const NODES: [(&str, u32); 3] = [("node-a", 1), ("node-b", 1), ("node-c", 2)];
 
-/// Processes whose command line contains `marker`, by pid.
-fn processes_with(marker: &str) -> BTreeMap<u32, String> {
-    let mut found = BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(marker) {
-            found.insert(pid, cmdline);
-        }
-    }
-    found
-}
-
 /// The pids of a test's runtimes.
 fn runtime_pids(marker: &str) -> BTreeSet<u32> {
     processes_with(marker).into_keys().collect()
-}
-
-/// Kills every process marked `marker` when dropped, so a failing test leaves no runtime
-/// behind (agents deliberately leave runtimes running when they exit). [`Fleet`] drops it
-/// after its agents, so no agent restarts what it kills.
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in processes_with(&self.0).keys() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
 }
 
 /// Polls `check` until it gives `Ok`; on timeout, panics with the last `Err` (what was

@@ -14,37 +14,7 @@ use std::{
 
 use pyxis_coordinator::{api_types::ReplicaView, config::CoordinatorConfig, server::Coordinator};
 use pyxis_protocol::ReplicaSpec;
-use pyxis_smoke::{bin, http, Daemon};
-
-/// Processes whose command line contains `marker`, by pid.
-fn processes_with(marker: &str) -> BTreeMap<u32, String> {
-    let mut found = BTreeMap::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(marker) {
-            found.insert(pid, cmdline);
-        }
-    }
-    found
-}
-
-/// Kills every process marked `marker` when dropped, so a failing test leaves no runtime
-/// behind (agents deliberately leave runtimes running when they exit).
-struct Reaper(String);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in processes_with(&self.0).keys() {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
-    }
-}
+use pyxis_smoke::{bin, http, processes_with, Daemon, Reaper};
 
 async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
