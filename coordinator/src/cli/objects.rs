@@ -738,7 +738,7 @@ pub(super) fn usage_table(view: &UsageView) -> String {
             rows.push(vec![
                 r.tenant.clone(),
                 r.hardware_class.clone(),
-                format!("{:.2}", r.gpu_hours),
+                format!("{:.3}", r.gpu_hours),
                 format!("{:.2}", r.price_per_gpu_hour),
                 format!("{:.2}", r.cost),
             ]);
@@ -749,7 +749,7 @@ pub(super) fn usage_table(view: &UsageView) -> String {
             rows.push(vec![
                 tenant.to_string(),
                 "(total)".to_string(),
-                format!("{tenant_hours:.2}"),
+                format!("{tenant_hours:.3}"),
                 String::new(),
                 format!("{tenant_cost:.2}"),
             ]);
@@ -760,7 +760,7 @@ pub(super) fn usage_table(view: &UsageView) -> String {
     rows.push(vec![
         "TOTAL".to_string(),
         String::new(),
-        format!("{hours:.2}"),
+        format!("{hours:.3}"),
         String::new(),
         format!("{cost:.2}"),
     ]);
@@ -1998,11 +1998,11 @@ mod tests {
             &lines(&[
                 "From 2026-11-23T02:00:00Z to 2026-11-24T02:00:00Z",
                 "TENANT     CLASS       GPU-HOURS   PRICE/GPU-H   COST",
-                "product    A100-80GB   10.00       2.20          22.00",
-                "product    TPU-v5e     4.50        1.20          5.40",
-                "product    (total)     14.50                     27.40",
-                "research   H100-80GB   24.00       4.10          98.40",
-                "TOTAL                  38.50                     125.80",
+                "product    A100-80GB   10.000      2.20          22.00",
+                "product    TPU-v5e     4.500       1.20          5.40",
+                "product    (total)     14.500                    27.40",
+                "research   H100-80GB   24.000      4.10          98.40",
+                "TOTAL                  38.500                    125.80",
             ]),
         );
     }
