@@ -1097,6 +1097,87 @@ fn fragmentation() {
     ]);
 }
 
+/// Nodes alike but for free device memory (what agents report for idle devices varies),
+/// and nodes that become empty during a pass.
+#[test]
+fn alike_nodes() {
+    check(&[
+        Case {
+            name: "among empty nodes alike but for memory, the first with the memory wins",
+            input: "
+                node n1 gpus=2xH100 used=0:70,1:70
+                node n2 gpus=2xH100 used=0:70
+                node n3 gpus=2xH100
+                tenant a
+                deploy a/x mem=40
+            ",
+            expect: "
+                at a/x n2 g1
+            ",
+        },
+        Case {
+            name: "a multi-GPU replica passes over empty nodes with a device short of memory",
+            input: "
+                node n1 gpus=4xH100 fabric=all used=2:50
+                node n2 gpus=4xH100 fabric=all used=3:50
+                node n3 gpus=4xH100 fabric=all
+                tenant a
+                deploy a/big gpus=4 mem=40
+            ",
+            expect: "
+                at a/big n3 g0,g1,g2,g3
+            ",
+        },
+        Case {
+            name: "a degraded device makes a node a last resort among otherwise alike empty nodes",
+            input: "
+                node n1 gpus=2xH100 degraded=0
+                node n2 gpus=2xH100
+                tenant a
+                deploy a/pair gpus=2
+            ",
+            expect: "
+                at a/pair n2 g0,g1
+            ",
+        },
+        Case {
+            name: "a node emptied in the pass takes a replica that needs all of it",
+            input: "
+                node n1 gpus=4xH100 fabric=all
+                node n2 gpus=4xH100 fabric=all
+                tenant a
+                deploy a/x replicas=1
+                deploy a/big gpus=4 replicas=1
+                replica r1 a/x n1 g0 vllm created=1
+                replica r2 a/x n2 g0 vllm created=2
+            ",
+            expect: "
+                stop r2 above max
+                at a/big n2 g0,g1,g2,g3
+            ",
+        },
+        Case {
+            name: "a replica stopped in the pass frees its node's devices for another",
+            input: "
+                node n1 gpus=2xH100
+                node n2 gpus=2xH100
+                tenant a
+                deploy a/small replicas=1
+                deploy a/pair gpus=2 replicas=2
+                replica r1 a/small n1 g0 vllm created=1
+                replica r2 a/small n2 g0 vllm created=2
+                replica r3 a/pair n1 g1 vllm created=3
+            ",
+            expect: "
+                stop r2 above max
+                stop r3 holds 1 devices
+                count a/pair 1
+                at a/pair n2 g0,g1
+            ",
+        },
+    ]);
+}
+
 #[test]
 fn heterogeneous_classes() {
     check(&[

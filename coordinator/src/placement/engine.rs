@@ -20,6 +20,13 @@ use super::{
 /// Slack for comparisons of sums of normalised capacities.
 const EPSILON: f64 = 1e-9;
 
+/// In [`Engine::runtime_by_node`]: the node runs none of the list's runtimes, or is not
+/// ready.
+const NO_RUNTIME: u32 = u32::MAX;
+
+/// In [`Engine::node_group`]: the node is not ready, so in no group.
+const NO_GROUP: usize = usize::MAX;
+
 /// The fill/reclaim rounds of one pass stop after this many, converged or not. A pass
 /// converges in two or three rounds (a round that places or reclaims nothing ends it); the
 /// bound only guards against a cycle the rules are meant to exclude.
@@ -84,6 +91,12 @@ struct NodeInfo<'a> {
     adjacency: Vec<u128>,
     /// Healthy units, by offset.
     healthy: u128,
+    /// MIG instances, by offset.
+    mig: u128,
+    /// Units that are neither held nor unhealthy, by offset (`free_units` of them).
+    free_mask: u128,
+    /// Units that are not unhealthy, by offset.
+    usable: u128,
     /// Each class present on the node, with its units by offset.
     classes: Vec<(usize, u128)>,
     /// Live replicas per deployment on the node.
@@ -137,6 +150,8 @@ struct DeploymentInfo<'a> {
 struct LiveReplica {
     name: String,
     deployment: usize,
+    /// Its deployment's tenant.
+    tenant: usize,
     node: usize,
     units: Vec<usize>,
     runtime: String,
@@ -144,6 +159,8 @@ struct LiveReplica {
     cost: f64,
     /// Placed in this pass (its `Place` action can still be withdrawn).
     new: bool,
+    /// When `new`: the position of its `Place` action in [`Engine::actions`].
+    place_action: usize,
     /// On a draining or lost node: kept until a replacement is placed, and counted in no
     /// replica count, usage or capacity meanwhile.
     displaced: bool,
@@ -182,6 +199,7 @@ struct Candidate {
     score: Score,
 }
 
+/// A deployment's view of one node's units, for its explanation.
 #[derive(Debug, Default)]
 struct DeviceCounts {
     unhealthy: u32,
@@ -195,11 +213,12 @@ struct DeviceCounts {
 
 #[derive(Debug)]
 enum Rejection {
-    Unschedulable(NodeState),
+    /// The node is not ready.
+    Unschedulable,
+    /// The node runs none of the deployment's runtimes.
     Runtime,
-    /// Fewer free units than needed (fast path, no detail).
-    Full,
-    Devices(DeviceCounts),
+    /// Fewer eligible free units than a replica needs.
+    TooFewUnits,
     /// Enough eligible devices, but not of one class.
     NoSingleClassSet,
     /// Enough eligible devices of one class, but no linked set, and one is required.
@@ -209,6 +228,17 @@ enum Rejection {
         cost: f64,
         limit: f64,
     },
+}
+
+/// How strictly [`Engine::evaluate_on`] checks a node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// Every rule.
+    Exact,
+    /// Device memory and the tenant's limit ignored. On an empty node this gives a lower
+    /// bound of the exact score of every node of its group (which differ in memory only):
+    /// fewer eligible units never give a better choice.
+    Relaxed,
 }
 
 /// What a unit is to a deployment.
@@ -233,18 +263,39 @@ struct Engine<'a> {
     input: &'a PlacementInput,
     classes: Vec<ClassInfo<'a>>,
     units: Vec<Unit<'a>>,
-    unit_by_uuid: HashMap<&'a str, usize>,
+    unit_by_uuid: HashMap<&'a str, Option<usize>>,
     nodes: Vec<NodeInfo<'a>>,
     node_by_name: HashMap<&'a str, usize>,
     tenants: Vec<TenantInfo<'a>>,
     deployments: Vec<DeploymentInfo<'a>>,
     deployment_by_key: HashMap<(&'a str, &'a str), usize>,
     replicas: Vec<LiveReplica>,
+    /// By deployment: its replicas (indices into `replicas`, removed ones included), in
+    /// index order.
+    by_deployment: Vec<Vec<usize>>,
     /// For each distinct runtime list: the ready nodes that support one of its runtimes,
     /// with the index of the first supported.
     runtime_nodes: Vec<Vec<(usize, usize)>>,
-    names: HashSet<String>,
+    /// The same by node: `runtime_by_node[list][node]` is the index of the first runtime of
+    /// the list that the node runs, or [`NO_RUNTIME`] (also when the node is not ready).
+    runtime_by_node: Vec<Vec<u32>>,
+    /// Ready nodes that hold no replica, in groups of nodes that differ in device memory
+    /// only (same runtimes, and per unit: class, health, MIG, links), each group by node
+    /// index. Ignoring memory, a replica fits every node of a group alike.
+    groups: Vec<BTreeSet<usize>>,
+    /// By node: its group, or [`NO_GROUP`] when it is not ready.
+    node_group: Vec<usize>,
+    /// Ready nodes that hold a replica, by free units: `occupied[k]` holds the nodes with
+    /// `k` free units, in no particular order. Placement skips the nodes with too few.
+    occupied: Vec<Vec<usize>>,
+    /// By node: its position in its `occupied` list while it is there.
+    occupied_slot: Vec<usize>,
+    /// Names of the input's current replicas; a new replica's name is never one of them
+    /// (new names end in their unique sequence number, so they never repeat each other).
+    names: HashSet<&'a str>,
     actions: Vec<Action>,
+    /// Positions in `actions` of withdrawn placements, dropped at the end of the pass.
+    withdrawn: Vec<usize>,
     next_sequence: u64,
     capacity: f64,
 }
@@ -291,21 +342,25 @@ struct Fleet<'a> {
     nodes: Vec<NodeInfo<'a>>,
     node_by_name: HashMap<&'a str, usize>,
     units: Vec<Unit<'a>>,
-    unit_by_uuid: HashMap<&'a str, usize>,
-    /// Every UUID, MIG parents included.
-    seen_uuids: HashSet<&'a str>,
+    /// Every UUID: units map to their index, MIG parents (never placed whole) to `None`.
+    unit_by_uuid: HashMap<&'a str, Option<usize>>,
 }
 
 impl<'a> Fleet<'a> {
     fn new(input: &'a PlacementInput, classes: &mut ClassTable<'a>) -> Result<Self, PlacementError> {
         let mut sorted: Vec<&'a Node> = input.nodes.iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let uuids: usize = input
+            .nodes
+            .iter()
+            .flat_map(|node| &node.devices)
+            .map(|device| 1 + device.mig.as_ref().map_or(0, Vec::len))
+            .sum();
         let mut fleet = Fleet {
             nodes: Vec::with_capacity(sorted.len()),
-            node_by_name: HashMap::new(),
-            units: Vec::new(),
-            unit_by_uuid: HashMap::new(),
-            seen_uuids: HashSet::new(),
+            node_by_name: HashMap::with_capacity(sorted.len()),
+            units: Vec::with_capacity(uuids),
+            unit_by_uuid: HashMap::with_capacity(uuids),
         };
         for node in sorted {
             if fleet.node_by_name.insert(&node.name, fleet.nodes.len()).is_some() {
@@ -323,9 +378,12 @@ impl<'a> Fleet<'a> {
         let first_unit = self.units.len();
         let mut devices: Vec<_> = node.devices.iter().collect();
         devices.sort_by_key(|device| device.index);
-        let mut offset_by_index: HashMap<u32, usize> = HashMap::new();
+        // Whole devices by index, with their unit offset, in index order (a repeated index
+        // stands for the last device listed with it).
+        let mut offset_by_index: Vec<(u32, usize)> = Vec::with_capacity(devices.len());
         for device in &devices {
-            if !self.seen_uuids.insert(&device.uuid) {
+            let unit = device.mig.is_none().then_some(self.units.len());
+            if self.unit_by_uuid.insert(&device.uuid, unit).is_some() {
                 return Err(PlacementError::DuplicateDevice {
                     uuid: device.uuid.clone(),
                 });
@@ -333,14 +391,17 @@ impl<'a> Fleet<'a> {
             match &device.mig {
                 Some(instances) => {
                     for instance in instances {
-                        if !self.seen_uuids.insert(&instance.uuid) {
+                        if self
+                            .unit_by_uuid
+                            .insert(&instance.uuid, Some(self.units.len()))
+                            .is_some()
+                        {
                             return Err(PlacementError::DuplicateDevice {
                                 uuid: instance.uuid.clone(),
                             });
                         }
                         let class = classes.intern(&instance.hardware_class);
                         let info = &classes.classes[class];
-                        self.unit_by_uuid.insert(&instance.uuid, self.units.len());
                         self.units.push(Unit {
                             node: node_index,
                             uuid: &instance.uuid,
@@ -356,8 +417,7 @@ impl<'a> Fleet<'a> {
                 None => {
                     let class = classes.intern(&device.hardware_class);
                     let info = &classes.classes[class];
-                    offset_by_index.insert(device.index, self.units.len() - first_unit);
-                    self.unit_by_uuid.insert(&device.uuid, self.units.len());
+                    offset_by_index.push((device.index, self.units.len() - first_unit));
                     self.units.push(Unit {
                         node: node_index,
                         uuid: &device.uuid,
@@ -380,36 +440,54 @@ impl<'a> Fleet<'a> {
                 units: range.len(),
             });
         }
+        let offset_of = |index: u32| {
+            let after = offset_by_index.partition_point(|&(other, _)| other <= index);
+            after
+                .checked_sub(1)
+                .map(|last| offset_by_index[last])
+                .filter(|&(other, _)| other == index)
+                .map(|(_, offset)| offset)
+        };
         let mut adjacency = vec![0u128; range.len()];
         for device in devices.iter().filter(|device| device.mig.is_none()) {
-            let offset = offset_by_index[&device.index];
+            let Some(offset) = offset_of(device.index) else {
+                continue;
+            };
             for link in device.links.iter().filter(|link| link.fabric) {
-                if let Some(&peer) = offset_by_index.get(&link.peer).filter(|&&peer| peer != offset) {
+                if let Some(peer) = offset_of(link.peer).filter(|&peer| peer != offset) {
                     adjacency[offset] |= 1 << peer;
                     adjacency[peer] |= 1 << offset;
                 }
             }
         }
         let mut healthy = 0u128;
+        let mut mig = 0u128;
+        let mut free_mask = 0u128;
         let mut node_classes: Vec<(usize, u128)> = Vec::new();
         for (offset, unit) in self.units[range.clone()].iter().enumerate() {
             if unit.health == DeviceHealth::Healthy {
                 healthy |= 1 << offset;
+            }
+            if unit.health != DeviceHealth::Unhealthy {
+                free_mask |= 1 << offset;
+            }
+            if unit.mig {
+                mig |= 1 << offset;
             }
             match node_classes.iter_mut().find(|(class, _)| *class == unit.class) {
                 Some((_, mask)) => *mask |= 1 << offset,
                 None => node_classes.push((unit.class, 1 << offset)),
             }
         }
-        let free_units = self.units[range.clone()]
-            .iter()
-            .filter(|unit| unit.health != DeviceHealth::Unhealthy)
-            .count();
+        let free_units = free_mask.count_ones() as usize;
         self.nodes.push(NodeInfo {
             spec: node,
             units: range,
             adjacency,
             healthy,
+            mig,
+            free_mask,
+            usable: free_mask,
             classes: node_classes,
             deployment_counts: Vec::new(),
             free_units,
@@ -575,9 +653,21 @@ impl<'a> Engine<'a> {
         let fleet = Fleet::new(input, &mut classes)?;
         let (mut deployments, deployment_by_key) = index_deployments(input, &tenants, &mut classes)?;
         let runtime_nodes = index_runtime_nodes(&mut deployments, &fleet.nodes);
-        let mut names = HashSet::new();
+        let runtime_by_node = runtime_nodes
+            .iter()
+            .map(|supporting| {
+                let mut by_node = vec![NO_RUNTIME; fleet.nodes.len()];
+                for &(node, runtime) in supporting {
+                    by_node[node] = runtime as u32;
+                }
+                by_node
+            })
+            .collect();
+        let deployments_len = deployments.len();
+        let nodes_len = fleet.nodes.len();
+        let mut names = HashSet::with_capacity(input.current.len());
         for replica in &input.current {
-            if !names.insert(replica.name.clone()) {
+            if !names.insert(replica.name.as_str()) {
                 return Err(PlacementError::DuplicateReplica {
                     replica: replica.name.clone(),
                 });
@@ -594,29 +684,60 @@ impl<'a> Engine<'a> {
             deployments,
             deployment_by_key,
             replicas: Vec::new(),
+            by_deployment: vec![Vec::new(); deployments_len],
             runtime_nodes,
+            runtime_by_node,
+            groups: Vec::new(),
+            node_group: vec![NO_GROUP; nodes_len],
+            occupied: vec![Vec::new(); MAX_UNITS_PER_NODE + 1],
+            occupied_slot: vec![0; nodes_len],
             names,
             actions: Vec::new(),
+            withdrawn: Vec::new(),
             next_sequence: input.next_sequence,
             capacity: 0.0,
         };
-        for index in 0..engine.deployments.len() {
-            engine.deployments[index].nominal_cost = engine.nominal_cost(index);
+        // The most free memory of any unit that is not unhealthy, per class: for any unit,
+        // and for whole devices only (MIG instances never join a multi-device replica).
+        let mut largest_free: Vec<(Option<u64>, Option<u64>)> = vec![(None, None); engine.classes.len()];
+        for unit in engine
+            .units
+            .iter()
+            .filter(|unit| unit.health != DeviceHealth::Unhealthy)
+        {
+            let (any, whole) = &mut largest_free[unit.class];
+            *any = (*any).max(Some(unit.free_memory));
+            if !unit.mig {
+                *whole = (*whole).max(Some(unit.free_memory));
+            }
         }
+        for index in 0..engine.deployments.len() {
+            engine.deployments[index].nominal_cost = engine.nominal_cost(index, &largest_free);
+        }
+        engine.index_node_groups();
         Ok(engine)
     }
 
     /// A replica's size on the smallest unit that could ever take it (ignoring who holds
-    /// what), or on a relative-capacity-1 device when none could.
-    fn nominal_cost(&self, deployment: usize) -> f64 {
-        let spec = self.deployments[deployment].spec;
+    /// what), or on a relative-capacity-1 device when none could. `largest_free` is, per
+    /// class, the most free memory of a unit that is not unhealthy (any unit, whole devices).
+    fn nominal_cost(&self, deployment: usize, largest_free: &[(Option<u64>, Option<u64>)]) -> f64 {
+        let info = &self.deployments[deployment];
+        let spec = info.spec;
         let gpus = spec.gpus_per_replica as f64;
         if spec.gpus_per_replica == 0 {
             return 0.0;
         }
-        let smallest = (0..self.units.len())
-            .filter(|&unit| matches!(self.unit_fit(deployment, unit, &[]), UnitFit::Free | UnitFit::Held(_)))
-            .map(|unit| self.units[unit].capacity)
+        // Units of a class share its capacity, so the smallest unit that could take the
+        // replica is the smallest class with one unit that has the memory.
+        let smallest = largest_free
+            .iter()
+            .enumerate()
+            .filter(|&(class, &(any, whole))| {
+                let largest = if spec.gpus_per_replica > 1 { whole } else { any };
+                info.allowed[class] && largest.is_some_and(|free| free >= spec.gpu_memory_bytes)
+            })
+            .map(|(class, _)| self.classes[class].capacity)
             .fold(f64::INFINITY, f64::min);
         if smallest.is_finite() {
             gpus * smallest
@@ -625,9 +746,96 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Puts every ready node in its group of identical nodes (all hold no replica yet).
+    fn index_node_groups(&mut self) {
+        let mut runtime_ids: HashMap<&str, u64> = HashMap::new();
+        let mut group_by_signature: HashMap<Vec<u64>, usize> = HashMap::new();
+        for node in 0..self.nodes.len() {
+            let node_info = &self.nodes[node];
+            if node_info.spec.state != NodeState::Ready {
+                continue;
+            }
+            let mut runtimes: Vec<u64> = node_info
+                .spec
+                .runtimes
+                .iter()
+                .map(|runtime| {
+                    let next = runtime_ids.len() as u64;
+                    *runtime_ids.entry(runtime.as_str()).or_insert(next)
+                })
+                .collect();
+            runtimes.sort_unstable();
+            runtimes.dedup();
+            let mut signature = Vec::with_capacity(2 + runtimes.len() + node_info.units.len() * 4);
+            signature.push(runtimes.len() as u64);
+            signature.extend(runtimes);
+            signature.push(node_info.units.len() as u64);
+            for (offset, unit) in self.units[node_info.units.clone()].iter().enumerate() {
+                let health = match unit.health {
+                    DeviceHealth::Healthy => 0,
+                    DeviceHealth::Degraded => 1,
+                    DeviceHealth::Unhealthy => 2,
+                };
+                signature.push(unit.class as u64);
+                signature.push(health | u64::from(unit.mig) << 2);
+                signature.push(node_info.adjacency[offset] as u64);
+                signature.push((node_info.adjacency[offset] >> 64) as u64);
+            }
+            let next = self.groups.len();
+            let group = *group_by_signature.entry(signature).or_insert(next);
+            if group == next {
+                self.groups.push(BTreeSet::new());
+            }
+            self.groups[group].insert(node);
+            self.node_group[node] = group;
+        }
+    }
+
+    /// Takes a ready node out of its group or `occupied` list, before its replicas change.
+    fn untrack(&mut self, node: usize) {
+        let group = self.node_group[node];
+        if group == NO_GROUP {
+            return;
+        }
+        let node_info = &self.nodes[node];
+        if node_info.replicas.is_empty() {
+            self.groups[group].remove(&node);
+        } else {
+            let list = &mut self.occupied[node_info.free_units];
+            let slot = self.occupied_slot[node];
+            list.swap_remove(slot);
+            if let Some(&moved) = list.get(slot) {
+                self.occupied_slot[moved] = slot;
+            }
+        }
+    }
+
+    /// Puts a ready node back in its group or `occupied` list, after its replicas changed.
+    fn track(&mut self, node: usize) {
+        let group = self.node_group[node];
+        if group == NO_GROUP {
+            return;
+        }
+        let node_info = &self.nodes[node];
+        if node_info.replicas.is_empty() {
+            self.groups[group].insert(node);
+        } else {
+            let list = &mut self.occupied[node_info.free_units];
+            self.occupied_slot[node] = list.len();
+            list.push(node);
+        }
+    }
+
     /// What `unit` is to `deployment`, with the replicas in `freed` counted as gone.
     #[inline]
     fn unit_fit(&self, deployment: usize, unit: usize, freed: &[usize]) -> UnitFit {
+        let memory = self.deployments[deployment].spec.gpu_memory_bytes;
+        self.unit_fit_with_memory(deployment, unit, freed, memory)
+    }
+
+    /// [`Self::unit_fit`] for a replica that needs `memory` free on each device.
+    #[inline]
+    fn unit_fit_with_memory(&self, deployment: usize, unit: usize, freed: &[usize], memory: u64) -> UnitFit {
         let info = &self.deployments[deployment];
         let unit_info = &self.units[unit];
         if unit_info.health == DeviceHealth::Unhealthy {
@@ -636,7 +844,7 @@ impl<'a> Engine<'a> {
         if !info.allowed[unit_info.class] {
             return UnitFit::ClassNotAllowed;
         }
-        if unit_info.free_memory < info.spec.gpu_memory_bytes {
+        if unit_info.free_memory < memory {
             return UnitFit::TooLittleMemory(unit_info.free_memory);
         }
         if info.spec.gpus_per_replica > 1 && unit_info.mig {
@@ -669,12 +877,14 @@ impl<'a> Engine<'a> {
                     self.add_replica(LiveReplica {
                         name: replica.name.clone(),
                         deployment,
+                        tenant: self.deployments[deployment].tenant,
                         node,
                         units,
                         runtime: replica.runtime.clone(),
                         created: replica.created,
                         cost,
                         new: false,
+                        place_action: usize::MAX,
                         displaced,
                         removed: false,
                     });
@@ -696,6 +906,7 @@ impl<'a> Engine<'a> {
                 .unit_by_uuid
                 .get(uuid.as_str())
                 .copied()
+                .flatten()
                 .filter(|&unit| self.units[unit].node == node);
             let Some(unit) = unit else {
                 return Err(StopReason::DeviceMissing { uuid: uuid.clone() });
@@ -762,7 +973,7 @@ impl<'a> Engine<'a> {
     fn trim_above_max(&mut self) {
         for deployment in 0..self.deployments.len() {
             let max = self.deployments[deployment].spec.max_replicas;
-            let mut displaced = self.live_of(|replica| replica.deployment == deployment && replica.displaced);
+            let mut displaced = self.live_of_deployment(deployment, |replica| replica.displaced);
             displaced.sort_by_key(|&index| (Reverse(self.replicas[index].created), self.replicas[index].name.clone()));
             for index in displaced {
                 if self.deployments[deployment].live + self.displaced_count(deployment) <= max {
@@ -773,7 +984,7 @@ impl<'a> Engine<'a> {
             }
             while self.deployments[deployment].live > max {
                 let newest = self
-                    .live_of(|replica| replica.deployment == deployment && !replica.displaced)
+                    .live_of_deployment(deployment, |replica| !replica.displaced)
                     .into_iter()
                     .max_by_key(|&index| {
                         let replica = &self.replicas[index];
@@ -792,13 +1003,13 @@ impl<'a> Engine<'a> {
                 continue;
             };
             while self.tenants[tenant].usage > limit + EPSILON {
-                let victim = self
-                    .live_of(|replica| {
-                        self.deployments[replica.deployment].tenant == tenant
-                            && replica.cost > 0.0
-                            && !replica.displaced
+                // Keys are unique (replica names are), so the order replicas are visited in
+                // does not matter.
+                let victim = (0..self.deployments.len())
+                    .filter(|&deployment| self.deployments[deployment].tenant == tenant)
+                    .flat_map(|deployment| {
+                        self.live_of_deployment(deployment, |replica| replica.cost > 0.0 && !replica.displaced)
                     })
-                    .into_iter()
                     .max_by_key(|&index| {
                         let replica = &self.replicas[index];
                         let deployment = &self.deployments[replica.deployment];
@@ -816,8 +1027,10 @@ impl<'a> Engine<'a> {
     }
 
     fn displaced_count(&self, deployment: usize) -> u32 {
-        self.live_of(|replica| replica.deployment == deployment && replica.displaced)
-            .len() as u32
+        self.by_deployment[deployment]
+            .iter()
+            .filter(|&&index| !self.replicas[index].removed && self.replicas[index].displaced)
+            .count() as u32
     }
 
     fn displacement_reason(&self, index: usize) -> StopReason {
@@ -829,6 +1042,15 @@ impl<'a> Engine<'a> {
 
     fn live_of(&self, predicate: impl Fn(&LiveReplica) -> bool) -> Vec<usize> {
         (0..self.replicas.len())
+            .filter(|&index| !self.replicas[index].removed && predicate(&self.replicas[index]))
+            .collect()
+    }
+
+    /// [`Self::live_of`] for the replicas of one deployment.
+    fn live_of_deployment(&self, deployment: usize, predicate: impl Fn(&LiveReplica) -> bool) -> Vec<usize> {
+        self.by_deployment[deployment]
+            .iter()
+            .copied()
             .filter(|&index| !self.replicas[index].removed && predicate(&self.replicas[index]))
             .collect()
     }
@@ -936,25 +1158,132 @@ impl<'a> Engine<'a> {
             .then_with(|| a.cmp(&b))
     }
 
+    /// The best-scoring node for one replica of `deployment` among the ready nodes that run
+    /// its runtime. Looks at the nodes that hold replicas and have enough free units, and at
+    /// the empty nodes group by group, in node order, until a group's relaxed score (a
+    /// lower bound for all of its nodes) loses to the best so far; skips a node when a lower
+    /// bound of its score already loses. Scores end with the node, so the best is the same
+    /// whatever order nodes are looked at in.
     fn best_candidate(&self, deployment: usize) -> Option<Candidate> {
+        let info = &self.deployments[deployment];
+        let runtimes = &self.runtime_by_node[info.runtime_nodes];
+        let gpus = info.spec.gpus_per_replica as usize;
+        // No replica is smaller than the deployment's nominal size: when even that would
+        // take the tenant past its enforced limit, no node passes (the margin covers
+        // rounding).
+        let tenant = &self.tenants[info.tenant];
+        if let Some(limit) = tenant.enforced_limit() {
+            if gpus > 0 && tenant.usage + info.nominal_cost > limit + EPSILON + 1e-6 * (1.0 + limit.abs()) {
+                return None;
+            }
+        }
+        let loses = |best: &Option<Candidate>, bound: &Score| best.as_ref().is_some_and(|best| *bound >= best.score);
         let mut best: Option<Candidate> = None;
-        for &(node, runtime) in &self.runtime_nodes[self.deployments[deployment].runtime_nodes] {
-            if let Ok(candidate) = self.evaluate_on(deployment, node, runtime, &[], false) {
+        let consider = |best: &mut Option<Candidate>, node: usize, runtime: u32| {
+            if let Ok(candidate) = self.evaluate_on(deployment, node, runtime as usize, &[], Strictness::Exact) {
                 if best.as_ref().is_none_or(|best| candidate.score < best.score) {
-                    best = Some(candidate);
+                    *best = Some(candidate);
                 }
+            }
+        };
+        for nodes in self.occupied.iter().skip(gpus) {
+            for &node in nodes {
+                let runtime = runtimes[node];
+                if runtime == NO_RUNTIME {
+                    continue;
+                }
+                match self.score_bound(deployment, node) {
+                    Some(bound) if !loses(&best, &bound) => consider(&mut best, node, runtime),
+                    _ => {}
+                }
+            }
+        }
+        for group in &self.groups {
+            let Some(&first) = group.first() else { continue };
+            let runtime = runtimes[first];
+            if runtime == NO_RUNTIME {
+                continue;
+            }
+            match self.score_bound(deployment, first) {
+                Some(bound) if !loses(&best, &bound) => {}
+                _ => continue,
+            }
+            let Ok(relaxed) = self.evaluate_on(deployment, first, runtime as usize, &[], Strictness::Relaxed) else {
+                continue;
+            };
+            for &node in group {
+                let bound = Score { node, ..relaxed.score };
+                if loses(&best, &bound) {
+                    break;
+                }
+                consider(&mut best, node, runtime);
             }
         }
         best
     }
 
+    /// A lower bound of the score [`Self::evaluate_on`] gives `deployment` on `node` with
+    /// nothing freed (each field at most the real one, so the bound is too), or `None`
+    /// when no replica fits there: no allowed class has enough free units.
+    fn score_bound(&self, deployment: usize, node: usize) -> Option<Score> {
+        let info = &self.deployments[deployment];
+        let node_info = &self.nodes[node];
+        let gpus = info.spec.gpus_per_replica;
+        let mut bound = Score {
+            degraded: false,
+            pcie: false,
+            preferred_rank: 0,
+            cost_micro: 0,
+            price_micro: 0,
+            empty_node: node_info.replicas.is_empty(),
+            same_deployment_here: node_info
+                .deployment_counts
+                .iter()
+                .find(|(other, _)| *other == deployment)
+                .map_or(0, |(_, count)| *count),
+            free_units_left: node_info.free_units.saturating_sub(gpus as usize),
+            node,
+        };
+        if gpus == 0 {
+            return Some(bound);
+        }
+        let usable = if gpus > 1 {
+            node_info.free_mask & !node_info.mig
+        } else {
+            node_info.free_mask
+        };
+        let mut fits = false;
+        bound.degraded = true;
+        bound.preferred_rank = u32::MAX;
+        bound.cost_micro = u64::MAX;
+        bound.price_micro = u64::MAX;
+        for &(class, mask) in &node_info.classes {
+            let free = mask & usable;
+            if !info.allowed[class] || free.count_ones() < gpus {
+                continue;
+            }
+            fits = true;
+            // A replica's devices are of one class; it is degraded when that class has too
+            // few healthy free units.
+            bound.degraded &= (free & node_info.healthy).count_ones() < gpus;
+            bound.preferred_rank = bound.preferred_rank.min(info.preferred[class]);
+            let class_info = &self.classes[class];
+            bound.cost_micro = bound
+                .cost_micro
+                .min(class_info.capacity_micro.saturating_mul(u64::from(gpus)));
+            bound.price_micro = bound
+                .price_micro
+                .min(class_info.price_micro.saturating_mul(u64::from(gpus)));
+        }
+        fits.then_some(bound)
+    }
+
     /// Whether `deployment` can place one replica on `node` (with the replicas in `freed`
-    /// counted as gone), and how well. With `detail`, skips the fast path so that a
-    /// rejection carries its device counts.
-    fn evaluate(&self, deployment: usize, node: usize, freed: &[usize], detail: bool) -> Result<Candidate, Rejection> {
+    /// counted as gone), and how well.
+    fn evaluate(&self, deployment: usize, node: usize, freed: &[usize]) -> Result<Candidate, Rejection> {
         let node_spec = self.nodes[node].spec;
         if node_spec.state != NodeState::Ready {
-            return Err(Rejection::Unschedulable(node_spec.state));
+            return Err(Rejection::Unschedulable);
         }
         let runtime = self.deployments[deployment]
             .spec
@@ -962,7 +1291,7 @@ impl<'a> Engine<'a> {
             .iter()
             .position(|runtime| node_spec.runtimes.contains(runtime))
             .ok_or(Rejection::Runtime)?;
-        self.evaluate_on(deployment, node, runtime, freed, detail)
+        self.evaluate_on(deployment, node, runtime, freed, Strictness::Exact)
     }
 
     /// [`Self::evaluate`] on a ready node that runs the deployment's runtime `runtime`.
@@ -972,56 +1301,50 @@ impl<'a> Engine<'a> {
         node: usize,
         runtime: usize,
         freed: &[usize],
-        detail: bool,
+        strictness: Strictness,
     ) -> Result<Candidate, Rejection> {
         let info = &self.deployments[deployment];
         let node_info = &self.nodes[node];
         let gpus = info.spec.gpus_per_replica as usize;
-        if !detail && freed.is_empty() && node_info.free_units < gpus {
-            return Err(Rejection::Full);
+        let memory = match strictness {
+            Strictness::Exact => info.spec.gpu_memory_bytes,
+            Strictness::Relaxed => 0,
+        };
+        if freed.is_empty() && node_info.free_units < gpus {
+            return Err(Rejection::TooFewUnits);
         }
 
-        let mut counts = DeviceCounts::default();
+        let mut eligible_free = 0usize;
         let base = node_info.units.start;
         let mut eligible = 0u128;
         let mut best_single: Option<((bool, u32, u64), usize)> = None;
         let mut free_units = 0usize;
         for unit in node_info.units.clone() {
-            let fit = self.unit_fit(deployment, unit, freed);
+            let fit = self.unit_fit_with_memory(deployment, unit, freed, memory);
             let free = self.units[unit].holder.is_none_or(|holder| freed.contains(&holder));
             if free && !matches!(fit, UnitFit::Unhealthy) {
                 free_units += 1;
             }
-            match fit {
-                UnitFit::Unhealthy => counts.unhealthy += 1,
-                UnitFit::ClassNotAllowed => counts.class += 1,
-                UnitFit::TooLittleMemory(free_memory) => {
-                    counts.memory += 1;
-                    counts.largest_free_memory = counts.largest_free_memory.max(free_memory);
-                }
-                UnitFit::MigInGang => counts.mig += 1,
-                UnitFit::Held(_) => counts.held += 1,
-                UnitFit::Free => {
-                    counts.eligible_free += 1;
-                    eligible |= 1 << (unit - base);
-                    if gpus == 1 {
-                        // Healthy, then preferred/smallest/cheapest class, then the least
-                        // free memory (best fit), then device order.
-                        let unit_info = &self.units[unit];
-                        let key = (
-                            unit_info.health == DeviceHealth::Degraded,
-                            info.class_rank[unit_info.class],
-                            unit_info.free_memory,
-                        );
-                        if best_single.is_none_or(|(best, _)| key < best) {
-                            best_single = Some((key, unit));
-                        }
+            if let UnitFit::Free = fit {
+                eligible_free += 1;
+                eligible |= 1 << (unit - base);
+                if gpus == 1 {
+                    // Healthy, then preferred/smallest/cheapest class, then the least
+                    // free memory (best fit), then device order.
+                    let unit_info = &self.units[unit];
+                    let key = (
+                        unit_info.health == DeviceHealth::Degraded,
+                        info.class_rank[unit_info.class],
+                        unit_info.free_memory,
+                    );
+                    if best_single.is_none_or(|(best, _)| key < best) {
+                        best_single = Some((key, unit));
                     }
                 }
             }
         }
-        if (counts.eligible_free as usize) < gpus {
-            return Err(Rejection::Devices(counts));
+        if eligible_free < gpus {
+            return Err(Rejection::TooFewUnits);
         }
 
         let (units, pcie) = match (gpus, best_single) {
@@ -1044,7 +1367,7 @@ impl<'a> Engine<'a> {
         }
 
         let tenant = &self.tenants[info.tenant];
-        if let Some(limit) = tenant.enforced_limit() {
+        if let Some(limit) = tenant.enforced_limit().filter(|_| strictness == Strictness::Exact) {
             if cost > 0.0 && tenant.usage + cost > limit + EPSILON {
                 return Err(Rejection::Quota {
                     usage: tenant.usage,
@@ -1121,13 +1444,18 @@ impl<'a> Engine<'a> {
 
     fn add_replica(&mut self, replica: LiveReplica) -> usize {
         let index = self.replicas.len();
+        self.untrack(replica.node);
+        let node = &mut self.nodes[replica.node];
         for &unit in &replica.units {
             self.units[unit].holder = Some(index);
             if self.units[unit].health != DeviceHealth::Unhealthy {
-                self.nodes[replica.node].free_units -= 1;
+                node.free_units -= 1;
+                node.free_mask &= !(1 << (unit - node.units.start));
             }
         }
-        self.nodes[replica.node].replicas.push(index);
+        node.replicas.push(index);
+        self.track(replica.node);
+        self.by_deployment[replica.deployment].push(index);
         if replica.displaced {
             self.replicas.push(replica);
             return index;
@@ -1148,22 +1476,29 @@ impl<'a> Engine<'a> {
     }
 
     fn remove_replica(&mut self, index: usize, reason: StopReason) {
-        let replica = &mut self.replicas[index];
-        replica.removed = true;
-        let (node, deployment, cost, new, displaced) = (
-            replica.node,
-            replica.deployment,
-            replica.cost,
-            replica.new,
-            replica.displaced,
-        );
+        let (node, deployment, cost, new, displaced) = {
+            let replica = &mut self.replicas[index];
+            replica.removed = true;
+            (
+                replica.node,
+                replica.deployment,
+                replica.cost,
+                replica.new,
+                replica.displaced,
+            )
+        };
+        self.untrack(node);
+        let replica = &self.replicas[index];
+        let node_info = &mut self.nodes[node];
         for &unit in &replica.units {
             self.units[unit].holder = None;
             if self.units[unit].health != DeviceHealth::Unhealthy {
-                self.nodes[node].free_units += 1;
+                node_info.free_units += 1;
+                node_info.free_mask |= 1 << (unit - node_info.units.start);
             }
         }
-        self.nodes[node].replicas.retain(|&other| other != index);
+        node_info.replicas.retain(|&other| other != index);
+        self.track(node);
         if !displaced {
             let counts = &mut self.nodes[node].deployment_counts;
             if let Some((_, count)) = counts.iter_mut().find(|(other, _)| *other == deployment) {
@@ -1174,10 +1509,9 @@ impl<'a> Engine<'a> {
             self.tenants[info.tenant].usage -= cost;
         }
         if new {
-            // Placed in this pass: withdraw the placement instead of stopping it.
-            let name = &self.replicas[index].name;
-            self.actions
-                .retain(|action| !matches!(action, Action::Place { replica, .. } if &replica.name == name));
+            // Placed in this pass: withdraw the placement instead of stopping it (the
+            // action is dropped when the pass ends).
+            self.withdrawn.push(self.replicas[index].place_action);
         } else {
             if reason.is_replaced() && !displaced {
                 let name = self.replicas[index].name.clone();
@@ -1194,13 +1528,14 @@ impl<'a> Engine<'a> {
             let created = self.next_sequence;
             self.next_sequence += 1;
             let name = format!("{}-{}", spec.name, created);
-            if self.names.insert(name.clone()) {
+            if !self.names.contains(name.as_str()) {
                 break (name, created);
             }
         };
         let index = self.add_replica(LiveReplica {
             name,
             deployment,
+            tenant: self.deployments[deployment].tenant,
             node: candidate.node,
             units: bits(candidate.units)
                 .map(|offset| self.nodes[candidate.node].units.start + offset)
@@ -1209,6 +1544,7 @@ impl<'a> Engine<'a> {
             created,
             cost: candidate.cost,
             new: true,
+            place_action: self.actions.len(),
             displaced: false,
             removed: false,
         });
@@ -1274,10 +1610,30 @@ impl<'a> Engine<'a> {
     fn reclaim_for(&mut self, deployment: usize) -> bool {
         let tenant = self.deployments[deployment].tenant;
         let (usage, guarantee) = (self.tenants[tenant].usage, self.tenants[tenant].spec.guarantee);
+        // No replica is smaller than the deployment's nominal size, so when even that would
+        // take the tenant past its guarantee, no plan would do (the margin covers rounding).
+        let nominal = self.deployments[deployment].nominal_cost;
+        if usage + nominal > guarantee + EPSILON + 1e-6 * (1.0 + guarantee.abs()) {
+            return false;
+        }
+        // Only replicas of tenants above their fair share are victims, and reclaiming only
+        // lowers a tenant's usage, so the others never become victims during the plan.
+        let victim_tenants: Vec<bool> = self
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(index, other)| index != tenant && other.usage > other.fair + EPSILON)
+            .collect();
+        if !victim_tenants.contains(&true) {
+            return false;
+        }
         type PlanKey = (u8, usize, u64, Reverse<u64>, Score);
         let mut best: Option<(PlanKey, Vec<usize>, Candidate)> = None;
         for &(node, _) in &self.runtime_nodes[self.deployments[deployment].runtime_nodes] {
-            let Some((victims, stage, candidate)) = self.plan_on(deployment, node) else {
+            if !self.could_fit(deployment, node) {
+                continue;
+            }
+            let Some((victims, stage, candidate)) = self.plan_on(deployment, node, &victim_tenants) else {
                 continue;
             };
             if usage + candidate.cost > guarantee + EPSILON {
@@ -1315,18 +1671,36 @@ impl<'a> Engine<'a> {
         true
     }
 
+    /// Whether one allowed class of `node` has enough units that are not unhealthy (and not
+    /// MIG instances, for a multi-device replica) for a replica of `deployment`, held or
+    /// not: if not, no reclaim makes room there.
+    fn could_fit(&self, deployment: usize, node: usize) -> bool {
+        let info = &self.deployments[deployment];
+        let node_info = &self.nodes[node];
+        let gpus = info.spec.gpus_per_replica;
+        let usable = if gpus > 1 {
+            node_info.usable & !node_info.mig
+        } else {
+            node_info.usable
+        };
+        node_info
+            .classes
+            .iter()
+            .any(|&(class, mask)| info.allowed[class] && (mask & usable).count_ones() >= gpus)
+    }
+
     /// The fewest victims on `node` (elastic replicas first, newest first) after which a
     /// replica of `deployment` fits there, the latest victim stage used (0: elastic only),
-    /// and the resulting candidate.
-    fn plan_on(&self, deployment: usize, node: usize) -> Option<(Vec<usize>, u8, Candidate)> {
-        let claimant_tenant = self.deployments[deployment].tenant;
+    /// and the resulting candidate. Victims are replicas of the `victim_tenants` (by
+    /// tenant: other tenants above their fair share).
+    fn plan_on(&self, deployment: usize, node: usize, victim_tenants: &[bool]) -> Option<(Vec<usize>, u8, Candidate)> {
         let useful: Vec<usize> = self.nodes[node]
             .replicas
             .iter()
             .copied()
             .filter(|&replica| {
                 let replica_info = &self.replicas[replica];
-                self.deployments[replica_info.deployment].tenant != claimant_tenant
+                victim_tenants[replica_info.tenant]
                     && replica_info
                         .units
                         .iter()
@@ -1373,7 +1747,7 @@ impl<'a> Engine<'a> {
             *live.entry(victim_info.deployment).or_insert(owner.live) -= 1;
             stage = stage.max(replica_stage);
             freed.push(victim);
-            if let Ok(candidate) = self.evaluate(deployment, node, &freed, true) {
+            if let Ok(candidate) = self.evaluate(deployment, node, &freed) {
                 // Keep only the victims whose devices the replica actually takes.
                 let taken: Vec<usize> = freed
                     .iter()
@@ -1388,7 +1762,7 @@ impl<'a> Engine<'a> {
                 if taken.len() == freed.len() {
                     return Some((freed, stage, candidate));
                 }
-                let candidate = self.evaluate(deployment, node, &taken, true).ok()?;
+                let candidate = self.evaluate(deployment, node, &taken).ok()?;
                 return Some((taken, stage, candidate));
             }
         }
@@ -1401,6 +1775,17 @@ impl<'a> Engine<'a> {
     /// keeps each until its replacement is ready). Each displaced replica's stop follows
     /// its replacement's placement in the actions.
     fn pair_replacements(&mut self) {
+        if !self.withdrawn.is_empty() {
+            let mut withdrawn = vec![false; self.actions.len()];
+            for &position in &self.withdrawn {
+                withdrawn[position] = true;
+            }
+            let mut position = 0;
+            self.actions.retain(|_| {
+                position += 1;
+                !withdrawn[position - 1]
+            });
+        }
         let mut pairs: HashMap<String, (String, Option<Action>)> = HashMap::new();
         let mut leftover_stops = Vec::new();
         for deployment in 0..self.deployments.len() {
@@ -1411,14 +1796,8 @@ impl<'a> Engine<'a> {
                 });
                 replicas
             };
-            let new = by_age(
-                self,
-                self.live_of(|replica| replica.deployment == deployment && replica.new),
-            );
-            let displaced = by_age(
-                self,
-                self.live_of(|replica| replica.deployment == deployment && replica.displaced),
-            );
+            let new = by_age(self, self.live_of_deployment(deployment, |replica| replica.new));
+            let displaced = by_age(self, self.live_of_deployment(deployment, |replica| replica.displaced));
             let mut stopped = std::mem::take(&mut self.deployments[deployment].replaced).into_iter();
             let mut displaced = displaced.into_iter();
             for index in new {
@@ -1547,89 +1926,113 @@ impl<'a> Engine<'a> {
         let node_info = &self.nodes[node];
         let tenant = &self.tenants[info.tenant];
         let needed = spec.gpus_per_replica;
-        let rejection = match self.evaluate(deployment, node, &[], true) {
-            Ok(_) => return vec![Reason::Deferred],
-            Err(rejection) => rejection,
-        };
-        match rejection {
-            Rejection::Unschedulable(state) => vec![Reason::NodeUnschedulable { state }],
-            Rejection::Runtime => vec![Reason::RuntimeUnsupported {
+        if node_info.spec.state != NodeState::Ready {
+            return vec![Reason::NodeUnschedulable {
+                state: node_info.spec.state,
+            }];
+        }
+        let runtime = self.runtime_by_node[info.runtime_nodes][node];
+        if runtime == NO_RUNTIME {
+            return vec![Reason::RuntimeUnsupported {
                 wanted: spec.runtimes.clone(),
                 available: node_info.spec.runtimes.clone(),
-            }],
-            Rejection::NoLinkedSet => vec![Reason::NoLinkedGpus { needed }],
-            Rejection::NoSingleClassSet => vec![Reason::MixedClasses { needed }],
-            Rejection::Quota { usage, cost, limit } => {
-                vec![Reason::Quota {
-                    tenant: spec.tenant.clone(),
-                    usage,
-                    cost,
-                    limit,
-                }]
-            }
-            Rejection::Full | Rejection::Devices(_) => {
-                let counts = match rejection {
-                    Rejection::Devices(counts) => counts,
-                    _ => DeviceCounts::default(),
-                };
-                let mut classes = BTreeSet::new();
-                let mut holders = BTreeSet::new();
-                for unit in node_info.units.clone() {
-                    match self.unit_fit(deployment, unit, &[]) {
-                        UnitFit::ClassNotAllowed => {
-                            classes.insert(self.classes[self.units[unit].class].name.to_owned());
-                        }
-                        UnitFit::Held(holder) => {
-                            let owner = self.deployments[self.replicas[holder].deployment].spec;
-                            holders.insert(owner.tenant.clone());
-                        }
-                        _ => {}
-                    }
+            }];
+        }
+        // One look at every unit gives the device counts and the tenants holding eligible
+        // units; only a node with enough eligible free units needs the full evaluation.
+        let mut counts = DeviceCounts::default();
+        let mut holders: Vec<usize> = Vec::new();
+        for unit in node_info.units.clone() {
+            match self.unit_fit(deployment, unit, &[]) {
+                UnitFit::Unhealthy => counts.unhealthy += 1,
+                UnitFit::ClassNotAllowed => counts.class += 1,
+                UnitFit::TooLittleMemory(free_memory) => {
+                    counts.memory += 1;
+                    counts.largest_free_memory = counts.largest_free_memory.max(free_memory);
                 }
-                let mut reasons = Vec::new();
-                if counts.class > 0 {
-                    reasons.push(Reason::ClassNotAllowed {
-                        devices: counts.class,
-                        classes: classes.into_iter().collect(),
-                    });
+                UnitFit::MigInGang => counts.mig += 1,
+                UnitFit::Held(holder) => {
+                    counts.held += 1;
+                    holders.push(self.replicas[holder].tenant);
                 }
-                if counts.memory > 0 {
-                    reasons.push(Reason::InsufficientMemory {
-                        devices: counts.memory,
-                        largest_free_bytes: counts.largest_free_memory,
-                        needed_bytes: spec.gpu_memory_bytes,
-                    });
-                }
-                if counts.unhealthy > 0 {
-                    reasons.push(Reason::Unhealthy {
-                        devices: counts.unhealthy,
-                    });
-                }
-                if counts.mig > 0 {
-                    reasons.push(Reason::MigInstances { instances: counts.mig });
-                }
-                reasons.push(Reason::InsufficientGpus {
-                    free: counts.eligible_free,
-                    needed,
-                    held_by: holders.into_iter().collect(),
-                });
-                if counts.held > 0 && counts.eligible_free + counts.held >= needed {
-                    let detail = if !tenant.below_guarantee() {
-                        FairShareDetail::AtGuarantee
-                    } else if tenant.usage + info.nominal_cost > tenant.spec.guarantee + EPSILON {
-                        FairShareDetail::WouldExceedGuarantee
-                    } else {
-                        FairShareDetail::HoldersProtected
-                    };
-                    reasons.push(Reason::FairShare {
-                        tenant: spec.tenant.clone(),
-                        usage: tenant.usage,
-                        guarantee: tenant.spec.guarantee,
-                        detail,
-                    });
-                }
-                reasons
+                UnitFit::Free => counts.eligible_free += 1,
             }
         }
+        if counts.eligible_free >= needed {
+            match self.evaluate_on(deployment, node, runtime as usize, &[], Strictness::Exact) {
+                Ok(_) => return vec![Reason::Deferred],
+                Err(Rejection::NoLinkedSet) => return vec![Reason::NoLinkedGpus { needed }],
+                Err(Rejection::NoSingleClassSet) => return vec![Reason::MixedClasses { needed }],
+                Err(Rejection::Quota { usage, cost, limit }) => {
+                    return vec![Reason::Quota {
+                        tenant: spec.tenant.clone(),
+                        usage,
+                        cost,
+                        limit,
+                    }]
+                }
+                // Not with enough eligible free units; the counts below say the same.
+                Err(_) => {}
+            }
+        }
+        // Tenant names in name order, each once (tenant indices are in name order).
+        holders.sort_unstable();
+        holders.dedup();
+        let holder_names: Vec<String> = holders
+            .into_iter()
+            .map(|tenant| self.tenants[tenant].spec.name.clone())
+            .collect();
+        let mut reasons = Vec::new();
+        if counts.class > 0 {
+            // The classes of the units that are not unhealthy and not allowed, by name.
+            let mut classes: Vec<&str> = node_info
+                .classes
+                .iter()
+                .filter(|&&(class, mask)| !info.allowed[class] && mask & node_info.usable != 0)
+                .map(|&(class, _)| self.classes[class].name)
+                .collect();
+            classes.sort_unstable();
+            classes.dedup();
+            reasons.push(Reason::ClassNotAllowed {
+                devices: counts.class,
+                classes: classes.into_iter().map(str::to_owned).collect(),
+            });
+        }
+        if counts.memory > 0 {
+            reasons.push(Reason::InsufficientMemory {
+                devices: counts.memory,
+                largest_free_bytes: counts.largest_free_memory,
+                needed_bytes: spec.gpu_memory_bytes,
+            });
+        }
+        if counts.unhealthy > 0 {
+            reasons.push(Reason::Unhealthy {
+                devices: counts.unhealthy,
+            });
+        }
+        if counts.mig > 0 {
+            reasons.push(Reason::MigInstances { instances: counts.mig });
+        }
+        reasons.push(Reason::InsufficientGpus {
+            free: counts.eligible_free,
+            needed,
+            held_by: holder_names,
+        });
+        if counts.held > 0 && counts.eligible_free + counts.held >= needed {
+            let detail = if !tenant.below_guarantee() {
+                FairShareDetail::AtGuarantee
+            } else if tenant.usage + info.nominal_cost > tenant.spec.guarantee + EPSILON {
+                FairShareDetail::WouldExceedGuarantee
+            } else {
+                FairShareDetail::HoldersProtected
+            };
+            reasons.push(Reason::FairShare {
+                tenant: spec.tenant.clone(),
+                usage: tenant.usage,
+                guarantee: tenant.spec.guarantee,
+                detail,
+            });
+        }
+        reasons
     }
 }

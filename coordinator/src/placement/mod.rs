@@ -93,13 +93,20 @@
 //! unit with the least free memory that fits (best fit); a multi-device replica takes the
 //! first linked set in device order.
 //!
-//! Cost: each replica placed scans the ready nodes that run the deployment's runtime once
-//! (a node without enough free units costs constant time; others, their units); a
-//! deployment that fits nowhere costs one more scan per round. So a pass is about
-//! (replicas placed + deployments × rounds) × nodes × units per node, and the explanations
-//! of deployments left pending another nodes × units each. Reclaim attempts cost more
-//! (every candidate victim on every node is tried) and only happen for tenants below their
-//! guarantee.
+//! Cost: indexing the input and building the output are linear in nodes, units and
+//! replicas. Each replica placed looks at the ready nodes that run the deployment's
+//! runtime: among the nodes in use, only those with enough free units (their units each,
+//! unless a lower bound of the node's score already loses to the best so far); the empty
+//! nodes by groups that differ in device memory only, usually one node per group (the
+//! first; the next only if the first scores worse than the group could). A deployment that
+//! fits nowhere costs one more such look per round, and none when its tenant's enforced
+//! limit leaves no room. So placing is about (replicas placed + deployments × rounds) ×
+//! (nodes in use with free units + groups of empty nodes) × units per node. The
+//! explanations of deployments left pending cost nodes × units each, and are as large: one
+//! verdict per node for each; under contention on a large fleet they are most of a pass.
+//! Reclaim attempts cost more (every candidate victim on every node with enough units of
+//! an allowed class is tried) and only happen for tenants below their guarantee by at
+//! least a replica's smallest size.
 //!
 //! # What it deliberately does not do
 //!
