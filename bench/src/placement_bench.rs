@@ -31,8 +31,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use pyxis_coordinator::placement::{
-    place, Action, Deployment, Device, DeviceHealth, DeviceLink, HardwareClass, MigInstance, Node, NodeState,
-    Placement, PlacementInput, QuotaMode, StopReason, Tenant, TenantShare,
+    place, place_with, Action, Deployment, Device, DeviceHealth, DeviceLink, HardwareClass, MigInstance, Node,
+    NodeState, Placement, PlacementInput, QuotaMode, StopReason, Tenant, TenantShare, Verdicts,
 };
 use serde_json::json;
 
@@ -1109,6 +1109,9 @@ fn percentiles(values: &[f64]) -> Percentiles {
 struct Sample {
     kind: &'static str,
     ms: f64,
+    /// The same decision as the reconciler takes it on a large fleet: without per-node
+    /// verdicts (`place_with(.., Verdicts::None)`; `explain` computes them on demand).
+    lean_ms: f64,
     /// Replicas the pass placed.
     placed: usize,
     /// For a scale-up or a new deployment: the changed deployment got its replica.
@@ -1146,6 +1149,11 @@ struct SizeResult {
 impl SizeResult {
     fn placements_per_s(&self) -> f64 {
         self.placed as f64 / self.full_pass.as_secs_f64()
+    }
+
+    /// Decision times without per-node verdicts.
+    fn lean_decisions(&self) -> Percentiles {
+        percentiles(&self.samples.iter().map(|sample| sample.lean_ms).collect::<Vec<_>>())
     }
 
     fn decisions(&self, filter: impl Fn(&Sample) -> bool) -> (Percentiles, usize) {
@@ -1279,6 +1287,10 @@ fn run_size(args: &Args, nodes: usize, started: Instant) -> Result<SizeResult> {
         let clock = Instant::now();
         let decided = place(&changed).context("a changed input is refused")?;
         let elapsed = clock.elapsed();
+        let clock = Instant::now();
+        let lean = place_with(&changed, &Verdicts::None).context("a changed input is refused")?;
+        let lean_elapsed = clock.elapsed();
+        debug_assert_eq!(lean.replicas, decided.replicas);
         let target_placed = target.is_some_and(|(tenant, deployment)| {
             decided.actions.iter().any(|action| {
                 matches!(action, Action::Place { replica, .. }
@@ -1297,6 +1309,7 @@ fn run_size(args: &Args, nodes: usize, started: Instant) -> Result<SizeResult> {
         samples.push(Sample {
             kind,
             ms: ms(elapsed),
+            lean_ms: ms(lean_elapsed),
             placed: count_places(&decided),
             target_placed,
             reclaimed,
@@ -1395,6 +1408,22 @@ fn print_markdown(args: &Args, results: &[SizeResult]) {
             violations.len(),
             violations.iter().filter(|(_, within_one)| *within_one).count(),
             r.peak_rss_mib.map_or_else(|| "-".into(), |mib| format!("{mib:.0}")),
+        );
+    }
+    println!("\nDecision time as the reconciler takes it on a large fleet (ms; `place_with(.., Verdicts::None)`: per-node verdicts left out, computed on demand by `explain`):\n");
+    println!("| nodes | samples | p50 | p99 | max | mean | p99 with verdicts / without |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let (all, count) = r.decisions(|_| true);
+        let lean = r.lean_decisions();
+        println!(
+            "| {} | {count} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            r.nodes,
+            lean.p50,
+            lean.p99,
+            lean.max,
+            lean.mean,
+            all.p99 / lean.p99.max(f64::EPSILON)
         );
     }
     println!("\nDecision time by kind of change (ms; one `place()` after one change to the loaded fleet):\n");
@@ -1532,6 +1561,7 @@ fn to_json(args: &Args, results: &[SizeResult]) -> serde_json::Value {
         "tenants": args.tenants,
         "samples": args.samples,
         "sizes": results.iter().map(|r| json!({
+            "decision_without_verdicts": percentiles(r.lean_decisions()),
             "nodes": r.nodes,
             "ready_nodes": r.ready_nodes,
             "units": r.units,

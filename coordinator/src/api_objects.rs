@@ -449,9 +449,38 @@ async fn explain(
     let Path(name) = path.map_err(path_error)?;
     let Query(query) = query.map_err(query_error)?;
     let tenant = resolve_tenant(&shared, &name, query.namespace)?;
+    // On a large fleet the pass leaves per-node verdicts out: compute this deployment's
+    // from the same input (the pass is pure, so it is the same decision).
+    let on_demand = {
+        let state = shared.placement_state();
+        let missing = state
+            .explanation(&tenant, &name)
+            .is_some_and(|e| e.pending > 0 && e.nodes.is_empty());
+        if missing {
+            state.last_input.clone()
+        } else {
+            None
+        }
+    };
+    let computed = match on_demand {
+        Some(input) => {
+            let key = (tenant.clone(), name.clone());
+            let only = crate::placement::Verdicts::Only([key.clone()].into());
+            tokio::task::spawn_blocking(move || crate::placement::place_with(&input, &only))
+                .await
+                .map_err(ApiError::internal)?
+                .ok()
+                .and_then(|p| {
+                    p.explanations
+                        .into_iter()
+                        .find(|e| (e.tenant.as_str(), e.deployment.as_str()) == (key.0.as_str(), key.1.as_str()))
+                })
+        }
+        None => None,
+    };
     let catalog = shared.catalog().clone();
     let state = shared.placement_state();
-    views::explain(&catalog, &state, &tenant, &name)
+    views::explain(&catalog, &state, &tenant, &name, computed.as_ref())
         .map(Json)
         .ok_or_else(|| not_found(format!("deployment {name} not found in tenant {tenant}")))
 }

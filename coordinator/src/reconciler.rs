@@ -89,7 +89,16 @@ pub struct PlacementState {
     pub usage_totals: BTreeMap<(String, String), f64>,
     /// Replicas displaced by a drain and kept running until their replacement is ready.
     pub surging: Vec<Replica>,
+    /// The last pass's input, to compute per-node verdicts on demand (`explain`) when the
+    /// pass left them out (large fleets; see [`VERDICTS_INLINE_LIMIT`]).
+    pub last_input: Option<Arc<PlacementInput>>,
 }
+
+/// Passes compute per-node verdicts for every pending deployment while nodes × deployments
+/// stays under this; above it they are left out and `explain` computes them on demand (a
+/// pure pass over the same input gives the same decision), which keeps a pass on a large
+/// contended fleet from spending most of its time on explanations nobody reads.
+pub const VERDICTS_INLINE_LIMIT: usize = 100_000;
 
 impl PlacementState {
     /// The explanation of one deployment's last decision, if something is pending.
@@ -481,8 +490,15 @@ impl Reconciler {
                 })
             })
             .collect();
+        let verdicts = if input.nodes.len().saturating_mul(input.deployments.len()) <= VERDICTS_INLINE_LIMIT {
+            placement::Verdicts::All
+        } else {
+            placement::Verdicts::None
+        };
+        let input = Arc::new(input);
+        let for_pass = input.clone();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || placement::place(&input)).await;
+        let result = tokio::task::spawn_blocking(move || placement::place_with(&for_pass, &verdicts)).await;
         let elapsed = started.elapsed();
         shared.metrics.placement_duration.observe(elapsed.as_secs_f64());
         let placement = match result {
@@ -523,6 +539,7 @@ impl Reconciler {
             state.error = None;
             state.unit_class = unit_class;
             state.surging = self.surging.values().map(|s| s.old.clone()).collect();
+            state.last_input = Some(input);
             state.unit_node = unit_node;
             state.class_terms = class_terms;
             state.node_status = status;
@@ -794,8 +811,6 @@ pub fn summary(e: &DeploymentExplanation) -> String {
     let most = counts.iter().max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
     if let Some((reason, count)) = most {
         text.push_str(&format!("; {count} of {} node(s): {reason}", e.nodes.len()));
-    } else if e.pending > 0 && e.nodes.is_empty() {
-        text.push_str("; no node has registered yet");
     }
     text
 }
@@ -851,7 +866,18 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = shared.reconcile_wakeup() => {}
             _ = ticker.tick() => {}
         }
+        let started = Instant::now();
         reconciler.pass(&shared).await;
+        // On a fleet where a pass takes long, leave the core mostly to everything else:
+        // the next pass starts no sooner than twice this one's time (changes meanwhile are
+        // not lost: the wake-up is kept until then).
+        let pause = started.elapsed() * 2;
+        if pause > Duration::from_millis(10) {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
     }
     flush_usage(&shared).await;
 }

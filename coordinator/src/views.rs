@@ -14,7 +14,7 @@ use crate::{
     },
     manifest::{Kind, ModelDeployment, QuotaMode, API_VERSION},
     objects::{object_ref, Catalog, Stored},
-    placement::{Reason, TenantShare},
+    placement::{DeploymentExplanation, Reason, TenantShare},
     reconciler::{summary, PlacementState},
     registry::NodeStatus,
     time::rfc3339_ms,
@@ -382,11 +382,18 @@ fn share_view(share: &TenantShare) -> TenantShareView {
     }
 }
 
-/// `explain deployment`: the last decision for a deployment.
-pub fn explain(catalog: &Catalog, state: &PlacementState, tenant: &str, name: &str) -> Option<ExplainView> {
+/// `explain deployment`: the last decision for a deployment. `computed` is its
+/// explanation with per-node verdicts when the pass left them out (computed on demand).
+pub fn explain(
+    catalog: &Catalog,
+    state: &PlacementState,
+    tenant: &str,
+    name: &str,
+    computed: Option<&DeploymentExplanation>,
+) -> Option<ExplainView> {
     let stored = catalog.deployments.get(&(tenant.to_string(), name.to_string()))?;
     let counts = counts(state, &stored.object);
-    let explanation = state.explanation(tenant, name);
+    let explanation = computed.or_else(|| state.explanation(tenant, name));
     let summary = match (explanation, &state.error) {
         (_, Some(error)) => format!("placement is failing: {error}"),
         (Some(e), None) => summary(e),

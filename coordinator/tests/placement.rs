@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proptest::prelude::*;
 use pyxis_coordinator::placement::{
-    place, Action, Deployment, Device, DeviceHealth, DeviceLink, HardwareClass, MigInstance, Node, NodeState,
-    Placement, PlacementInput, QuotaMode, Replica, Tenant,
+    place, place_with, Action, Deployment, Device, DeviceHealth, DeviceLink, HardwareClass, MigInstance, Node,
+    NodeState, Placement, PlacementInput, QuotaMode, Replica, Tenant, Verdicts,
 };
 
 const GIB: u64 = 1 << 30;
@@ -1818,6 +1818,47 @@ fn large_fleet_completes() {
     );
     assert!(invariant_violations(&input, &placement).is_empty());
     assert!(placement.replicas.len() > 1000);
+
+    // Leaving per-node verdicts out changes nothing else, and asking for one deployment's
+    // gives exactly its verdicts of the full pass (on a fleet made contended).
+    for deployment in input.deployments.iter_mut().take(20) {
+        deployment.max_replicas = 500;
+    }
+    let placement = place(&input).unwrap();
+    let pending = placement
+        .explanations
+        .iter()
+        .find(|e| e.pending > 0 && !e.nodes.is_empty())
+        .expect("the fleet is contended");
+    let without = place_with(&input, &Verdicts::None).unwrap();
+    assert_eq!(without.replicas, placement.replicas);
+    assert_eq!(without.actions, placement.actions);
+    assert_eq!(without.tenants, placement.tenants);
+    assert!(without.explanations.iter().all(|e| e.nodes.is_empty()));
+    let strip = |p: &Placement| -> Vec<_> {
+        p.explanations
+            .iter()
+            .map(|e| {
+                (
+                    e.tenant.clone(),
+                    e.deployment.clone(),
+                    e.placed,
+                    e.pending,
+                    e.pending_min,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(strip(&without), strip(&placement));
+    let key = (pending.tenant.clone(), pending.deployment.clone());
+    let only = place_with(&input, &Verdicts::Only([key.clone()].into())).unwrap();
+    for e in &only.explanations {
+        if (e.tenant.clone(), e.deployment.clone()) == key {
+            assert_eq!(e, pending);
+        } else {
+            assert!(e.nodes.is_empty(), "{}/{} has verdicts", e.tenant, e.deployment);
+        }
+    }
 }
 
 // ----- Property tests -----

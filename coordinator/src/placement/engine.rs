@@ -33,7 +33,7 @@ const NO_GROUP: usize = usize::MAX;
 const MAX_ROUNDS: usize = 64;
 
 /// Runs one placement pass.
-pub(super) fn run(input: &PlacementInput) -> Result<Placement, PlacementError> {
+pub(super) fn run(input: &PlacementInput, verdicts: &super::Verdicts) -> Result<Placement, PlacementError> {
     let mut engine = Engine::new(input)?;
     engine.keep_current();
     engine.trim_above_max();
@@ -48,7 +48,7 @@ pub(super) fn run(input: &PlacementInput) -> Result<Placement, PlacementError> {
         }
     }
     engine.refresh_shares();
-    Ok(engine.finish())
+    Ok(engine.finish(verdicts))
 }
 
 struct ClassInfo<'a> {
@@ -1848,7 +1848,7 @@ impl<'a> Engine<'a> {
         self.actions = actions;
     }
 
-    fn finish(mut self) -> Placement {
+    fn finish(mut self, verdicts: &super::Verdicts) -> Placement {
         self.pair_replacements();
         let mut explanations = Vec::new();
         let mut order: Vec<usize> = (0..self.deployments.len()).collect();
@@ -1864,7 +1864,12 @@ impl<'a> Engine<'a> {
             if pending == 0 && !over_limit_here {
                 continue;
             }
-            let nodes = if pending == 0 {
+            let wanted = match verdicts {
+                super::Verdicts::All => true,
+                super::Verdicts::None => false,
+                super::Verdicts::Only(keys) => keys.contains(&(info.spec.tenant.clone(), info.spec.name.clone())),
+            };
+            let nodes = if pending == 0 || !wanted {
                 Vec::new()
             } else {
                 (0..self.nodes.len())
