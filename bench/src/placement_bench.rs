@@ -31,8 +31,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use pyxis_coordinator::placement::{
-    place, place_with, Action, Deployment, Device, DeviceHealth, DeviceLink, HardwareClass, MigInstance, Node,
-    NodeState, Placement, PlacementInput, QuotaMode, StopReason, Tenant, TenantShare, Verdicts,
+    place, place_timed, place_with, Action, Deployment, Device, DeviceHealth, DeviceLink, HardwareClass, MigInstance,
+    Node, NodeState, Placement, PlacementInput, QuotaMode, StopReason, Tenant, TenantShare, Verdicts,
 };
 use serde_json::json;
 
@@ -1127,6 +1127,9 @@ type SampleFilter = fn(&Sample) -> bool;
 const SAMPLE_KINDS: [&str; 4] = ["scale-up", "new-deployment", "node-joins", "deployment-removed"];
 
 struct SizeResult {
+    /// Each replica decision inside the full pass from empty (ms).
+    replica_decisions: Percentiles,
+    replica_decision_count: usize,
     nodes: usize,
     units: usize,
     ready_nodes: usize,
@@ -1216,6 +1219,13 @@ fn run_size(args: &Args, nodes: usize, started: Instant) -> Result<SizeResult> {
     let clock = Instant::now();
     let first = place(&input).context("the simulated input is refused")?;
     let full_pass = clock.elapsed();
+    // The same pass again, timing each replica decision inside it (choosing the next
+    // deployment and a node for one replica, or finding that none fits).
+    let (timed, decision_times) = place_timed(&input, &Verdicts::All).context("the simulated input is refused")?;
+    ensure!(timed.replicas == first.replicas, "the timed pass decided differently");
+    drop(timed);
+    let replica_decisions = percentiles(&decision_times.iter().map(|d| ms(*d)).collect::<Vec<_>>());
+    let replica_decision_count = decision_times.len();
     let placed = count_places(&first);
     ensure!(
         placed == first.replicas.len(),
@@ -1337,6 +1347,8 @@ fn run_size(args: &Args, nodes: usize, started: Instant) -> Result<SizeResult> {
         Some((baseline, fairness))
     };
     Ok(SizeResult {
+        replica_decisions,
+        replica_decision_count,
         nodes,
         units,
         ready_nodes,
@@ -1408,6 +1420,16 @@ fn print_markdown(args: &Args, results: &[SizeResult]) {
             violations.len(),
             violations.iter().filter(|(_, within_one)| *within_one).count(),
             r.peak_rss_mib.map_or_else(|| "-".into(), |mib| format!("{mib:.0}")),
+        );
+    }
+    println!("\nReplica decisions inside the full pass from empty (ms; each: choose the next deployment and a node for one replica, or find that none fits):\n");
+    println!("| nodes | decisions | p50 | p99 | max | mean |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let p = r.replica_decisions;
+        println!(
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            r.nodes, r.replica_decision_count, p.p50, p.p99, p.max, p.mean
         );
     }
     println!("\nDecision time as the reconciler takes it on a large fleet (ms; `place_with(.., Verdicts::None)`: per-node verdicts left out, computed on demand by `explain`):\n");
@@ -1562,6 +1584,8 @@ fn to_json(args: &Args, results: &[SizeResult]) -> serde_json::Value {
         "samples": args.samples,
         "sizes": results.iter().map(|r| json!({
             "decision_without_verdicts": percentiles(r.lean_decisions()),
+            "replica_decisions_in_full_pass": percentiles(r.replica_decisions),
+            "replica_decision_count": r.replica_decision_count,
             "nodes": r.nodes,
             "ready_nodes": r.ready_nodes,
             "units": r.units,

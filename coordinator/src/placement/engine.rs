@@ -34,7 +34,29 @@ const MAX_ROUNDS: usize = 64;
 
 /// Runs one placement pass.
 pub(super) fn run(input: &PlacementInput, verdicts: &super::Verdicts) -> Result<Placement, PlacementError> {
+    run_with(input, verdicts, None)
+}
+
+/// [`run`], timing every replica decision of the fill (benchmarks only: the one place the
+/// engine reads a clock).
+pub(super) fn run_timed(
+    input: &PlacementInput,
+    verdicts: &super::Verdicts,
+) -> Result<(Placement, Vec<std::time::Duration>), PlacementError> {
+    let mut times = Vec::new();
+    let placement = run_with(input, verdicts, Some(&mut times))?;
+    Ok((placement, times))
+}
+
+fn run_with(
+    input: &PlacementInput,
+    verdicts: &super::Verdicts,
+    times: Option<&mut Vec<std::time::Duration>>,
+) -> Result<Placement, PlacementError> {
     let mut engine = Engine::new(input)?;
+    if times.is_some() {
+        engine.decision_times = Some(Vec::new());
+    }
     engine.keep_current();
     engine.trim_above_max();
     engine.enforce_limits();
@@ -48,7 +70,12 @@ pub(super) fn run(input: &PlacementInput, verdicts: &super::Verdicts) -> Result<
         }
     }
     engine.refresh_shares();
-    Ok(engine.finish(verdicts))
+    let decided = engine.decision_times.take();
+    let placement = engine.finish(verdicts);
+    if let (Some(out), Some(decided)) = (times, decided) {
+        *out = decided;
+    }
+    Ok(placement)
 }
 
 struct ClassInfo<'a> {
@@ -298,6 +325,9 @@ struct Engine<'a> {
     withdrawn: Vec<usize>,
     next_sequence: u64,
     capacity: f64,
+    /// Benchmarks only ([`run_timed`]): the wall time of each replica decision of the fills
+    /// and reclaims.
+    decision_times: Option<Vec<std::time::Duration>>,
 }
 
 /// Class names to indices; a class not in the input's table counts as relative capacity
@@ -696,6 +726,7 @@ impl<'a> Engine<'a> {
             withdrawn: Vec::new(),
             next_sequence: input.next_sequence,
             capacity: 0.0,
+            decision_times: None,
         };
         // The most free memory of any unit that is not unhealthy, per class: for any unit,
         // and for whole devices only (MIG instances never join a multi-device replica).
@@ -1118,6 +1149,7 @@ impl<'a> Engine<'a> {
         }
         let mut progress = false;
         loop {
+            let started = self.decision_times.as_ref().map(|_| std::time::Instant::now());
             let next = (0..self.deployments.len())
                 .filter(|&index| {
                     let deployment = &self.deployments[index];
@@ -1131,6 +1163,9 @@ impl<'a> Engine<'a> {
                     progress = true;
                 }
                 None => self.deployments[deployment].blocked = true,
+            }
+            if let (Some(times), Some(started)) = (self.decision_times.as_mut(), started) {
+                times.push(started.elapsed());
             }
         }
         progress
@@ -1583,6 +1618,7 @@ impl<'a> Engine<'a> {
         }
         let mut progress = false;
         loop {
+            let started = self.decision_times.as_ref().map(|_| std::time::Instant::now());
             let next = (0..self.deployments.len())
                 .filter(|&index| {
                     let deployment = &self.deployments[index];
@@ -1600,6 +1636,9 @@ impl<'a> Engine<'a> {
                 progress = true;
             } else {
                 self.deployments[deployment].blocked = true;
+            }
+            if let (Some(times), Some(started)) = (self.decision_times.as_mut(), started) {
+                times.push(started.elapsed());
             }
         }
         progress

@@ -3,8 +3,8 @@
 //!
 //! Sans-IO and pure: [`place`] takes a [`PlacementInput`] (the fleet, hardware classes,
 //! tenants, deployments and the replicas placed so far) and returns a [`Placement`] (the new
-//! replica set, the actions that get there, and explanations). It reads no clock, socket,
-//! file or random source, so the same input always gives the same output, and running it
+//! replica set, the actions that get there, and explanations). It reads no clock (but in
+//! `place_timed`, for benchmarks), socket, file or random source, so the same input always gives the same output, and running it
 //! on its own output changes nothing. Its input types are its own; the caller maps the
 //! registry and the manifests into them.
 //!
@@ -246,6 +246,18 @@ pub enum Verdicts {
     None,
     /// Only these `(tenant, deployment)`s.
     Only(std::collections::BTreeSet<(String, String)>),
+}
+
+/// For benchmarks: [`place_with`], also returning the wall time of every replica decision
+/// of the pass's fills and reclaims (choosing the next deployment and a node for one
+/// replica, freeing room for it, or finding that none fits). The one entry point that reads a clock; the decision is the
+/// same as without it.
+#[doc(hidden)]
+pub fn place_timed(
+    input: &PlacementInput,
+    verdicts: &Verdicts,
+) -> Result<(Placement, Vec<std::time::Duration>), PlacementError> {
+    engine::run_timed(input, verdicts)
 }
 
 /// [`place`], choosing which deployments get per-node verdicts.
