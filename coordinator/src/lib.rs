@@ -17,6 +17,7 @@ pub mod api_types;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod gateway;
 pub mod link;
 pub mod manifest;
 pub mod metrics;
