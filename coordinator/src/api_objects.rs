@@ -48,6 +48,8 @@ pub fn routes() -> Router<Arc<Shared>> {
         )
         .route("/api/v1/deployments/{name}/explain", get(explain))
         .route("/api/v1/usage", get(usage))
+        .route("/api/v1/apikeys", post(create_api_key).get(list_api_keys))
+        .route("/api/v1/apikeys/{id}", axum::routing::delete(revoke_api_key))
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,4 +514,107 @@ async fn usage(
         until: rfc3339_ms(now),
         items,
     }))
+}
+
+fn key_info(row: &crate::apikeys::ApiKeyRow) -> crate::api_types::ApiKeyInfo {
+    crate::api_types::ApiKeyInfo {
+        id: row.id.clone(),
+        tenant: row.tenant.clone(),
+        name: row.name.clone(),
+        created_at: rfc3339_ms(row.created_ms),
+        revoked_at: row.revoked_ms.map(rfc3339_ms),
+    }
+}
+
+async fn create_api_key(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<crate::api_types::ApiKeyRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<crate::api_types::ApiKeyCreated>), ApiError> {
+    let Json(request) = body.map_err(|e| bad_request(format!("invalid API key request: {}", e.body_text())))?;
+    if !shared.catalog().tenants.contains_key(&request.tenant) {
+        return Err(not_found(format!(
+            "tenant {} not found; apply a Tenant manifest first (`pyxis get tenants` lists them)",
+            request.tenant
+        )));
+    }
+    let name = request.name.unwrap_or_else(|| "default".to_string());
+    if name.is_empty() || name.len() > 63 || name.chars().any(char::is_control) {
+        return Err(bad_request("name must be 1 to 63 printable characters"));
+    }
+    let new = crate::apikeys::create(&request.tenant, &name, now_ms()).map_err(ApiError::internal)?;
+    let writer = shared.clone();
+    let row = new.row.clone();
+    tokio::task::spawn_blocking(move || writer.store.insert_api_key(&row))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    tracing::info!(key_id = %new.row.id, tenant = %new.row.tenant, name = %new.row.name, "API key created (stored hashed)");
+    shared.event(
+        &object_ref(Kind::Tenant, None, &new.row.tenant),
+        "Normal",
+        "ApiKeyCreated",
+        &format!("API key {} ({}) created", new.row.id, new.row.name),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(crate::api_types::ApiKeyCreated {
+            key: new.key,
+            info: key_info(&new.row),
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyQuery {
+    tenant: Option<String>,
+}
+
+async fn list_api_keys(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<KeyQuery>, QueryRejection>,
+) -> Result<Json<List<crate::api_types::ApiKeyInfo>>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let reader = shared.clone();
+    let rows = tokio::task::spawn_blocking(move || reader.store.api_keys(query.tenant.as_deref()))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(Json(List {
+        items: rows.iter().map(key_info).collect(),
+    }))
+}
+
+async fn revoke_api_key(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<crate::api_types::ApiKeyInfo>, ApiError> {
+    let Path(id) = path.map_err(path_error)?;
+    // The id, or the whole key pasted by mistake.
+    let id = crate::apikeys::parse(&id).map_or(id.clone(), |(id, _)| id.to_string());
+    let writer = shared.clone();
+    let key = id.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let found = writer.store.revoke_api_key(&key, now_ms())?;
+        let rows = writer.store.api_keys(None)?;
+        Ok::<_, crate::store::StoreError>((found, rows.into_iter().find(|r| r.id == key)))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    match found {
+        (true, Some(row)) => {
+            tracing::warn!(key_id = %row.id, tenant = %row.tenant, "API key revoked");
+            shared.event(
+                &object_ref(Kind::Tenant, None, &row.tenant),
+                "Normal",
+                "ApiKeyRevoked",
+                &format!("API key {} ({}) revoked", row.id, row.name),
+            );
+            Ok(Json(key_info(&row)))
+        }
+        _ => Err(not_found(format!(
+            "API key {id} not found; `pyxis apikey list` lists them"
+        ))),
+    }
 }

@@ -724,3 +724,39 @@ pub struct UsageRow {
     /// `gpu_hours * price_per_gpu_hour`.
     pub cost: f64,
 }
+
+/// `POST /api/v1/apikeys` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyRequest {
+    /// The tenant the key's calls belong to (must exist).
+    pub tenant: String,
+    /// A label for people; default `default`.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A created API key (`pyxis apikey create -o json`): the key is shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    /// `pyxis-<id>-<secret>`, for `Authorization: Bearer` on the gateway.
+    pub key: String,
+    /// The key as listed.
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+}
+
+/// An API key as listed (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyInfo {
+    /// Public id.
+    pub id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Label.
+    pub name: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 revocation time; null while the key works.
+    pub revoked_at: Option<String>,
+}

@@ -70,6 +70,12 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Tenant API keys for the OpenAI-compatible gateway (stored hashed; shown once).
+    Apikey {
+        /// Key action.
+        #[command(subcommand)]
+        action: ApiKeyAction,
+    },
     /// List resources: nodes, replicas, tenants, hardwareclasses, deployments.
     ///
     /// Deployments and replicas belong to tenants: `-n TENANT` shows one tenant's, and
@@ -228,6 +234,38 @@ fn parse_name(text: &str) -> Result<String, String> {
     } else {
         Ok(text.to_string())
     }
+}
+
+/// API key actions.
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyAction {
+    /// Create a key for a tenant; prints it once (`-o json`: `{"key": ...}`).
+    Create {
+        /// The tenant its calls belong to.
+        #[arg(long, value_parser = parse_name)]
+        tenant: String,
+        /// A label for people (`ci`, `notebook`).
+        #[arg(long, value_parser = parse_name)]
+        name: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// List keys (ids, tenants, names; never the secrets).
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        /// Key id (or the whole key).
+        #[arg(value_parser = parse_name)]
+        id: String,
+    },
 }
 
 /// Token actions.
@@ -548,6 +586,63 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                     write(out, table(rows))
                 }
             }
+        }
+        Command::Apikey {
+            action: ApiKeyAction::Create { tenant, name, output },
+        } => {
+            let created: crate::api_types::ApiKeyCreated = client.call(
+                "POST",
+                "/api/v1/apikeys",
+                Some(&crate::api_types::ApiKeyRequest { tenant, name }),
+            )?;
+            match output {
+                Output::Json | Output::Yaml => print_structured(out, &created, output),
+                Output::Table | Output::Wide => write(
+                    out,
+                    format!(
+                        "key:    {}\nid:     {}\ntenant: {}\nname:   {}\n\nThe key is shown only now (it is stored hashed). Use it as `Authorization: Bearer <key>` on the gateway.\n",
+                        created.key, created.info.id, created.info.tenant, created.info.name
+                    ),
+                ),
+            }
+        }
+        Command::Apikey {
+            action: ApiKeyAction::List { tenant, output },
+        } => {
+            let path = match &tenant {
+                Some(t) => format!("/api/v1/apikeys?tenant={}", encode(t)),
+                None => "/api/v1/apikeys".to_string(),
+            };
+            let list: List<crate::api_types::ApiKeyInfo> = client.call("GET", &path, None::<&()>)?;
+            match output {
+                Output::Json | Output::Yaml => print_structured(out, &list, output),
+                _ => {
+                    if list.items.is_empty() {
+                        eprintln!("No API keys. Create one with `pyxis apikey create --tenant TENANT`.");
+                        return Ok(());
+                    }
+                    let mut rows = vec![["ID", "TENANT", "NAME", "CREATED", "STATE"].map(String::from).to_vec()];
+                    for k in &list.items {
+                        rows.push(vec![
+                            k.id.clone(),
+                            k.tenant.clone(),
+                            k.name.clone(),
+                            k.created_at.clone(),
+                            k.revoked_at
+                                .as_ref()
+                                .map_or("active".to_string(), |at| format!("revoked {at}")),
+                        ]);
+                    }
+                    write(out, table(rows))
+                }
+            }
+        }
+        Command::Apikey {
+            action: ApiKeyAction::Revoke { id },
+        } => {
+            let revoked: crate::api_types::ApiKeyInfo =
+                client.call("DELETE", &format!("/api/v1/apikeys/{}", encode(&id)), None::<&()>)?;
+            write(out, format!("API key {} ({}, tenant {}) revoked\n", revoked.id, revoked.name, revoked.tenant))
         }
         Command::Token {
             action: TokenAction::Delete { id },
@@ -1615,6 +1710,20 @@ mod tests {
     }
 
     /// A MIG parent is not scheduled whole: the summary says how many instances there are.
+    #[test]
+    fn apikey_commands_parse_and_need_a_tenant() {
+        let cli = Cli::try_parse_from(["pyxis", "apikey", "create", "--tenant", "research", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Apikey {
+                action: ApiKeyAction::Create { ref tenant, name: None, output: Output::Json }
+            } if tenant == "research"
+        ));
+        assert!(Cli::try_parse_from(["pyxis", "apikey", "create"]).is_err());
+        assert!(Cli::try_parse_from(["pyxis", "apikey", "revoke", ""]).is_err());
+        assert!(Cli::try_parse_from(["pyxis", "apikey", "list", "--tenant", "t"]).is_ok());
+    }
+
     #[test]
     fn accelerator_summary_counts_mig_instances() {
         let summary = accelerators_summary(&node("mig-1", vec![mig_h100(), device(1, "H100-80GB", vec![])]));

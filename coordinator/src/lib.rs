@@ -14,6 +14,7 @@
 pub mod api;
 pub mod api_objects;
 pub mod api_types;
+pub mod apikeys;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -160,6 +160,14 @@ CREATE TABLE IF NOT EXISTS objects (
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (kind, namespace, name)
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    revoked_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS usage (
     tenant TEXT NOT NULL,
     hardware_class TEXT NOT NULL,
@@ -311,6 +319,49 @@ impl Store {
                 }
             }
             tx.commit()
+        })
+    }
+
+    /// Stores a new API key.
+    pub fn insert_api_key(&self, row: &crate::apikeys::ApiKeyRow) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO api_keys(id, tenant, name, secret_sha256, created_ms, revoked_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![row.id, row.tenant, row.name, row.secret_sha256, row.created_ms, row.revoked_ms],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// API keys, oldest first; only `tenant`'s when given.
+    pub fn api_keys(&self, tenant: Option<&str>) -> Result<Vec<crate::apikeys::ApiKeyRow>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, tenant, name, secret_sha256, created_ms, revoked_ms FROM api_keys
+                 WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_ms, id",
+            )?;
+            let rows = stmt.query_map(params![tenant], |r| {
+                Ok(crate::apikeys::ApiKeyRow {
+                    id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    name: r.get(2)?,
+                    secret_sha256: r.get(3)?,
+                    created_ms: r.get(4)?,
+                    revoked_ms: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Revokes an API key; false when there is no such key. Revoking twice keeps the first time.
+    pub fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE api_keys SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
+                params![id, now_ms],
+            )
+            .map(|n| n > 0)
         })
     }
 
@@ -590,6 +641,15 @@ mod tests {
             }
         }
         let store = Store::open(&path).unwrap();
+        let key = crate::apikeys::create("research", "ci", 7).unwrap();
+        store.insert_api_key(&key.row).unwrap();
+        assert!(store.revoke_api_key(&key.row.id, 9).unwrap());
+        assert!(store.revoke_api_key(&key.row.id, 10).unwrap());
+        assert!(!store.revoke_api_key("nope", 10).unwrap());
+        let keys = store.api_keys(Some("research")).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].revoked_ms, Some(9), "revoking again keeps the first time");
+        assert!(store.api_keys(Some("other")).unwrap().is_empty());
         let nodes = store.nodes().unwrap();
         assert_eq!(nodes.len(), 1);
         assert!(nodes[0].cordoned);

@@ -46,7 +46,7 @@ const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 #[error("the system random number generator failed; cannot create a join token")]
 pub struct RandomError;
 
-fn random_string(len: usize) -> Result<String, RandomError> {
+pub(crate) fn random_string(len: usize) -> Result<String, RandomError> {
     let rng = ring::rand::SystemRandom::new();
     let mut out = String::with_capacity(len);
     let mut buf = [0u8; 64];
@@ -121,7 +121,7 @@ pub fn check(row: Option<&TokenRow>, id: &str, secret: &str, now_ms: i64) -> Res
     Ok(())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

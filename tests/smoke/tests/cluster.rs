@@ -541,6 +541,22 @@ fn dev_mode_prints_commands_that_work() {
     }
     let explain = cli.ok(&["explain", "deployment", "llama-70b", "-n", "research"]);
     assert!(explain.contains("WHY NOT CHOSEN"), "{explain}");
+    // Gateway API keys: shown once, stored hashed, listed without the secret, revoked.
+    let created = cli.json(&["apikey", "create", "--tenant", "research", "--name", "ci", "-o", "json"]);
+    let key = created["key"].as_str().unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert!(key.starts_with("pyxis-") && key.contains(id), "{created}");
+    let listed = cli.ok(&["apikey", "list", "-o", "json"]);
+    assert!(
+        listed.contains(id) && !listed.contains(key),
+        "the secret is never listed: {listed}"
+    );
+    assert!(cli.ok(&["apikey", "revoke", id]).contains("revoked"));
+    let listed = cli.json(&["apikey", "list", "--tenant", "research", "-o", "json"]);
+    assert!(listed["items"][0]["revoked_at"].is_string(), "{listed}");
+    let (code, _, err) = cli.run(&["apikey", "create", "--tenant", "nobody"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("tenant nobody not found"), "{err}");
     assert!(dev.terminate(START).success());
     // Nothing dev mode started outlives it: no process works in its data dir.
     let leftovers: Vec<String> = std::fs::read_dir("/proc")
