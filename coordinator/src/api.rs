@@ -327,18 +327,9 @@ fn effective_classes(catalog: &crate::objects::Catalog, node: &mut crate::api_ty
 /// Replicas show the class placement saw for their devices.
 fn replica_classes(shared: &Shared, replicas: &mut [crate::api_types::ReplicaView]) {
     let state = shared.placement_state();
-    if state.unit_class.is_empty() {
-        return;
-    }
     for r in replicas {
-        let known: Option<Vec<&str>> = r
-            .gpus
-            .iter()
-            .map(|uuid| state.unit_class.get(uuid).map(String::as_str))
-            .collect();
-        if let Some(mut classes) = known.filter(|c| !c.is_empty()) {
-            classes.dedup();
-            r.hardware_class = classes.join("+");
+        if let Some(class) = state.known_class(&r.gpus) {
+            r.hardware_class = class;
         }
     }
 }

@@ -97,6 +97,9 @@ pub struct Catalog {
     pub deployments: BTreeMap<(String, String), Stored<ModelDeployment>>,
     next_seq: u64,
     revision: u64,
+    /// Class names, oldest first: the order devices are matched in (kept with `classes`,
+    /// so matching a device does not sort on every call).
+    class_order: Vec<String>,
 }
 
 fn key_of(kind: Kind, namespace: Option<&str>, name: &str) -> (String, String, String) {
@@ -251,6 +254,7 @@ impl Catalog {
             }
             Manifest::HardwareClass(c) => {
                 self.classes.insert(c.metadata.name.clone(), with(c, meta));
+                self.order_classes();
             }
             Manifest::ModelDeployment(d) => {
                 self.deployments
@@ -501,6 +505,7 @@ impl Catalog {
                 }
                 Some(Kind::HardwareClass) => {
                     self.classes.remove(&name);
+                    self.order_classes();
                 }
                 Some(Kind::ModelDeployment) => {
                     self.deployments.remove(&(namespace, name));
@@ -509,6 +514,12 @@ impl Catalog {
             }
         }
         self.revision += 1;
+    }
+
+    fn order_classes(&mut self) {
+        let mut classes: Vec<&Stored<HardwareClass>> = self.classes.values().collect();
+        classes.sort_by_key(|c| c.seq);
+        self.class_order = classes.into_iter().map(|c| c.object.metadata.name.clone()).collect();
     }
 
     /// The class a whole device belongs to: the first `HardwareClass` (oldest first) whose
@@ -520,10 +531,9 @@ impl Catalog {
             "google" => pyxis_protocol::Vendor::Google,
             _ => pyxis_protocol::Vendor::Other,
         };
-        let mut classes: Vec<&Stored<HardwareClass>> = self.classes.values().collect();
-        classes.sort_by_key(|c| c.seq);
-        classes
-            .into_iter()
+        self.class_order
+            .iter()
+            .filter_map(|name| self.classes.get(name))
             .find(|c| c.object.matches(vendor, model, memory_bytes))
             .map_or_else(|| derived.to_string(), |c| c.object.metadata.name.clone())
     }

@@ -122,17 +122,29 @@ impl PlacementState {
 
     /// The hardware class of a replica's devices (`cpu` without any; joined by `+` if mixed).
     pub fn class_of(&self, replica: &Replica) -> String {
-        let mut classes: Vec<&str> = replica
-            .devices
-            .iter()
-            .map(|uuid| self.unit_class.get(uuid).map_or("unknown", String::as_str))
-            .collect();
-        classes.dedup();
-        if classes.is_empty() {
-            "cpu".to_string()
-        } else {
-            classes.join("+")
+        if replica.devices.is_empty() {
+            return "cpu".to_string();
         }
+        self.known_class(&replica.devices).unwrap_or_else(|| {
+            let mut classes: Vec<&str> = replica
+                .devices
+                .iter()
+                .map(|uuid| self.unit_class.get(uuid).map_or("unknown", String::as_str))
+                .collect();
+            classes.dedup();
+            classes.join("+")
+        })
+    }
+
+    /// The class of these devices as placement saw them (joined by `+` if mixed); `None`
+    /// when there are none or placement did not see one of them.
+    pub fn known_class(&self, devices: &[String]) -> Option<String> {
+        let mut classes: Vec<&str> = devices
+            .iter()
+            .map(|uuid| self.unit_class.get(uuid).map(String::as_str))
+            .collect::<Option<_>>()?;
+        classes.dedup();
+        (!classes.is_empty()).then(|| classes.join("+"))
     }
 }
 
@@ -218,16 +230,22 @@ fn build_input(
         })
         .collect();
     let mut unit_class = HashMap::new();
+    let mut class_by_kind: HashMap<(&str, &str, u64, &str), String> = HashMap::new();
     let mut nodes = Vec::new();
     for f in fleet.iter().filter(|f| f.registered) {
         let mut devices = Vec::new();
         for d in &f.devices {
-            let class = catalog.device_class(
-                &d.facts.vendor,
-                &d.facts.model,
+            // Fleets hold few distinct device kinds: match each kind's rules once a pass.
+            let kind = (
+                d.facts.vendor.as_str(),
+                d.facts.model.as_str(),
                 d.facts.memory_bytes,
-                &d.facts.hardware_class,
+                d.facts.hardware_class.as_str(),
             );
+            let class = class_by_kind
+                .entry(kind)
+                .or_insert_with(|| catalog.device_class(kind.0, kind.1, kind.2, kind.3))
+                .clone();
             let parent_terms = classes.get(&class).copied().unwrap_or_default();
             let mig = d.facts.details.mig.as_ref().filter(|m| m.enabled).map(|m| {
                 m.instances
