@@ -50,6 +50,109 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/api/v1/usage", get(usage))
         .route("/api/v1/apikeys", post(create_api_key).get(list_api_keys))
         .route("/api/v1/apikeys/{id}", axum::routing::delete(revoke_api_key))
+        .route("/api/v1/audit", get(audit_records))
+        .route("/api/v1/audit/verify", post(audit_verify))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    tenant: Option<String>,
+    model: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+fn audit_path(shared: &Shared) -> std::path::PathBuf {
+    shared.config.data_dir.join("audit.db")
+}
+
+/// `GET /api/v1/audit?tenant=&model=&since=1h&limit=100`: records, newest first.
+async fn audit_records(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<crate::api_types::AuditList>, ApiError> {
+    let Query(query) = query.map_err(query_error)?;
+    let since_ms = match &query.since {
+        Some(text) => {
+            let d = humantime::parse_duration(text)
+                .map_err(|e| bad_request(format!("since={text:?} is not a duration like 1h or 7d ({e})")))?;
+            Some(now_ms().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        }
+        None => None,
+    };
+    let filter = crate::audit::AuditFilter {
+        tenant: query.tenant,
+        model: query.model,
+        since_ms,
+        limit: Some(query.limit.unwrap_or(100).min(100_000)),
+    };
+    let path = audit_path(&shared);
+    let items = tokio::task::spawn_blocking(move || match crate::audit::query(&path, &filter) {
+        Err(crate::audit::AuditError::Missing(_)) => Ok(Vec::new()),
+        other => other,
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok(Json(crate::api_types::AuditList { items }))
+}
+
+/// `POST /api/v1/audit/verify`: recomputes the whole chain and checks it against the
+/// anchor kept in the main store.
+async fn audit_verify(State(shared): State<Arc<Shared>>) -> Result<Json<crate::api_types::AuditVerifyView>, ApiError> {
+    // Records accepted so far are written first, so that the anchor and the file agree.
+    let gateway = shared.gateway();
+    let reader = shared.clone();
+    let (report, anchor) = tokio::task::spawn_blocking(move || {
+        if let Some(audit) = gateway.as_ref().and_then(|g| g.audit.as_ref()) {
+            let _ = audit.flush(std::time::Duration::from_secs(5));
+        }
+        let stored: Option<crate::audit::Anchor> = reader
+            .store
+            .meta(crate::server::AUDIT_ANCHOR_META)
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        // The live head is newer than the stored anchor when records were written since.
+        let live = gateway.as_ref().and_then(|g| g.audit.as_ref()).map(|a| a.head());
+        let anchor = match (stored, live) {
+            (Some(s), Some(l)) if l.seq >= s.seq => Some(l),
+            (Some(s), _) => Some(s),
+            (None, l) => l.filter(|a| a.seq > 0),
+        };
+        let path = audit_path(&reader);
+        let report = match &anchor {
+            Some(a) => crate::audit::verify_anchored(&path, a),
+            None => crate::audit::verify(&path),
+        };
+        (report, anchor)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let report = match report {
+        Ok(r) => r,
+        Err(crate::audit::AuditError::Missing(_)) => crate::audit::VerifyReport::default(),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    Ok(Json(crate::api_types::AuditVerifyView {
+        ok: report.ok(),
+        records: report.records,
+        last_seq: report.last_seq,
+        anchor_seq: anchor.map(|a| a.seq),
+        problems: report
+            .problems
+            .iter()
+            .map(|p| crate::api_types::AuditProblemView {
+                seq: p.seq,
+                kind: serde_json::to_value(p.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                detail: p.detail.clone(),
+            })
+            .collect(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -506,13 +609,23 @@ async fn usage(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
+    let path = audit_path(&shared);
+    let tenant = query.tenant.clone();
+    let tokens = tokio::task::spawn_blocking(move || crate::audit::token_usage(&path, since_hour, tenant.as_deref()))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     let catalog = shared.catalog().clone();
-    let state = shared.placement_state();
-    let items = views::usage_rows(stored, &state, &catalog, since_hour, query.tenant.as_deref());
+    let items = {
+        let state = shared.placement_state();
+        views::usage_rows(stored, &state, &catalog, since_hour, query.tenant.as_deref())
+    };
+    let tenants = views::tenant_usage(&items, &tokens);
     Ok(Json(UsageView {
         since: rfc3339_ms(since_hour),
         until: rfc3339_ms(now),
         items,
+        tenants,
     }))
 }
 
@@ -604,6 +717,9 @@ async fn revoke_api_key(
     .map_err(ApiError::internal)?;
     match found {
         (true, Some(row)) => {
+            if let Some(gateway) = shared.gateway() {
+                gateway.forget_key(&row.id);
+            }
             tracing::warn!(key_id = %row.id, tenant = %row.tenant, "API key revoked");
             shared.event(
                 &object_ref(Kind::Tenant, None, &row.tenant),

@@ -706,6 +706,64 @@ pub struct UsageView {
     pub until: String,
     /// One row per tenant and class with usage in the window, sorted.
     pub items: Vec<UsageRow>,
+    /// One row per tenant: gateway calls and tokens (from the audit log) joined with GPU
+    /// time and cost, sorted by tenant.
+    #[serde(default)]
+    pub tenants: Vec<TenantUsageRow>,
+}
+
+/// A tenant's calls, tokens, GPU time and cost over a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantUsageRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Gateway calls.
+    pub calls: u64,
+    /// Calls answered with an error.
+    pub errors: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// GPU-hours of its replicas (all classes).
+    pub gpu_hours: f64,
+    /// Cost of those GPU-hours.
+    pub cost: f64,
+    /// `cost` per million tokens (prompt plus completion); null with no tokens.
+    pub cost_per_million_tokens: Option<f64>,
+}
+
+/// `GET /api/v1/audit`: records, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditList {
+    /// Records.
+    pub items: Vec<crate::audit::StoredRecord>,
+}
+
+/// `POST /api/v1/audit/verify`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditVerifyView {
+    /// No problem found.
+    pub ok: bool,
+    /// Records checked.
+    pub records: u64,
+    /// Last seq present.
+    pub last_seq: u64,
+    /// The anchor (last seq and hash) the coordinator stored apart from the audit file, if any.
+    pub anchor_seq: Option<u64>,
+    /// Problems found, in order.
+    pub problems: Vec<AuditProblemView>,
+}
+
+/// One problem `audit verify` found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditProblemView {
+    /// Where.
+    pub seq: u64,
+    /// `altered`, `removed` or `reordered`.
+    pub kind: String,
+    /// Explanation.
+    pub detail: String,
 }
 
 /// GPU time of one tenant on one hardware class.

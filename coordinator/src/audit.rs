@@ -892,6 +892,44 @@ pub fn query(path: &Path, filter: &AuditFilter) -> Result<Vec<StoredRecord>, Aud
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// Calls and tokens per tenant since `since_ms` (every audited call, errors included).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenUsage {
+    /// Tenant.
+    pub tenant: String,
+    /// Calls.
+    pub calls: u64,
+    /// Calls answered with an error status.
+    pub errors: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+}
+
+/// [`TokenUsage`] of the audit file at `path`, by tenant; an absent file has none.
+pub fn token_usage(path: &Path, since_ms: i64, tenant: Option<&str>) -> Result<Vec<TokenUsage>, AuditError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = open_existing(path)?;
+    let mut stmt = conn.prepare(
+        "SELECT tenant, COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), \
+         COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) \
+         FROM audit WHERE at_ms >= ?1 AND (?2 IS NULL OR tenant = ?2) GROUP BY tenant ORDER BY tenant",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![since_ms, tenant], |r| {
+        Ok(TokenUsage {
+            tenant: r.get(0)?,
+            calls: r.get::<_, i64>(1)?.max(0) as u64,
+            errors: r.get::<_, i64>(2)?.max(0) as u64,
+            prompt_tokens: r.get::<_, i64>(3)?.max(0) as u64,
+            completion_tokens: r.get::<_, i64>(4)?.max(0) as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Recomputes the chain of the audit file at `path` from genesis, in seq order.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
     verify_inner(path, None)

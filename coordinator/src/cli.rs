@@ -34,6 +34,9 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7080";
 ///   pyxis get deployments -A
 ///   pyxis explain deployment qwen-7b -n research
 ///   pyxis usage --since 7d
+///   pyxis apikey create --tenant research
+///   pyxis audit --tenant research --since 1h
+///   pyxis audit verify
 #[derive(Debug, Parser)]
 #[command(name = "pyxis", version, verbatim_doc_comment)]
 pub struct Cli {
@@ -75,6 +78,29 @@ pub enum Command {
         /// Key action.
         #[command(subcommand)]
         action: ApiKeyAction,
+    },
+    /// Gateway audit records, newest first; `pyxis audit verify` checks the hash chain.
+    #[command(args_conflicts_with_subcommands = true)]
+    Audit {
+        /// `verify`: check the whole chain (exit code 1 when a record was altered, removed
+        /// or reordered).
+        #[command(subcommand)]
+        action: Option<AuditAction>,
+        /// Only this tenant's calls.
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
+        /// Only calls to this model (its name, for example Qwen/Qwen2.5-7B-Instruct).
+        #[arg(long, value_name = "MODEL")]
+        model: Option<String>,
+        /// Only calls in this window back from now: 15m, 1h, 7d.
+        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        since: Option<String>,
+        /// At most this many records.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// List resources: nodes, replicas, tenants, hardwareclasses, deployments.
     ///
@@ -234,6 +260,18 @@ fn parse_name(text: &str) -> Result<String, String> {
     } else {
         Ok(text.to_string())
     }
+}
+
+/// Audit actions.
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Recompute the hash chain from the first record and check it against the anchor the
+    /// coordinator keeps apart from the audit file.
+    Verify {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 /// API key actions.
@@ -632,6 +670,110 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                                 .as_ref()
                                 .map_or("active".to_string(), |at| format!("revoked {at}")),
                         ]);
+                    }
+                    write(out, table(rows))
+                }
+            }
+        }
+        Command::Audit {
+            action: Some(AuditAction::Verify { output }),
+            ..
+        } => {
+            let view: crate::api_types::AuditVerifyView = client.call("POST", "/api/v1/audit/verify", None::<&()>)?;
+            match output {
+                Output::Json | Output::Yaml => print_structured(out, &view, output)?,
+                Output::Table | Output::Wide => {
+                    let mut text = format!(
+                        "{} records checked, last seq {}{}\n",
+                        view.records,
+                        view.last_seq,
+                        view.anchor_seq
+                            .map_or(String::new(), |a| format!(", anchor seq {a}"))
+                    );
+                    if view.ok {
+                        text.push_str("OK: the audit chain is intact\n");
+                    } else {
+                        for p in &view.problems {
+                            text.push_str(&format!("seq {:<8} {:<10} {}\n", p.seq, p.kind, p.detail));
+                        }
+                    }
+                    write(out, text)?;
+                }
+            }
+            if view.ok {
+                Ok(())
+            } else {
+                Err(CliError::Api(format!(
+                    "the audit chain is broken: {} problem(s)",
+                    view.problems.len()
+                )))
+            }
+        }
+        Command::Audit {
+            action: None,
+            tenant,
+            model,
+            since,
+            limit,
+            output,
+        } => {
+            let mut path = format!("/api/v1/audit?limit={limit}");
+            for (k, v) in [("tenant", &tenant), ("model", &model), ("since", &since)] {
+                if let Some(v) = v {
+                    path.push_str(&format!("&{k}={}", encode(v)));
+                }
+            }
+            let list: crate::api_types::AuditList = client.call("GET", &path, None::<&()>)?;
+            match output {
+                Output::Json | Output::Yaml => print_structured(out, &list, output),
+                Output::Table | Output::Wide => {
+                    if list.items.is_empty() {
+                        eprintln!("No audit records match.");
+                        return Ok(());
+                    }
+                    let wide = output == Output::Wide;
+                    let mut head = vec![
+                        "SEQ", "TIME", "TENANT", "DEPLOYMENT", "MODEL@VERSION", "RUNTIME", "CLASS", "NODE", "STATUS",
+                        "TOKENS", "LATENCY", "TTFT",
+                    ];
+                    if wide {
+                        head.extend(["REQUEST", "KEY", "GPUS", "TRACE"]);
+                    }
+                    let mut rows = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
+                    for r in &list.items {
+                        let a = &r.record;
+                        let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+                        let mut row = vec![
+                            r.seq.to_string(),
+                            crate::time::rfc3339_ms(a.at_ms),
+                            a.tenant.clone(),
+                            dash(&a.deployment),
+                            if a.model_version.is_empty() {
+                                a.model.clone()
+                            } else {
+                                format!("{}@{}", a.model, a.model_version)
+                            },
+                            if a.runtime_kind.is_empty() {
+                                "-".to_string()
+                            } else {
+                                format!("{}/{}", a.runtime_kind, a.runtime_version)
+                            },
+                            dash(&a.hardware_class),
+                            dash(&a.node),
+                            a.status.to_string(),
+                            format!("{}+{}", a.prompt_tokens, a.completion_tokens),
+                            format!("{}ms", a.latency_ms),
+                            a.ttft_ms.map_or("-".to_string(), |t| format!("{t}ms")),
+                        ];
+                        if wide {
+                            row.extend([
+                                a.request_id.clone(),
+                                a.key_id.clone(),
+                                if a.gpus.is_empty() { "-".to_string() } else { a.gpus.join(",") },
+                                dash(&a.trace_id),
+                            ]);
+                        }
+                        rows.push(row);
                     }
                     write(out, table(rows))
                 }

@@ -27,6 +27,25 @@ pub struct FileConfig {
     pub cluster_name: Option<String>,
     /// `[tls]` table.
     pub tls: Option<TlsFileConfig>,
+    /// `[gateway]` table.
+    pub gateway: Option<GatewayFileConfig>,
+}
+
+/// `[gateway]`: the OpenAI-compatible gateway, its audit log and traces.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFileConfig {
+    /// `--audit-mode`: `required` or `best-effort`.
+    pub audit_mode: Option<String>,
+    /// Audit records queued for the writer before calls are refused (required) or records
+    /// dropped (best-effort).
+    pub audit_queue: Option<usize>,
+    /// `--otlp-endpoint`.
+    pub otlp_endpoint: Option<String>,
+    /// How long a call to a deployment scaled to zero waits for a replica, for example `5m`.
+    pub scale_from_zero_timeout: Option<String>,
+    /// Idle time after which a `warm-zero`/`hot-zero` deployment with `min: 0` scales to zero.
+    pub scale_to_zero_after: Option<String>,
 }
 
 /// `[tls]`: use an existing CA instead of generating one.
@@ -60,6 +79,10 @@ pub struct FlagConfig {
     pub ca_cert: Option<PathBuf>,
     /// `--ca-key`.
     pub ca_key: Option<PathBuf>,
+    /// `--audit-mode`.
+    pub audit_mode: Option<String>,
+    /// `--otlp-endpoint`.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Validated configuration.
@@ -85,6 +108,87 @@ pub struct CoordinatorConfig {
     /// node's desired state (always, for a daemon). Library users that set desired states
     /// by hand ([`crate::server::Coordinator::set_desired`], in tests) turn it off.
     pub reconcile: bool,
+    /// Gateway settings.
+    pub gateway: GatewayConfig,
+}
+
+/// Validated `[gateway]` settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// What to do when audit records cannot be written.
+    pub audit_mode: crate::audit::AuditMode,
+    /// Audit queue capacity, records.
+    pub audit_queue: usize,
+    /// OTLP/HTTP endpoint for traces (`http://collector:4318`); `None`: no export.
+    pub otlp_endpoint: Option<String>,
+    /// How long a call to a deployment with no ready replica that may scale from zero waits.
+    pub scale_from_zero_timeout: Duration,
+    /// Idle time after which a deployment that may scale to zero does.
+    pub scale_to_zero_after: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            audit_mode: crate::audit::AuditMode::Required,
+            audit_queue: 65_536,
+            otlp_endpoint: None,
+            scale_from_zero_timeout: Duration::from_secs(300),
+            scale_to_zero_after: Duration::from_secs(900),
+        }
+    }
+}
+
+impl GatewayConfig {
+    fn resolve(file: GatewayFileConfig, flags: &FlagConfig) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let audit_mode = match flags.audit_mode.clone().or(file.audit_mode).as_deref() {
+            None => defaults.audit_mode,
+            Some("required") => crate::audit::AuditMode::Required,
+            Some("best-effort") => crate::audit::AuditMode::BestEffort,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "audit_mode",
+                    reason: format!("{other:?} is not one of required, best-effort"),
+                })
+            }
+        };
+        let audit_queue = file.audit_queue.unwrap_or(defaults.audit_queue);
+        if !(1..=10_000_000).contains(&audit_queue) {
+            return Err(ConfigError::Invalid {
+                key: "audit_queue",
+                reason: format!("{audit_queue} is outside 1..=10000000"),
+            });
+        }
+        let otlp_endpoint = flags
+            .otlp_endpoint
+            .clone()
+            .or(file.otlp_endpoint)
+            .filter(|e| !e.trim().is_empty());
+        if let Some(endpoint) = &otlp_endpoint {
+            if !endpoint.starts_with("http://") {
+                return Err(ConfigError::Invalid {
+                    key: "otlp_endpoint",
+                    reason: format!("{endpoint:?} must be an http:// OTLP/HTTP endpoint such as http://127.0.0.1:4318 (put a collector with TLS next to the coordinator for https)"),
+                });
+            }
+        }
+        let scale_from_zero_timeout = match file.scale_from_zero_timeout {
+            Some(t) => parse_duration("gateway.scale_from_zero_timeout", &t)?,
+            None => defaults.scale_from_zero_timeout,
+        };
+        let scale_to_zero_after = match file.scale_to_zero_after {
+            Some(t) => parse_duration("gateway.scale_to_zero_after", &t)?,
+            None => defaults.scale_to_zero_after,
+        };
+        Ok(Self {
+            audit_mode,
+            audit_queue,
+            otlp_endpoint,
+            scale_from_zero_timeout,
+            scale_to_zero_after,
+        })
+    }
 }
 
 /// Default data directory.
@@ -102,6 +206,7 @@ impl CoordinatorConfig {
     /// Merges and validates.
     pub fn resolve(file: FileConfig, flags: FlagConfig) -> Result<Self, ConfigError> {
         let tls = file.tls.unwrap_or_default();
+        let gateway = GatewayConfig::resolve(file.gateway.unwrap_or_default(), &flags)?;
         let data_dir = flags
             .data_dir
             .or(file.data_dir)
@@ -156,6 +261,7 @@ impl CoordinatorConfig {
             cluster_name,
             ca_files,
             reconcile: true,
+            gateway,
         })
     }
 
@@ -171,6 +277,7 @@ impl CoordinatorConfig {
             cluster_name: "pyxis".into(),
             ca_files: None,
             reconcile: true,
+            gateway: GatewayConfig::default(),
         }
     }
 }

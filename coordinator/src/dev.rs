@@ -214,6 +214,20 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
         }
         Err(e) => tracing::error!(error = %e, "the built-in dev manifests were refused"),
     }
+    // A demo API key for the research tenant, so the printed curl works as is.
+    let demo_key = match crate::apikeys::create("research", "dev-demo", crate::time::now_ms()) {
+        Ok(key) => match coordinator.shared.store.insert_api_key(&key.row) {
+            Ok(()) => Some(key.key),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store the demo API key");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the demo API key");
+            None
+        }
+    };
     let api = coordinator.api_url();
     let admin = coordinator
         .admin_token
@@ -229,7 +243,20 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
     println!("  admin API:   {api}");
     println!("  admin token: {admin}");
     println!("  CA hash:     {}", coordinator.shared.ca.hash());
+    let gateway = coordinator.gateway_url();
+    println!("  gateway:     {gateway}/v1 (OpenAI-compatible)");
+    if let Some(key) = &demo_key {
+        println!("  demo API key (tenant research): {key}");
+    }
     println!();
+    if let Some(key) = &demo_key {
+        println!("Call the gateway (the answer carries x-pyxis-* lineage headers):");
+        println!(
+            "  curl -si {gateway}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"model\": \"qwen-7b\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
+        );
+        println!("  OPENAI_BASE_URL={gateway}/v1 OPENAI_API_KEY={key} python3 -c 'import openai; print(openai.OpenAI().chat.completions.create(model=\"qwen-7b\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}]).choices[0].message.content)'");
+        println!();
+    }
     println!("Try, in another shell:");
     println!("  export PYXIS_SERVER={api} PYXIS_TOKEN={admin}");
     println!("  pyxis get nodes -o wide");
@@ -242,10 +269,12 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
         DEV_FLEET[0].0
     );
     println!("  pyxis usage --since 1h");
+    println!("  pyxis audit --since 1h");
+    println!("  pyxis audit verify");
     println!("  pyxis apply -f examples/manifests/");
     println!("  curl -s {api}/metrics | grep pyxis_tenant");
     println!();
-    println!("Stop with Ctrl-C. (The OpenAI-compatible gateway joins dev mode with the gateway release.)");
+    println!("Stop with Ctrl-C.");
     Ok(DevFleet { agents })
 }
 

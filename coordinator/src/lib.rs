@@ -24,6 +24,7 @@ pub mod link;
 pub mod manifest;
 pub mod metrics;
 pub mod objects;
+pub mod otel;
 pub mod placement;
 pub mod reconciler;
 pub mod registry;

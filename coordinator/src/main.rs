@@ -32,8 +32,9 @@ struct Flags {
     /// Admin API address (default 0.0.0.0:7080). [config: api_addr]
     #[arg(long, value_name = "ADDR")]
     api_addr: Option<String>,
-    /// OpenAI-compatible gateway address (default 0.0.0.0:8080; served from the gateway
-    /// release on). [config: gateway_addr]
+    /// OpenAI-compatible gateway address (default 0.0.0.0:8080): /v1/chat/completions,
+    /// /v1/completions, /v1/embeddings, /v1/models with tenant API keys
+    /// (`pyxis apikey create`). [config: gateway_addr]
     #[arg(long, value_name = "ADDR")]
     gateway_addr: Option<String>,
     /// A node that has not reported for this long is NotReady (default 10s).
@@ -52,6 +53,15 @@ struct Flags {
     /// Key of --ca-cert (PKCS#8 PEM). [config: tls.ca_key]
     #[arg(long, value_name = "FILE", requires = "ca_cert")]
     ca_key: Option<PathBuf>,
+    /// What the gateway does when audit records cannot be written: `required` (default:
+    /// refuse calls with 503) or `best-effort` (serve them, count the records lost).
+    /// [config: gateway.audit_mode]
+    #[arg(long, value_name = "MODE", value_parser = ["required", "best-effort"])]
+    audit_mode: Option<String>,
+    /// Export traces (request, routing, upstream spans) over OTLP/HTTP to this endpoint,
+    /// for example http://127.0.0.1:4318. Default: none. [config: gateway.otlp_endpoint]
+    #[arg(long, value_name = "URL", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn main() {
@@ -75,6 +85,8 @@ fn main() {
         cluster_name: flags.cluster_name,
         ca_cert: flags.ca_cert,
         ca_key: flags.ca_key,
+        audit_mode: flags.audit_mode,
+        otlp_endpoint: flags.otlp_endpoint,
     };
     // In dev mode, a temporary data dir lives as long as this guard.
     let (config, _dev_dir) = if dev_mode {

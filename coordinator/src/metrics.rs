@@ -177,6 +177,21 @@ pub fn render(shared: &Shared) -> String {
     );
     m.report_lag.render(&mut out, "pyxis_capacity_report_lag_seconds", &[]);
     render_placement(shared, &mut out);
+    if let Some(gateway) = shared.gateway() {
+        let mut queues: Vec<(String, String, usize)> = gateway
+            .table()
+            .routes
+            .values()
+            .map(|r| (r.tenant.clone(), r.deployment.clone(), r.live().queued()))
+            .collect();
+        queues.sort();
+        gateway.metrics.render(
+            &mut out,
+            &queues,
+            gateway.audit.as_ref().map(|a| a.stats()),
+            gateway.tracer.stats(),
+        );
+    }
     out.finish()
 }
 

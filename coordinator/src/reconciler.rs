@@ -211,6 +211,7 @@ fn build_input(
     catalog: &Catalog,
     current: Vec<Replica>,
     next_sequence: u64,
+    idle: &dyn Fn(&str, &str) -> bool,
 ) -> (PlacementInput, HashMap<String, String>) {
     let held: BTreeSet<&str> = current
         .iter()
@@ -329,6 +330,11 @@ fn build_input(
         .filter(|d| catalog.tenants.contains_key(d.object.tenant()))
         .map(|d| {
             let spec = &d.object.spec;
+            // `min: 0` with warm-zero/hot-zero: no replica while no call came for the idle
+            // window (the gateway wakes the reconciler on the next call).
+            let scaled_to_zero = spec.replicas.min == 0
+                && spec.scale_policy != crate::manifest::ScalePolicy::AlwaysWarm
+                && idle(d.object.tenant(), &d.object.metadata.name);
             placement::Deployment {
                 tenant: d.object.tenant().to_string(),
                 name: d.object.metadata.name.clone(),
@@ -339,7 +345,7 @@ fn build_input(
                 preferred_classes: spec.resources.preferred_hardware_classes.clone(),
                 runtimes: spec.runtimes.iter().map(|r| r.kind.as_str().to_string()).collect(),
                 min_replicas: spec.replicas.min,
-                max_replicas: spec.replicas.max,
+                max_replicas: if scaled_to_zero { 0 } else { spec.replicas.max },
                 require_linked_gpus: false,
             }
         })
@@ -490,7 +496,9 @@ impl Reconciler {
             self.next_sequence = self.next_sequence.max(last + 1);
         }
         current.extend(adopted);
-        let (input, unit_class) = build_input(&fleet, &catalog, current, self.next_sequence);
+        let gateway = shared.gateway();
+        let idle = |tenant: &str, deployment: &str| gateway.as_ref().is_some_and(|g| g.idle(tenant, deployment));
+        let (input, unit_class) = build_input(&fleet, &catalog, current, self.next_sequence, &idle);
         let class_terms = input.classes.clone();
         let unit_node: HashMap<String, String> = fleet
             .iter()
@@ -1019,7 +1027,7 @@ spec:
             runtime: "vllm".into(),
             created: 1,
         };
-        let (input, unit_class) = build_input(&fleet, &catalog, vec![held], 2);
+        let (input, unit_class) = build_input(&fleet, &catalog, vec![held], 2, &|_, _| false);
         assert_eq!(
             input.nodes.len(),
             2,

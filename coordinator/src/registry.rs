@@ -554,6 +554,26 @@ impl Registry {
         }
     }
 
+    /// Replicas the gateway may send calls to: phase `Ready` with an endpoint, on a node
+    /// that reports within the liveness timeout (cordoned and draining nodes still serve),
+    /// and still in the node's desired set (a stale copy being stopped is not). With the
+    /// node name.
+    pub fn serving_replicas(&self, now: Instant, timeout: Duration) -> Vec<(String, ReplicaStatus)> {
+        let mut out = Vec::new();
+        for (name, node) in &self.nodes {
+            if status_of(node, now, timeout) == NodeStatus::NotReady {
+                continue;
+            }
+            for r in &node.replicas {
+                let wanted = node.desired.replicas.iter().any(|d| d.name == r.name);
+                if wanted && r.phase == pyxis_protocol::ReplicaPhase::Ready && r.endpoint.is_some() {
+                    out.push((name.clone(), r.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Every node with what placement needs, sorted by name.
     pub fn fleet(&self, now: Instant, timeout: Duration) -> Vec<FleetNode> {
         let mut fleet: Vec<FleetNode> = self

@@ -108,6 +108,7 @@ pub struct Shared {
     pub apply_lock: tokio::sync::Mutex<()>,
     placement: Mutex<crate::reconciler::PlacementState>,
     reconcile: tokio::sync::Notify,
+    gateway: std::sync::OnceLock<std::sync::Weak<crate::gateway::Gateway>>,
 }
 
 /// Why a desired state could not be set.
@@ -153,6 +154,11 @@ impl Shared {
     /// Resolves when [`Shared::wake_reconciler`] was called.
     pub async fn reconcile_wakeup(&self) {
         self.reconcile.notified().await;
+    }
+
+    /// The gateway, while the coordinator runs.
+    pub fn gateway(&self) -> Option<Arc<crate::gateway::Gateway>> {
+        self.gateway.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// A fresh connection id.
@@ -212,6 +218,10 @@ pub struct Coordinator {
     pub quic_addr: SocketAddr,
     /// Bound admin API address.
     pub api_addr: SocketAddr,
+    /// Bound gateway address.
+    pub gateway_addr: SocketAddr,
+    /// The gateway (its audit log, tracer and live state).
+    pub gateway: Arc<crate::gateway::Gateway>,
     /// The admin token, when it is known to this process (created now or read from the
     /// data dir).
     pub admin_token: Option<String>,
@@ -447,6 +457,37 @@ impl Coordinator {
             source,
         })?;
 
+        let gateway_listener = tokio::net::TcpListener::bind(config.gateway_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "the gateway",
+                addr: config.gateway_addr,
+                source,
+            })?;
+        let gateway_addr = gateway_listener.local_addr().map_err(|source| StartError::Bind {
+            what: "the gateway",
+            addr: config.gateway_addr,
+            source,
+        })?;
+        let audit = open_audit(&config, &store);
+        let tracer = match &config.gateway.otlp_endpoint {
+            None => crate::otel::Tracer::disabled(),
+            Some(endpoint) => match crate::otel::Tracer::start(
+                endpoint,
+                "pyxis-coordinator",
+                vec![("pyxis.cluster", config.cluster_name.clone().into())],
+            ) {
+                Ok(tracer) => {
+                    tracing::info!(endpoint = %endpoint, "exporting traces over OTLP/HTTP");
+                    tracer
+                }
+                Err(e) => {
+                    tracing::error!(endpoint = %endpoint, error = %e, "cannot export traces; continuing without");
+                    crate::otel::Tracer::disabled()
+                }
+            },
+        };
+
         let (events, event_writer) = spawn_event_writer(store.clone());
         let shared = Arc::new(Shared {
             config,
@@ -464,7 +505,11 @@ impl Coordinator {
             apply_lock: tokio::sync::Mutex::new(()),
             placement: Mutex::new(crate::reconciler::PlacementState::default()),
             reconcile: tokio::sync::Notify::new(),
+            gateway: std::sync::OnceLock::new(),
         });
+        let gateway = Arc::new(crate::gateway::Gateway::new(shared.clone(), audit, tracer));
+        let _ = shared.gateway.set(Arc::downgrade(&gateway));
+        gateway.refresh();
         let shutdown = CancellationToken::new();
         let mut tasks = vec![
             tokio::spawn(crate::link::accept_loop(
@@ -474,6 +519,12 @@ impl Coordinator {
             )),
             tokio::spawn(crate::api::serve(api_listener, shared.clone(), shutdown.clone())),
             tokio::spawn(sweeper(shared.clone(), shutdown.clone())),
+            tokio::spawn(crate::gateway::http::serve(
+                gateway_listener,
+                gateway.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(anchor_audit(gateway.clone(), shutdown.clone())),
         ];
         if shared.config.reconcile {
             tasks.push(tokio::spawn(crate::reconciler::run(shared.clone(), shutdown.clone())));
@@ -483,10 +534,13 @@ impl Coordinator {
         shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(addr = %quic_addr, "agent link listening (QUIC, mutual TLS)");
         tracing::info!(addr = %api_addr, "admin API listening (/api/v1, /metrics, /healthz, /readyz)");
+        tracing::info!(addr = %gateway_addr, audit_mode = ?shared.config.gateway.audit_mode, "gateway listening (OpenAI-compatible /v1)");
         Ok(Self {
             shared,
             quic_addr,
             api_addr,
+            gateway_addr,
+            gateway,
             admin_token,
             endpoint,
             shutdown,
@@ -531,6 +585,22 @@ impl Coordinator {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         flush(&self.shared);
+        let gateway = self.gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(audit) = &gateway.audit {
+                if let Err(e) = audit.flush(Duration::from_secs(5)) {
+                    tracing::warn!(error = %e, "audit records may be lost at shutdown");
+                }
+            }
+            store_anchor(&gateway);
+        })
+        .await;
+        self.gateway.tracer.shutdown(Duration::from_secs(2)).await;
+    }
+
+    /// The base URL of the gateway.
+    pub fn gateway_url(&self) -> String {
+        format!("http://{}", self.gateway_addr)
     }
 
     /// The base URL of the admin API.
@@ -572,6 +642,65 @@ pub async fn set_desired(
         "desired state set"
     );
     Ok(state.generation)
+}
+
+/// Store meta key of the audit chain's latest (seq, hash), kept apart from the audit file
+/// so that cutting records off its end is detected.
+pub const AUDIT_ANCHOR_META: &str = "audit_anchor";
+
+/// Opens the audit log beside the store; on failure says why (in `required` mode the
+/// gateway then refuses calls).
+fn open_audit(config: &CoordinatorConfig, store: &Store) -> Result<crate::audit::AuditLog, String> {
+    let path = config.data_dir.join("audit.db");
+    let options = crate::audit::AuditOptions::new(config.gateway.audit_mode, config.gateway.audit_queue);
+    let log = crate::audit::AuditLog::open_with(&path, options).map_err(|e| {
+        tracing::error!(path = %path.display(), error = %e, mode = ?config.gateway.audit_mode, "cannot open the audit log");
+        e.to_string()
+    })?;
+    if let Ok(Some(text)) = store.meta(AUDIT_ANCHOR_META) {
+        if let Ok(anchor) = serde_json::from_str::<crate::audit::Anchor>(&text) {
+            let head = log.head();
+            if head.seq < anchor.seq {
+                tracing::error!(path = %path.display(), stored = anchor.seq, found = head.seq, "the audit log ends before the last record this coordinator wrote: records were removed; `pyxis audit verify` reports it");
+            }
+        }
+    }
+    Ok(log)
+}
+
+/// Stores the audit chain's head in the main store.
+fn store_anchor(gateway: &crate::gateway::Gateway) {
+    let Some(audit) = &gateway.audit else { return };
+    let head = audit.head();
+    if head.seq == 0 {
+        return;
+    }
+    match serde_json::to_string(&head) {
+        Ok(text) => {
+            if let Err(e) = gateway.shared.store.set_meta(AUDIT_ANCHOR_META, &text) {
+                tracing::warn!(error = %e, "cannot store the audit anchor");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot encode the audit anchor"),
+    }
+}
+
+/// Stores the audit head every few seconds.
+async fn anchor_audit(gateway: Arc<crate::gateway::Gateway>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(2));
+    let mut last = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let seq = gateway.audit.as_ref().map_or(0, |a| a.head().seq);
+        if seq != last {
+            last = seq;
+            let gateway = gateway.clone();
+            let _ = tokio::task::spawn_blocking(move || store_anchor(&gateway)).await;
+        }
+    }
 }
 
 fn flush(shared: &Shared) {

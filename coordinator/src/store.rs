@@ -354,6 +354,27 @@ impl Store {
         })
     }
 
+    /// One API key by id.
+    pub fn api_key(&self, id: &str) -> Result<Option<crate::apikeys::ApiKeyRow>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, tenant, name, secret_sha256, created_ms, revoked_ms FROM api_keys WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok(crate::apikeys::ApiKeyRow {
+                        id: r.get(0)?,
+                        tenant: r.get(1)?,
+                        name: r.get(2)?,
+                        secret_sha256: r.get(3)?,
+                        created_ms: r.get(4)?,
+                        revoked_ms: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
     /// Revokes an API key; false when there is no such key. Revoking twice keeps the first time.
     pub fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         self.with(|c| {

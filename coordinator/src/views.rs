@@ -474,3 +474,38 @@ pub fn usage_rows(
         })
         .collect()
 }
+
+/// One row per tenant: its calls and tokens joined with its GPU-hours and cost.
+pub fn tenant_usage(
+    items: &[crate::api_types::UsageRow],
+    tokens: &[crate::audit::TokenUsage],
+) -> Vec<crate::api_types::TenantUsageRow> {
+    let mut names: Vec<&str> = items
+        .iter()
+        .map(|r| r.tenant.as_str())
+        .chain(tokens.iter().map(|t| t.tenant.as_str()))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|tenant| {
+            let own = items.iter().filter(|r| r.tenant == tenant);
+            let (gpu_hours, cost) = own.fold((0.0, 0.0), |(h, c), r| (h + r.gpu_hours, c + r.cost));
+            let t = tokens.iter().find(|t| t.tenant == tenant);
+            let prompt_tokens = t.map_or(0, |t| t.prompt_tokens);
+            let completion_tokens = t.map_or(0, |t| t.completion_tokens);
+            let total = prompt_tokens + completion_tokens;
+            crate::api_types::TenantUsageRow {
+                tenant: tenant.to_string(),
+                calls: t.map_or(0, |t| t.calls),
+                errors: t.map_or(0, |t| t.errors),
+                prompt_tokens,
+                completion_tokens,
+                gpu_hours,
+                cost,
+                cost_per_million_tokens: (total > 0).then(|| cost / total as f64 * 1e6),
+            }
+        })
+        .collect()
+}

@@ -190,8 +190,8 @@ pub(super) fn usage(
     match output {
         Output::Json | Output::Yaml => print_structured(out, &view, output),
         Output::Table | Output::Wide => {
-            if view.items.is_empty() {
-                eprintln!("No GPU usage from {} to {}.", view.since, view.until);
+            if view.items.is_empty() && view.tenants.is_empty() {
+                eprintln!("No GPU usage or gateway calls from {} to {}.", view.since, view.until);
                 return Ok(());
             }
             emit(out, &usage_table(&view))
@@ -764,7 +764,34 @@ pub(super) fn usage_table(view: &UsageView) -> String {
         String::new(),
         format!("{cost:.2}"),
     ]);
-    format!("From {} to {}\n{}", view.since, view.until, table(rows))
+    let mut text = format!("From {} to {}\n{}", view.since, view.until, table(rows));
+    if !view.tenants.is_empty() {
+        let mut rows = vec![header(&[
+            "TENANT",
+            "CALLS",
+            "ERRORS",
+            "PROMPT-TOKENS",
+            "COMPLETION-TOKENS",
+            "GPU-HOURS",
+            "COST",
+            "COST/1M-TOKENS",
+        ])];
+        for t in &view.tenants {
+            rows.push(vec![
+                t.tenant.clone(),
+                t.calls.to_string(),
+                t.errors.to_string(),
+                t.prompt_tokens.to_string(),
+                t.completion_tokens.to_string(),
+                format!("{:.3}", t.gpu_hours),
+                format!("{:.2}", t.cost),
+                t.cost_per_million_tokens.map_or("-".to_string(), |c| format!("{c:.2}")),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table(rows));
+    }
+    text
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1992,6 +2019,7 @@ mod tests {
                 row("product", "TPU-v5e", 4.5, 1.2),
                 row("research", "H100-80GB", 24.0, 4.1),
             ],
+            tenants: Vec::new(),
         };
         check(
             &usage_table(&view),

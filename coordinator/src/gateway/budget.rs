@@ -151,6 +151,16 @@ impl TokenBudgets {
         }
     }
 
+    /// Charges `tokens` without asking (possibly into debt): the usage of a call admitted
+    /// without a grant (a `quotaMode: dry-run` tenant over its budget). Nothing happens for an
+    /// unlimited tenant.
+    pub fn charge(&mut self, tenant: &str, tokens: u64, now: Instant) {
+        if let Some(bucket) = self.buckets.get_mut(tenant) {
+            bucket.refill(now);
+            bucket.level = bucket.level.saturating_sub(units(tokens));
+        }
+    }
+
     /// Corrects a grant with the call's actual usage (prompt plus generated tokens): the
     /// difference from the estimate is given back or charged (possibly into debt). Nothing
     /// happens for a tenant that is (now) unlimited, or for an unlimited grant.

@@ -100,8 +100,13 @@
 //!   enforced or only reported.
 
 pub mod budget;
+pub mod http;
+pub mod metrics;
 pub mod queue;
 pub mod routing;
+pub mod service;
+
+pub use service::Gateway;
 
 pub use budget::{Grant, OverBudget, TokenBudgets};
 pub use queue::{FairQueue, PushError, QueueError, QueuedCall, Ticket, BAND_ORDER, DEFAULT_MAX_PER_TENANT};

@@ -30,7 +30,8 @@ pub use parse::{parse_documents, parse_numbered, MAX_DOCUMENTS};
 pub use types::{
     CustomRuntimeSpec, DeviceVendor, GpuQuota, HardwareClass, HardwareClassSpec, HardwareMatch, LatencyBand,
     LatencyBudget, ModelDeployment, ModelDeploymentSpec, ModelPattern, ModelSpec, ObjectMeta, QuotaMode, Replicas,
-    Resources, RoutingPolicy, RuntimeChoice, RuntimeKind, ScalePolicy, Tenant, TenantSpec, NORMALISED_GPUS_KEY,
+    Resources, RoutingPolicy, RuntimeChoice, RuntimeKind, ScalePolicy, Tenant, TenantSpec,
+    DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_QUEUE_TIMEOUT, NORMALISED_GPUS_KEY,
 };
 
 /// The `apiVersion` of every kind.

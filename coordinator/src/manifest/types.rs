@@ -410,7 +410,26 @@ pub struct ModelDeploymentSpec {
     /// 24h. Absent: the agent's default (10 minutes).
     #[serde(default, with = "duration_text", skip_serializing_if = "Option::is_none")]
     pub readiness_timeout: Option<Duration>,
+    /// Calls the gateway sends one replica at once, 1 to 100000; more wait in the fair
+    /// queue. Absent: [`DEFAULT_MAX_CONCURRENT_REQUESTS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
+    /// How long a call may wait in the gateway's queue (every replica busy) before it is
+    /// answered 503, more than 0 and at most 1h. Absent: [`DEFAULT_QUEUE_TIMEOUT`].
+    #[serde(default, with = "duration_text", skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<Duration>,
+    /// Other tenants whose API keys may call this deployment through the gateway (`"*"`:
+    /// every tenant). Their calls count against their own token budgets and queue in their
+    /// own latency bands. Default: only the owning tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<String>,
 }
+
+/// Calls per replica at once when `maxConcurrentRequests` is absent.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 64;
+
+/// Queue wait when `queueTimeout` is absent.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `spec.model`: which model, which version, from where.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

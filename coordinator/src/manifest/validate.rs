@@ -298,6 +298,7 @@ fn hardware_class_spec(check: &mut Checker, spec: &HardwareClassSpec) {
 
 fn deployment_spec(check: &mut Checker, spec: &ModelDeploymentSpec) {
     model(check, spec);
+    gateway_limits(check, spec);
     runtimes(check, &spec.runtimes);
     resources(check, spec);
 
@@ -338,6 +339,39 @@ fn deployment_spec(check: &mut Checker, spec: &ModelDeploymentSpec) {
                 "spec.readinessTimeout",
                 format!(
                     "must be above 0 and at most 24h, found {}",
+                    humantime::format_duration(timeout)
+                ),
+            );
+        }
+    }
+}
+
+fn gateway_limits(check: &mut Checker, spec: &ModelDeploymentSpec) {
+    for (i, tenant) in spec.shared_with.iter().enumerate() {
+        let ok = tenant == "*"
+            || (!tenant.is_empty()
+                && tenant.len() <= 63
+                && tenant
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
+        if !ok {
+            check.invalid(
+                format!("spec.sharedWith[{i}]"),
+                format!("{tenant:?} is not a tenant name or \"*\" (every tenant)"),
+            );
+        }
+    }
+    if let Some(n) = spec.max_concurrent_requests {
+        if n == 0 || n > 100_000 {
+            check.invalid("spec.maxConcurrentRequests", format!("must be 1 to 100000, found {n}"));
+        }
+    }
+    if let Some(timeout) = spec.queue_timeout {
+        if timeout.is_zero() || timeout.as_secs() > 3600 {
+            check.invalid(
+                "spec.queueTimeout",
+                format!(
+                    "must be above 0 and at most 1h, found {}",
                     humantime::format_duration(timeout)
                 ),
             );

@@ -1,0 +1,1452 @@
+//! The OpenAI-compatible HTTP side of the gateway: `/v1/chat/completions`,
+//! `/v1/completions`, `/v1/embeddings` and `/v1/models`, with tenant API keys, lineage
+//! headers on every response, OpenAI-shaped errors, the single retry, streaming passed
+//! through frame by frame, and one audit record, one metrics observation and one trace per
+//! call.
+
+use std::{
+    pin::Pin,
+    sync::{atomic::Ordering, Arc},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::{DefaultBodyLimit, State},
+    http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use bytes::Bytes;
+use http_body::{Body as _, Frame};
+use http_body_util::Full;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    metrics::{CallLabels, Observation},
+    queue::QueuedCall,
+    routing::{prefix_key, Failure, RequestFacts, RetryPolicy, DEFAULT_PREFIX_BYTES},
+    service::{Gateway, KeyError, Outcome, Route, Slot, Waiter},
+    Grant,
+};
+use crate::{
+    audit::AuditRecord,
+    manifest::QuotaMode,
+    otel::{unix_nanos_now, AttrValue, Span, SpanContext, SpanKind},
+};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// Output tokens assumed for a call that does not set `max_tokens` (for its budget estimate).
+pub const DEFAULT_EXPECTED_TOKENS: u64 = 256;
+
+/// Most bytes of a non-streamed answer kept to read its `usage` (the answer itself is
+/// passed on as it arrives either way).
+const USAGE_COPY_LIMIT: usize = 4 << 20;
+
+/// Bytes of the end of a stream kept to find its `usage` event.
+const STREAM_TAIL: usize = 16 << 10;
+
+type Upstream = Client<HttpConnector, Full<Bytes>>;
+
+/// Shared by the handlers.
+#[derive(Debug, Clone)]
+pub struct GatewayState {
+    gateway: Arc<Gateway>,
+    client: Upstream,
+}
+
+/// The upstream client: pooled keep-alive HTTP/1 connections to the runtimes.
+fn upstream_client() -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
+/// Serves the gateway until `shutdown`, refreshing its route snapshot meanwhile.
+pub async fn serve(listener: tokio::net::TcpListener, gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let refresher = {
+        let gateway = gateway.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(super::service::REFRESH_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticker.tick() => {}
+                }
+                gateway.refresh();
+            }
+        })
+    };
+    if let Err(e) = axum::serve(listener, router(gateway))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "gateway failed");
+    }
+    refresher.abort();
+}
+
+/// The gateway's routes.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let state = GatewayState {
+        gateway,
+        client: upstream_client(),
+    };
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The OpenAI operation of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    Chat,
+    Completion,
+    Embeddings,
+}
+
+impl Operation {
+    fn path(self) -> &'static str {
+        match self {
+            Operation::Chat => "/chat/completions",
+            Operation::Completion => "/completions",
+            Operation::Embeddings => "/embeddings",
+        }
+    }
+
+    /// `gen_ai.operation.name`.
+    fn gen_ai_name(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::Completion => "text_completion",
+            Operation::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// An OpenAI-shaped error.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+    }
+
+    fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", code, message)
+    }
+
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}
+        });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+async fn not_found(request: Request<Body>) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+        format!(
+            "no such endpoint: {} {}; the gateway serves POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings and GET /v1/models",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+    .into_response();
+    lineage(response.headers_mut(), &new_request_id(), None, None, None);
+    response
+}
+
+async fn method_not_allowed(request: Request<Body>) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
+    .into_response();
+    lineage(response.headers_mut(), &new_request_id(), None, None, None);
+    response
+}
+
+fn new_request_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+const H_REQUEST_ID: HeaderName = HeaderName::from_static("x-pyxis-request-id");
+const H_TENANT: HeaderName = HeaderName::from_static("x-pyxis-tenant");
+const H_DEPLOYMENT: HeaderName = HeaderName::from_static("x-pyxis-deployment");
+const H_MODEL_VERSION: HeaderName = HeaderName::from_static("x-pyxis-model-version");
+const H_RUNTIME: HeaderName = HeaderName::from_static("x-pyxis-runtime");
+const H_CLASS: HeaderName = HeaderName::from_static("x-pyxis-hardware-class");
+const H_NODE: HeaderName = HeaderName::from_static("x-pyxis-node");
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The lineage headers: every one is present; `-` where the call never got that far.
+fn lineage(
+    headers: &mut HeaderMap,
+    request_id: &str,
+    tenant: Option<&str>,
+    route: Option<&Route>,
+    slot: Option<&Slot>,
+) {
+    let dash = || HeaderValue::from_static("-");
+    headers.insert(H_REQUEST_ID, header_value(request_id));
+    headers.insert(H_TENANT, tenant.map_or_else(dash, header_value));
+    headers.insert(
+        H_DEPLOYMENT,
+        route.map_or_else(dash, |r| header_value(&r.id_for(tenant.unwrap_or_default()))),
+    );
+    headers.insert(
+        H_MODEL_VERSION,
+        route.map_or_else(dash, |r| header_value(&r.model_version)),
+    );
+    headers.insert(
+        H_RUNTIME,
+        slot.map_or_else(dash, |s| {
+            header_value(&format!("{}/{}", s.replica.runtime_kind, s.replica.runtime_version))
+        }),
+    );
+    headers.insert(
+        H_CLASS,
+        slot.map_or_else(dash, |s| header_value(&s.replica.hardware_class)),
+    );
+    headers.insert(H_NODE, slot.map_or_else(dash, |s| header_value(&s.replica.node)));
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<(String, String), ApiError> {
+    let unauthorized = |message: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            message.to_string(),
+        )
+    };
+    let key = bearer(headers).ok_or_else(|| {
+        unauthorized(
+            "missing 'Authorization: Bearer <api key>'; an operator creates keys with `pyxis apikey create --tenant T`",
+        )
+    })?;
+    gateway.authenticate(key).map_err(|e| match e {
+        KeyError::Missing | KeyError::Invalid => unauthorized(
+            "the API key is not valid (unknown, mistyped or revoked); `pyxis apikey list` shows a tenant's keys",
+        ),
+        KeyError::Store(reason) => {
+            ApiError::unavailable("store_unavailable", format!("cannot check the API key: {reason}"))
+        }
+    })
+}
+
+async fn models(State(state): State<GatewayState>, headers: HeaderMap) -> Response {
+    let request_id = new_request_id();
+    let (tenant, _) = match authenticate(&state.gateway, &headers) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut r = e.into_response();
+            lineage(r.headers_mut(), &request_id, None, None, None);
+            return r;
+        }
+    };
+    let table = state.gateway.table();
+    let data: Vec<Value> = table
+        .of_tenant(&tenant)
+        .iter()
+        .map(|r| model_json(r, &tenant))
+        .collect();
+    let mut response = axum::Json(serde_json::json!({"object": "list", "data": data})).into_response();
+    lineage(response.headers_mut(), &request_id, Some(&tenant), None, None);
+    response
+}
+
+async fn model(
+    State(state): State<GatewayState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let request_id = new_request_id();
+    let (tenant, _) = match authenticate(&state.gateway, &headers) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut r = e.into_response();
+            lineage(r.headers_mut(), &request_id, None, None, None);
+            return r;
+        }
+    };
+    let table = state.gateway.table();
+    let mut response = match table.resolve(&tenant, &id) {
+        Some(route) => axum::Json(model_json(&route, &tenant)).into_response(),
+        None => unknown_model(&state.gateway, &tenant, &id).into_response(),
+    };
+    lineage(response.headers_mut(), &request_id, Some(&tenant), None, None);
+    response
+}
+
+fn model_json(route: &Route, tenant: &str) -> Value {
+    let ready = route.live().replicas.iter().filter(|r| r.ready).count();
+    serde_json::json!({
+        "id": route.id_for(tenant),
+        "object": "model",
+        "created": 0,
+        "owned_by": route.tenant,
+        "root": route.model_name,
+        "version": route.model_version,
+        "ready_replicas": ready,
+    })
+}
+
+fn unknown_model(gateway: &Gateway, tenant: &str, asked: &str) -> ApiError {
+    let known: Vec<String> = gateway
+        .table()
+        .of_tenant(tenant)
+        .iter()
+        .map(|r| r.id_for(tenant))
+        .collect();
+    let hint = if known.is_empty() {
+        format!("tenant {tenant} has no deployments")
+    } else {
+        format!("tenant {tenant} can call: {}", known.join(", "))
+    };
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!("the model {asked:?} does not exist for this API key ({hint}; GET /v1/models lists them)"),
+    )
+}
+
+async fn chat(
+    state: State<GatewayState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    call(state, Operation::Chat, headers, body).await
+}
+
+async fn completions(
+    state: State<GatewayState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    call(state, Operation::Completion, headers, body).await
+}
+
+async fn embeddings(
+    state: State<GatewayState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    call(state, Operation::Embeddings, headers, body).await
+}
+
+/// What one call knows as it goes; turned into the audit record, metrics and spans when
+/// it ends.
+#[derive(Debug)]
+struct Call {
+    gateway: Arc<Gateway>,
+    operation: Operation,
+    request_id: String,
+    arrived: Instant,
+    arrived_ms: i64,
+    arrived_nanos: u64,
+    trace: SpanContext,
+    parent_span: Option<[u8; 8]>,
+    tenant: String,
+    key_id: String,
+    model_asked: String,
+    route: Option<Arc<Route>>,
+    grant: Option<Grant>,
+    /// Estimated prompt tokens (used when the runtime does not report usage).
+    prompt_estimate: u64,
+    streaming: bool,
+    routing_span: Option<(u64, u64, &'static str)>,
+}
+
+/// Usage and timing of an answer.
+#[derive(Debug, Default, Clone, Copy)]
+struct Answer {
+    status: u16,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    first_byte: Option<Instant>,
+    events: u64,
+    upstream_start_nanos: u64,
+    upstream_error: bool,
+}
+
+impl Call {
+    fn labels(&self, slot: Option<&Slot>) -> CallLabels {
+        CallLabels {
+            tenant: self.tenant.clone(),
+            model: self
+                .route
+                .as_ref()
+                .map_or_else(|| self.model_asked.clone(), |r| r.model_name.clone()),
+            runtime: slot.map_or_else(|| "none".to_string(), |s| s.replica.runtime_kind.clone()),
+            hardware_class: slot.map_or_else(|| "none".to_string(), |s| s.replica.hardware_class.clone()),
+        }
+    }
+
+    /// Answers an error, recording it.
+    fn fail(mut self, error: ApiError) -> Response {
+        let status = error.status.as_u16();
+        self.gateway.metrics.error(
+            &self.tenant,
+            self.route.as_ref().map_or(&self.model_asked, |r| &r.model_name),
+            error.code,
+        );
+        let answer = Answer {
+            status,
+            ..Answer::default()
+        };
+        let grant = self.grant.take();
+        if let Some(route) = &self.route {
+            // Nothing was used: give the estimate back.
+            if grant.is_some() {
+                self.gateway.settle(grant, &route.tenant, 0);
+            }
+        }
+        let mut response = error.into_response();
+        lineage(
+            response.headers_mut(),
+            &self.request_id,
+            Some(&self.tenant),
+            self.route.as_deref(),
+            None,
+        );
+        self.finish(None, answer, Some(&response_message(&response)));
+        response
+    }
+
+    /// Records the call: audit, metrics, spans, budget.
+    fn finish(&mut self, slot: Option<&Slot>, answer: Answer, error: Option<&str>) {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(self.arrived);
+        let ttft = answer.first_byte.map(|t| t.saturating_duration_since(self.arrived));
+        let completion = answer.completion_tokens.unwrap_or(answer.events);
+        let prompt = answer
+            .prompt_tokens
+            .unwrap_or(if answer.status < 400 { self.prompt_estimate } else { 0 });
+        self.gateway.metrics.observe(
+            &self.labels(slot),
+            Observation {
+                status: answer.status,
+                latency_s: latency.as_secs_f64(),
+                ttft_s: ttft.map(|t| t.as_secs_f64()),
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+            },
+        );
+        if let Some(route) = &self.route {
+            if let Some(grant) = self.grant.take() {
+                self.gateway.settle(Some(grant), &route.tenant, prompt + completion);
+            } else if route.quota_mode == QuotaMode::DryRun && answer.status < 400 {
+                self.gateway.settle(None, &route.tenant, prompt + completion);
+            }
+        }
+        let record = AuditRecord {
+            request_id: self.request_id.clone(),
+            at_ms: self.arrived_ms,
+            tenant: self.tenant.clone(),
+            key_id: self.key_id.clone(),
+            deployment: self.route.as_ref().map_or_else(String::new, |r| r.id_for(&self.tenant)),
+            model: self
+                .route
+                .as_ref()
+                .map_or_else(|| self.model_asked.clone(), |r| r.model_name.clone()),
+            model_version: self
+                .route
+                .as_ref()
+                .map_or_else(String::new, |r| r.model_version.clone()),
+            model_digest: None,
+            runtime_kind: slot.map_or_else(String::new, |s| s.replica.runtime_kind.clone()),
+            runtime_version: slot.map_or_else(String::new, |s| s.replica.runtime_version.clone()),
+            hardware_class: slot.map_or_else(String::new, |s| s.replica.hardware_class.clone()),
+            node: slot.map_or_else(String::new, |s| s.replica.node.clone()),
+            gpus: slot.map_or_else(Vec::new, |s| s.replica.gpus.clone()),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            status: answer.status,
+            latency_ms: latency.as_millis() as u64,
+            ttft_ms: ttft.map(|t| t.as_millis() as u64),
+            trace_id: self.trace.trace_id_hex(),
+        };
+        if let Some(audit) = &self.gateway.audit {
+            if let Err(e) = audit.submit(record) {
+                tracing::warn!(request_id = %self.request_id, error = %e, "audit record not written");
+            }
+        }
+        if self.gateway.tracer.enabled() {
+            self.spans(slot, &answer, prompt, completion, error);
+        }
+    }
+
+    fn spans(&self, slot: Option<&Slot>, answer: &Answer, prompt: u64, completion: u64, error: Option<&str>) {
+        let end = unix_nanos_now();
+        let tracer = &self.gateway.tracer;
+        let model = self
+            .route
+            .as_ref()
+            .map_or_else(|| self.model_asked.clone(), |r| r.model_name.clone());
+        let mut attributes: Vec<(&'static str, AttrValue)> = vec![
+            ("gen_ai.operation.name", self.operation.gen_ai_name().into()),
+            ("gen_ai.system", "pyxis".into()),
+            ("gen_ai.request.model", model.clone().into()),
+            ("gen_ai.usage.input_tokens", prompt.into()),
+            ("gen_ai.usage.output_tokens", completion.into()),
+            ("http.response.status_code", i64::from(answer.status).into()),
+            ("pyxis.request_id", self.request_id.clone().into()),
+            ("pyxis.tenant", self.tenant.clone().into()),
+            ("pyxis.streaming", self.streaming.into()),
+        ];
+        if let Some(route) = &self.route {
+            attributes.push(("gen_ai.response.model", route.model_name.clone().into()));
+            attributes.push(("pyxis.deployment", route.deployment.clone().into()));
+            attributes.push(("pyxis.model_version", route.model_version.clone().into()));
+        }
+        if let Some(slot) = slot {
+            attributes.push(("pyxis.runtime", slot.replica.runtime_kind.clone().into()));
+            attributes.push(("pyxis.runtime_version", slot.replica.runtime_version.clone().into()));
+            attributes.push(("pyxis.hardware_class", slot.replica.hardware_class.clone().into()));
+            attributes.push(("pyxis.node", slot.replica.node.clone().into()));
+            attributes.push(("pyxis.replica", slot.replica.name.clone().into()));
+        }
+        if let Some(first) = answer.first_byte {
+            attributes.push((
+                "pyxis.time_to_first_token_ms",
+                (first.saturating_duration_since(self.arrived).as_secs_f64() * 1000.0).into(),
+            ));
+        }
+        let request_error = error
+            .map(str::to_string)
+            .or_else(|| (answer.status >= 500).then(|| format!("HTTP {}", answer.status)));
+        tracer.record(Span {
+            context: self.trace,
+            parent_span_id: self.parent_span,
+            name: format!("{} {}", self.operation.gen_ai_name(), model),
+            kind: SpanKind::Server,
+            start_unix_nanos: self.arrived_nanos,
+            end_unix_nanos: end,
+            attributes,
+            error: request_error.clone(),
+        });
+        if let Some((start, stop, reason)) = self.routing_span {
+            let mut attributes: Vec<(&'static str, AttrValue)> = vec![("pyxis.routing.reason", reason.into())];
+            if let Some(route) = &self.route {
+                attributes.push(("pyxis.routing.policy", route_policy(route).into()));
+            }
+            if let Some(slot) = slot {
+                attributes.push(("pyxis.replica", slot.replica.name.clone().into()));
+            }
+            tracer.record(Span {
+                context: self.trace.child(),
+                parent_span_id: Some(self.trace.span_id),
+                name: "route".to_string(),
+                kind: SpanKind::Internal,
+                start_unix_nanos: start,
+                end_unix_nanos: stop,
+                attributes,
+                error: None,
+            });
+        }
+        if let Some(slot) = slot {
+            tracer.record(Span {
+                context: upstream_context(&self.trace),
+                parent_span_id: Some(self.trace.span_id),
+                name: format!("POST {}", self.operation.path()),
+                kind: SpanKind::Client,
+                start_unix_nanos: answer.upstream_start_nanos,
+                end_unix_nanos: end,
+                attributes: vec![
+                    ("gen_ai.request.model", model.into()),
+                    ("server.address", slot.replica.base_url.clone().into()),
+                    ("http.response.status_code", i64::from(answer.status).into()),
+                    ("gen_ai.usage.input_tokens", prompt.into()),
+                    ("gen_ai.usage.output_tokens", completion.into()),
+                ],
+                error: request_error.filter(|_| answer.upstream_error || answer.status >= 500),
+            });
+        }
+    }
+}
+
+fn route_policy(route: &Route) -> &'static str {
+    match route.routing {
+        crate::manifest::RoutingPolicy::LeastOutstanding => "least-outstanding",
+        crate::manifest::RoutingPolicy::KvAware => "kv-aware",
+        crate::manifest::RoutingPolicy::PrefixAffinity => "prefix-affinity",
+        crate::manifest::RoutingPolicy::LatencyBudget => "latency-budget",
+    }
+}
+
+/// The upstream call's span id: derived from the request's so that the traceparent sent to
+/// the runtime and the span exported later agree without storing it.
+fn upstream_context(trace: &SpanContext) -> SpanContext {
+    let mut span_id = trace.span_id;
+    span_id[0] ^= 0x5a;
+    span_id[7] ^= 0xa5;
+    SpanContext { span_id, ..*trace }
+}
+
+fn response_message(response: &Response) -> String {
+    response.status().canonical_reason().unwrap_or("error").to_string()
+}
+
+/// Text of a request whose first bytes key prefix affinity and whose length estimates its
+/// prompt tokens.
+fn prompt_text(operation: Operation, body: &serde_json::Map<String, Value>) -> String {
+    fn push(out: &mut String, v: &Value) {
+        match v {
+            Value::String(s) => out.push_str(s),
+            Value::Array(items) => {
+                for item in items {
+                    match item {
+                        Value::Object(part) => {
+                            if let Some(Value::String(t)) = part.get("text") {
+                                out.push_str(t);
+                            }
+                        }
+                        other => push(out, other),
+                    }
+                }
+            }
+            Value::Number(n) => out.push_str(&n.to_string()),
+            _ => {}
+        }
+    }
+    let mut text = String::new();
+    match operation {
+        Operation::Chat => {
+            if let Some(Value::Array(messages)) = body.get("messages") {
+                for m in messages {
+                    if let Some(content) = m.get("content") {
+                        push(&mut text, content);
+                        text.push('\n');
+                    }
+                }
+            }
+        }
+        Operation::Completion => {
+            if let Some(p) = body.get("prompt") {
+                push(&mut text, p);
+            }
+        }
+        Operation::Embeddings => {
+            if let Some(p) = body.get("input") {
+                push(&mut text, p);
+            }
+        }
+    }
+    text
+}
+
+fn validate(operation: Operation, body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    let need = |field: &'static str, ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::bad_request("invalid_request", format!("'{field}' {what}")))
+        }
+    };
+    match operation {
+        Operation::Chat => need(
+            "messages",
+            matches!(body.get("messages"), Some(Value::Array(m)) if !m.is_empty()),
+            "is required: a non-empty array of {role, content} messages",
+        )?,
+        Operation::Completion => need(
+            "prompt",
+            matches!(body.get("prompt"), Some(Value::String(_) | Value::Array(_))),
+            "is required: a string or an array",
+        )?,
+        Operation::Embeddings => need(
+            "input",
+            matches!(body.get("input"), Some(Value::String(_) | Value::Array(_))),
+            "is required: a string or an array",
+        )?,
+    }
+    for field in ["max_tokens", "max_completion_tokens", "n"] {
+        if let Some(v) = body.get(field) {
+            if !v.is_null() && v.as_u64().is_none() {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!("'{field}' must be a non-negative integer, found {v}"),
+                ));
+            }
+        }
+    }
+    if let Some(v) = body.get("stream") {
+        if !v.is_null() && !v.is_boolean() {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("'stream' must be true or false, found {v}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn call(
+    State(state): State<GatewayState>,
+    operation: Operation,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let gateway = state.gateway.clone();
+    let parent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::otel::parse_traceparent);
+    let trace = parent.map_or_else(SpanContext::new_root, |p| p.child());
+    let mut call = Call {
+        gateway: gateway.clone(),
+        operation,
+        request_id: new_request_id(),
+        arrived: Instant::now(),
+        arrived_ms: crate::time::now_ms(),
+        arrived_nanos: unix_nanos_now(),
+        trace,
+        parent_span: parent.map(|p| p.span_id),
+        tenant: String::new(),
+        key_id: String::new(),
+        model_asked: String::new(),
+        route: None,
+        grant: None,
+        prompt_estimate: 0,
+        streaming: false,
+        routing_span: None,
+    };
+    let (tenant, key_id) = match authenticate(&gateway, &headers) {
+        Ok(t) => t,
+        Err(e) => {
+            // Unauthenticated calls are counted, not audited (they are no tenant's calls,
+            // and a flood of them must not fill the audit log).
+            gateway.metrics.error("-", "-", e.code);
+            let mut response = e.into_response();
+            lineage(response.headers_mut(), &call.request_id, None, None, None);
+            return response;
+        }
+    };
+    call.tenant = tenant;
+    call.key_id = key_id;
+    if let Some(reason) = gateway.audit_refusal() {
+        gateway.metrics.audit_refusals.fetch_add(1, Ordering::Relaxed);
+        gateway.metrics.error(&call.tenant, "-", "audit_unavailable");
+        let mut response = ApiError::unavailable("audit_unavailable", reason).into_response();
+        lineage(response.headers_mut(), &call.request_id, Some(&call.tenant), None, None);
+        return response;
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            let status = e.status();
+            return call.fail(ApiError::new(
+                status,
+                "invalid_request_error",
+                "invalid_request",
+                format!("cannot read the request body: {}", e.body_text()),
+            ));
+        }
+    };
+    let mut json: serde_json::Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            return call.fail(ApiError::bad_request(
+                "invalid_request",
+                "the request body must be a JSON object",
+            ))
+        }
+        Err(e) => {
+            return call.fail(ApiError::bad_request(
+                "invalid_json",
+                format!("the request body is not valid JSON: {e}"),
+            ))
+        }
+    };
+    let model = match json.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => {
+            return call.fail(ApiError::bad_request(
+                "invalid_request",
+                "'model' is required: the deployment (or model) name, as GET /v1/models lists them",
+            ))
+        }
+    };
+    call.model_asked = model.clone();
+    if let Err(e) = validate(operation, &json) {
+        return call.fail(e);
+    }
+    let Some(route) = gateway.table().resolve(&call.tenant, &model) else {
+        let error = unknown_model(&gateway, &call.tenant, &model);
+        return call.fail(error);
+    };
+    call.route = Some(route.clone());
+    call.streaming = operation != Operation::Embeddings && json.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let text = prompt_text(operation, &json);
+    let prompt_estimate = (text.len() as u64).div_ceil(4).max(1);
+    call.prompt_estimate = prompt_estimate;
+    let expected = match operation {
+        Operation::Embeddings => 0,
+        _ => json
+            .get("max_completion_tokens")
+            .or_else(|| json.get("max_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(DEFAULT_EXPECTED_TOKENS),
+    };
+    let estimate = prompt_estimate.saturating_add(expected);
+    match gateway.admit(&call.tenant, estimate) {
+        Ok(grant) => call.grant = Some(grant),
+        Err(over) => {
+            if route.quota_mode == QuotaMode::DryRun {
+                gateway.metrics.budget_rejection(&call.tenant, false);
+                tracing::debug!(tenant = %call.tenant, "over the token budget; served (quotaMode: dry-run)");
+            } else {
+                gateway.metrics.budget_rejection(&call.tenant, true);
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "tokens",
+                    "rate_limit_exceeded",
+                    format!(
+                        "tenant {} is over its token budget ({} tokens per minute); this call needs about {estimate}; retry after {} s",
+                        call.tenant,
+                        gateway_limit(&gateway, &call.tenant),
+                        over.retry_after_secs()
+                    ),
+                );
+                error.retry_after = Some(over.retry_after_secs());
+                return call.fail(error);
+            }
+        }
+    }
+    // The runtime serves the model under its model name.
+    let body = if model != route.model_name {
+        json.insert("model".into(), Value::String(route.model_name.clone()));
+        match serde_json::to_vec(&json) {
+            Ok(v) => Bytes::from(v),
+            Err(e) => return call.fail(ApiError::bad_request("invalid_request", e.to_string())),
+        }
+    } else {
+        body
+    };
+    let facts_key = prefix_key(&text, DEFAULT_PREFIX_BYTES);
+    let expected_u32 = u32::try_from(expected).unwrap_or(u32::MAX);
+    gateway.note_demand(&route);
+    gateway.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight(gateway.clone());
+
+    let mut excluded: Vec<String> = Vec::new();
+    let mut attempt = 1u32;
+    loop {
+        let routing_start = unix_nanos_now();
+        let slot = match acquire(&gateway, &route, &call, facts_key, expected_u32, &excluded).await {
+            Ok(slot) => slot,
+            Err(e) => return call.fail(e),
+        };
+        call.routing_span = Some((routing_start, unix_nanos_now(), slot.reason));
+        let upstream_start_nanos = unix_nanos_now();
+        let uri = format!("{}{}", slot.replica.base_url, operation.path());
+        let request = match hyper::Request::post(&uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("traceparent", upstream_context(&call.trace).traceparent())
+            .header("x-request-id", call.request_id.as_str())
+            .body(Full::new(body.clone()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                gateway.release(&route, &slot, failed());
+                return call.fail(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "bad_upstream",
+                    format!("replica {} has an unusable endpoint {uri:?}: {e}", slot.replica.name),
+                ));
+            }
+        };
+        let retry = RetryPolicy::default();
+        match state.client.request(request).await {
+            Err(e) => {
+                gateway.release(&route, &slot, failed());
+                let connect = e.is_connect();
+                if connect && retry.may_retry(attempt, Failure::ConnectFailed) {
+                    tracing::warn!(replica = %slot.replica.name, error = %e, "cannot connect to the replica; retrying on another");
+                    gateway.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    excluded.push(slot.replica.name.clone());
+                    attempt += 1;
+                    continue;
+                }
+                let answer = Answer {
+                    status: 502,
+                    upstream_start_nanos,
+                    upstream_error: true,
+                    ..Answer::default()
+                };
+                let message = format!(
+                    "replica {} on node {} did not answer: {e}",
+                    slot.replica.name, slot.replica.node
+                );
+                let mut response = ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "upstream_unreachable",
+                    message.clone(),
+                )
+                .into_response();
+                lineage(
+                    response.headers_mut(),
+                    &call.request_id,
+                    Some(&call.tenant),
+                    Some(&route),
+                    Some(&slot),
+                );
+                gateway
+                    .metrics
+                    .error(&call.tenant, &route.model_name, "upstream_unreachable");
+                call.finish(Some(&slot), answer, Some(&message));
+                return response;
+            }
+            Ok(upstream) => {
+                let status = upstream.status();
+                if status.is_server_error() && retry.may_retry(attempt, Failure::Status5xxBeforeFirstByte) && {
+                    let others = route
+                        .live()
+                        .replicas
+                        .iter()
+                        .any(|r| r.ready && r.name != slot.replica.name);
+                    others
+                } {
+                    gateway.release(&route, &slot, failed());
+                    tracing::warn!(replica = %slot.replica.name, status = status.as_u16(), "the replica answered 5xx; retrying on another");
+                    gateway.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    excluded.push(slot.replica.name.clone());
+                    attempt += 1;
+                    continue;
+                }
+                return respond(call, route, slot, upstream, upstream_start_nanos);
+            }
+        }
+    }
+}
+
+fn gateway_limit(gateway: &Gateway, tenant: &str) -> String {
+    gateway
+        .shared
+        .catalog()
+        .tenants
+        .get(tenant)
+        .and_then(|t| t.object.spec.tokens_per_minute)
+        .map_or_else(|| "unlimited".to_string(), |n| n.to_string())
+}
+
+fn failed() -> Outcome {
+    Outcome {
+        ok: false,
+        ttft_ms: None,
+        tpot_ms: None,
+    }
+}
+
+/// Decrements the in-flight gauge when the call's future ends, however it ends.
+struct InFlight(Arc<Gateway>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Gets a replica slot: at once when one is free and nobody is queued; else in the fair
+/// queue until the deployment's queue timeout; when no replica is ready and the deployment
+/// may scale from zero, after waiting for one to start.
+async fn acquire(
+    gateway: &Arc<Gateway>,
+    route: &Arc<Route>,
+    call: &Call,
+    prefix: u64,
+    expected: u32,
+    excluded: &[String],
+) -> Result<Slot, ApiError> {
+    let exclude: Vec<&str> = excluded.iter().map(String::as_str).collect();
+    let facts = RequestFacts {
+        prefix_key: prefix,
+        expected_tokens: expected,
+        latency_budget: route.latency_budget,
+        preferred_classes: &route.classes,
+    };
+    // Scale from zero (or wait for a replica that is starting).
+    let ready = route.live().any_ready();
+    let route = if ready {
+        route.clone()
+    } else if route.scales_from_zero {
+        wait_for_replica(gateway, route).await?
+    } else {
+        return Err(no_ready_replica(gateway, route));
+    };
+    let (receiver, ticket) = {
+        let mut live = route.live();
+        if live.queue.is_empty() {
+            if let Some(slot) = live.acquire(&route, &facts, &exclude) {
+                return Ok(slot);
+            }
+        }
+        if !live.any_ready() {
+            drop(live);
+            return Err(no_ready_replica(gateway, &route));
+        }
+        drop(live);
+        let (wake, receiver) = tokio::sync::oneshot::channel();
+        let queued = QueuedCall {
+            tenant: call.tenant.clone(),
+            band: route.band,
+            weight: route.weight,
+            tokens: call.prompt_estimate.saturating_add(u64::from(expected)),
+            deadline: Instant::now() + route.queue_timeout,
+            payload: Waiter {
+                wake,
+                prefix_key: prefix,
+                expected_tokens: expected,
+            },
+        };
+        match gateway.enqueue(&route, queued) {
+            Ok(ticket) => (receiver, ticket),
+            Err(e) => {
+                let mut error = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    "queue_full",
+                    format!("every replica of {} is busy and {e}", route.deployment),
+                );
+                error.retry_after = Some(1);
+                return Err(error);
+            }
+        }
+    };
+    let mut receiver = receiver;
+    match tokio::time::timeout(route.queue_timeout, &mut receiver).await {
+        Ok(Ok(slot)) => Ok(slot),
+        Ok(Err(_)) | Err(_) => {
+            if !gateway.cancel(&route, ticket) {
+                if let Ok(slot) = receiver.try_recv() {
+                    return Ok(slot);
+                }
+            }
+            let mut error = ApiError::unavailable(
+                "queue_timeout",
+                format!(
+                    "every replica of {} stayed busy for the queue timeout ({}); add replicas, raise maxConcurrentRequests or retry later",
+                    route.deployment,
+                    humantime::format_duration(route.queue_timeout)
+                ),
+            );
+            error.retry_after = Some(1);
+            Err(error)
+        }
+    }
+}
+
+fn no_ready_replica(gateway: &Gateway, route: &Route) -> ApiError {
+    let placed = gateway
+        .shared
+        .registry()
+        .replica_views()
+        .into_iter()
+        .filter(|r| r.tenant == route.tenant && r.deployment == route.deployment)
+        .map(|r| format!("{} {}", r.name, r.phase))
+        .collect::<Vec<_>>();
+    let detail = if placed.is_empty() {
+        "none is placed".to_string()
+    } else {
+        format!("replicas: {}", placed.join(", "))
+    };
+    let mut error = ApiError::unavailable(
+        "no_ready_replica",
+        format!(
+            "deployment {}/{} has no ready replica ({detail}); `pyxis explain deployment {} -n {}` says why",
+            route.tenant, route.deployment, route.deployment, route.tenant
+        ),
+    );
+    error.retry_after = Some(5);
+    error
+}
+
+/// Waits, up to the scale-from-zero timeout, for the deployment to have a ready replica.
+async fn wait_for_replica(gateway: &Arc<Gateway>, route: &Arc<Route>) -> Result<Arc<Route>, ApiError> {
+    let timeout = gateway.shared.config.gateway.scale_from_zero_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut updates = gateway.subscribe();
+    loop {
+        let current = gateway
+            .table()
+            .routes
+            .get(&(route.tenant.clone(), route.deployment.clone()))
+            .cloned();
+        let Some(current) = current else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!("deployment {} was deleted while the call waited", route.deployment),
+            ));
+        };
+        if current.live().any_ready() {
+            return Ok(current);
+        }
+        gateway.note_demand(&current);
+        match tokio::time::timeout_at(deadline, updates.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                let mut error = ApiError::unavailable(
+                    "scale_from_zero_timeout",
+                    format!(
+                        "deployment {}/{} was at zero replicas and none became ready within {}; `pyxis explain deployment {} -n {}` says why",
+                        route.tenant,
+                        route.deployment,
+                        humantime::format_duration(timeout),
+                        route.deployment,
+                        route.tenant
+                    ),
+                );
+                error.retry_after = Some(10);
+                return Err(error);
+            }
+        }
+    }
+}
+
+/// Passes the replica's answer on, frame by frame.
+fn respond(
+    call: Call,
+    route: Arc<Route>,
+    slot: Slot,
+    upstream: hyper::Response<hyper::body::Incoming>,
+    upstream_start_nanos: u64,
+) -> Response {
+    let (parts, incoming) = upstream.into_parts();
+    let sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut builder = Response::builder().status(parts.status);
+    if let Some(headers) = builder.headers_mut() {
+        for name in [header::CONTENT_TYPE, header::CACHE_CONTROL, header::CONTENT_ENCODING] {
+            if let Some(v) = parts.headers.get(&name) {
+                headers.insert(name, v.clone());
+            }
+        }
+        if sse {
+            headers.insert(
+                HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+        }
+        lineage(headers, &call.request_id, Some(&call.tenant), Some(&route), Some(&slot));
+    }
+    let body = Tracked {
+        inner: incoming,
+        sse,
+        copy: Vec::new(),
+        tail: Vec::new(),
+        answer: Answer {
+            status: parts.status.as_u16(),
+            upstream_start_nanos,
+            ..Answer::default()
+        },
+        finish: Some((call, route, slot)),
+    };
+    builder.body(Body::new(body)).unwrap_or_else(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            e.to_string(),
+        )
+        .into_response()
+    })
+}
+
+/// The replica's body on its way to the client: counts events and keeps what it needs to
+/// read usage, and records the call when it ends (or when the client goes away).
+struct Tracked {
+    inner: hyper::body::Incoming,
+    sse: bool,
+    copy: Vec<u8>,
+    tail: Vec<u8>,
+    answer: Answer,
+    finish: Option<(Call, Arc<Route>, Slot)>,
+}
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked")
+            .field("sse", &self.sse)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracked {
+    fn see(&mut self, data: &Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if self.answer.first_byte.is_none() {
+            self.answer.first_byte = Some(Instant::now());
+        }
+        if self.sse {
+            // Token chunks: one `data:` event each (except the final usage event and [DONE]).
+            self.answer.events += token_events(data);
+            self.tail.extend_from_slice(data);
+            if self.tail.len() > STREAM_TAIL {
+                let cut = self.tail.len() - STREAM_TAIL;
+                self.tail.drain(..cut);
+            }
+        } else if self.copy.len() + data.len() <= USAGE_COPY_LIMIT {
+            self.copy.extend_from_slice(data);
+        }
+    }
+
+    fn done(&mut self, error: Option<String>, client_gone: bool) {
+        let Some((mut call, route, slot)) = self.finish.take() else {
+            return;
+        };
+        let usage = if self.sse {
+            stream_usage(&self.tail)
+        } else {
+            serde_json::from_slice::<Value>(&self.copy)
+                .ok()
+                .and_then(|v| usage_of(&v))
+        };
+        if let Some((prompt, completion)) = usage {
+            self.answer.prompt_tokens = Some(prompt);
+            self.answer.completion_tokens = Some(completion);
+        } else if !self.sse {
+            // A non-streamed answer without usage: one "event" is not a token count.
+            self.answer.events = 0;
+        }
+        if client_gone {
+            // nginx's code for "client closed the request".
+            self.answer.status = 499;
+        }
+        if error.is_some() {
+            self.answer.upstream_error = true;
+        }
+        let ok = error.is_none() && !client_gone && self.answer.status < 400;
+        let completion = self.answer.completion_tokens.unwrap_or(self.answer.events);
+        let ttft_ms = self
+            .answer
+            .first_byte
+            .map(|t| t.saturating_duration_since(call.arrived).as_secs_f64() * 1000.0);
+        let tpot_ms = match (self.answer.first_byte, completion) {
+            (Some(first), n) if n > 1 && call.streaming => {
+                Some(first.elapsed().as_secs_f64() * 1000.0 / (n - 1) as f64)
+            }
+            _ => None,
+        };
+        call.gateway.release(&route, &slot, Outcome { ok, ttft_ms, tpot_ms });
+        call.finish(Some(&slot), self.answer, error.as_deref());
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.see(data);
+                }
+                // A body of known length ends with its last frame: the server may never
+                // poll again for the end.
+                if this.inner.is_end_stream() {
+                    this.done(None, false);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done(Some(format!("the replica's answer broke off: {e}")), false);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.done(None, false);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if self.finish.is_some() {
+            let ended = self.inner.is_end_stream();
+            self.done(None, !ended);
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Stream events in `data` that carry generated text (a non-empty `content` or `text`):
+/// about one token each. The count stands in for usage when the runtime reports none.
+fn token_events(data: &[u8]) -> u64 {
+    let mut n = 0;
+    let mut rest = data;
+    while let Some(at) = find(rest, b"data:") {
+        let after = &rest[at + 5..];
+        let end = find(after, b"data:").unwrap_or(after.len());
+        let event = &after[..end];
+        let has_text = [&b"\"content\":\""[..], &b"\"text\":\""[..]]
+            .iter()
+            .any(|key| find(event, key).is_some_and(|i| event.get(i + key.len()).is_some_and(|c| *c != b'"')));
+        if has_text {
+            n += 1;
+        }
+        rest = &after[end..];
+    }
+    n
+}
+
+fn usage_of(v: &Value) -> Option<(u64, u64)> {
+    let usage = v.get("usage")?;
+    let prompt = usage.get("prompt_tokens")?.as_u64()?;
+    let completion = usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+    Some((prompt, completion))
+}
+
+/// The usage of a stream: from its last `data:` event that carries one.
+fn stream_usage(tail: &[u8]) -> Option<(u64, u64)> {
+    let text = String::from_utf8_lossy(tail);
+    text.lines()
+        .rev()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(str::trim)
+        .filter(|d| d.contains("\"usage\""))
+        .find_map(|d| serde_json::from_str::<Value>(d).ok().and_then(|v| usage_of(&v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_usage_is_read_from_the_last_usage_event() {
+        let tail = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
+        assert_eq!(stream_usage(tail), Some((7, 3)));
+        assert_eq!(stream_usage(b"data: {\"choices\":[]}\n\n"), None);
+    }
+
+    #[test]
+    fn token_events_count_only_generated_text() {
+        let chunk = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[{\"text\":\" there\"}]}\n\ndata: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(token_events(chunk), 2);
+    }
+
+    #[test]
+    fn prompt_text_covers_every_operation() {
+        let chat: serde_json::Map<String, Value> = serde_json::from_str(
+            r#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
+        )
+        .unwrap_or_default();
+        assert_eq!(prompt_text(Operation::Chat, &chat), "be brief\nhi\n");
+        let completion: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"prompt":["a","b"]}"#).unwrap_or_default();
+        assert_eq!(prompt_text(Operation::Completion, &completion), "ab");
+    }
+
+    #[test]
+    fn bad_bodies_name_the_field() {
+        let body: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"model":"m","messages":[],"max_tokens":-1}"#).unwrap_or_default();
+        let e = validate(Operation::Chat, &body)
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default();
+        assert!(e.contains("'messages'"), "{e}");
+        let body: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#)
+                .unwrap_or_default();
+        let e = validate(Operation::Chat, &body)
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default();
+        assert!(e.contains("'max_tokens'"), "{e}");
+    }
+
+    #[test]
+    fn bearer_is_case_insensitive() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  k"));
+        assert_eq!(bearer(&h), Some("k"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k"));
+        assert_eq!(bearer(&h), None);
+    }
+}
