@@ -93,6 +93,13 @@ pub struct Cli {
     #[arg(long, env = "PYXIS_MOCK_SPAWN_CHILD", value_parser = BoolishValueParser::new())]
     pub spawn_child: bool,
 
+    /// Answer every inference request (chat, completions, embeddings) with this HTTP status
+    /// and an error body, while health and metrics stay fine: a replica that is up but
+    /// broken, for the gateway's retry.
+    #[arg(long, env = "PYXIS_MOCK_FAIL_STATUS", value_name = "CODE",
+          value_parser = clap::value_parser!(u16).range(400..=599))]
+    pub fail_status: Option<u16>,
+
     /// Ignore SIGTERM (the child too), so tests can check SIGKILL after the grace period.
     #[arg(long, env = "PYXIS_MOCK_IGNORE_SIGTERM", value_parser = BoolishValueParser::new())]
     pub ignore_sigterm: bool,
@@ -167,6 +174,8 @@ pub struct Config {
     pub spawn_child: bool,
     /// `--ignore-sigterm`.
     pub ignore_sigterm: bool,
+    /// `--fail-status`.
+    pub fail_status: Option<u16>,
     /// `--mock-version`.
     pub version: String,
     /// `--embedding-dim`.
@@ -216,6 +225,7 @@ impl Cli {
             exit_after: self.exit_after_ms.map(Duration::from_millis),
             spawn_child: self.spawn_child,
             ignore_sigterm: self.ignore_sigterm,
+            fail_status: self.fail_status,
             version: self.mock_version,
             embedding_dim: self.embedding_dim as usize,
         }

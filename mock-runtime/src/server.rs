@@ -291,6 +291,13 @@ async fn log_request(request: Request, next: Next) -> Response {
 
 /// While loading, health answers the flavour's "not yet" and inference is refused.
 async fn loading_gate(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if let Some(code) = app.config.fail_status {
+        if app.phase() == Phase::Ready && is_inference(request.uri().path()) {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::json!({"error": {"message": "failing on purpose (--fail-status)", "type": "server_error", "code": code}});
+            return (status, Json(body)).into_response();
+        }
+    }
     if app.phase() == Phase::Ready {
         return next.run(request).await;
     }

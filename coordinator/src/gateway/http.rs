@@ -42,6 +42,10 @@ use crate::{
     otel::{unix_nanos_now, AttrValue, Span, SpanContext, SpanKind},
 };
 
+/// A call that finds no deployment or no ready replica rebuilds the snapshot first when it
+/// is older than this.
+const STALE_SNAPSHOT: Duration = Duration::from_millis(50);
+
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
 
@@ -412,6 +416,7 @@ struct Call {
     key_id: String,
     model_asked: String,
     route: Option<Arc<Route>>,
+    caller: super::service::Caller,
     grant: Option<Grant>,
     /// Estimated prompt tokens (used when the runtime does not report usage).
     prompt_estimate: u64,
@@ -497,7 +502,7 @@ impl Call {
         if let Some(route) = &self.route {
             if let Some(grant) = self.grant.take() {
                 self.gateway.settle(Some(grant), &route.tenant, prompt + completion);
-            } else if route.quota_mode == QuotaMode::DryRun && answer.status < 400 {
+            } else if self.caller.quota_mode == QuotaMode::DryRun && answer.status < 400 {
                 self.gateway.settle(None, &route.tenant, prompt + completion);
             }
         }
@@ -768,6 +773,7 @@ async fn call(
         key_id: String::new(),
         model_asked: String::new(),
         route: None,
+        caller: super::service::Caller::default(),
         grant: None,
         prompt_estimate: 0,
         streaming: false,
@@ -833,10 +839,16 @@ async fn call(
     if let Err(e) = validate(operation, &json) {
         return call.fail(e);
     }
-    let Some(route) = gateway.table().resolve(&call.tenant, &model) else {
+    let resolved = gateway.table().resolve(&call.tenant, &model).or_else(|| {
+        // Applied a moment ago? Look again before saying no.
+        gateway.refresh_if_older(STALE_SNAPSHOT);
+        gateway.table().resolve(&call.tenant, &model)
+    });
+    let Some(route) = resolved else {
         let error = unknown_model(&gateway, &call.tenant, &model);
         return call.fail(error);
     };
+    call.caller = gateway.table().tenants.get(&call.tenant).copied().unwrap_or_default();
     call.route = Some(route.clone());
     call.streaming = operation != Operation::Embeddings && json.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let text = prompt_text(operation, &json);
@@ -854,7 +866,7 @@ async fn call(
     match gateway.admit(&call.tenant, estimate) {
         Ok(grant) => call.grant = Some(grant),
         Err(over) => {
-            if route.quota_mode == QuotaMode::DryRun {
+            if call.caller.quota_mode == QuotaMode::DryRun {
                 gateway.metrics.budget_rejection(&call.tenant, false);
                 tracing::debug!(tenant = %call.tenant, "over the token budget; served (quotaMode: dry-run)");
             } else {
@@ -1029,15 +1041,31 @@ async fn acquire(
         latency_budget: route.latency_budget,
         preferred_classes: &route.classes,
     };
-    // Scale from zero (or wait for a replica that is starting).
-    let ready = route.live().any_ready();
-    let route = if ready {
-        route.clone()
-    } else if route.scales_from_zero {
-        wait_for_replica(gateway, route).await?
-    } else {
-        return Err(no_ready_replica(gateway, route));
-    };
+    // Scale from zero, or wait for a replica that is starting.
+    let mut route = route.clone();
+    if !route.live().any_ready() {
+        gateway.refresh_if_older(STALE_SNAPSHOT);
+        if let Some(current) = gateway
+            .table()
+            .routes
+            .get(&(route.tenant.clone(), route.deployment.clone()))
+        {
+            route = current.clone();
+        }
+    }
+    if !route.live().any_ready() {
+        let wait = if route.scales_from_zero {
+            Some(gateway.shared.config.gateway.scale_from_zero_timeout)
+        } else if starting(gateway, &route) {
+            Some(route.queue_timeout)
+        } else {
+            None
+        };
+        match wait {
+            Some(limit) => route = wait_for_replica(gateway, &route, limit).await?,
+            None => return Err(no_ready_replica(gateway, &route)),
+        }
+    }
     let (receiver, ticket) = {
         let mut live = route.live();
         if live.queue.is_empty() {
@@ -1053,8 +1081,8 @@ async fn acquire(
         let (wake, receiver) = tokio::sync::oneshot::channel();
         let queued = QueuedCall {
             tenant: call.tenant.clone(),
-            band: route.band,
-            weight: route.weight,
+            band: call.caller.band,
+            weight: call.caller.weight,
             tokens: call.prompt_estimate.saturating_add(u64::from(expected)),
             deadline: Instant::now() + route.queue_timeout,
             payload: Waiter {
@@ -1125,9 +1153,20 @@ fn no_ready_replica(gateway: &Gateway, route: &Route) -> ApiError {
     error
 }
 
-/// Waits, up to the scale-from-zero timeout, for the deployment to have a ready replica.
-async fn wait_for_replica(gateway: &Arc<Gateway>, route: &Arc<Route>) -> Result<Arc<Route>, ApiError> {
-    let timeout = gateway.shared.config.gateway.scale_from_zero_timeout;
+/// Whether a replica of the deployment is placed and on its way to ready.
+fn starting(gateway: &Gateway, route: &Route) -> bool {
+    gateway.shared.registry().replica_views().iter().any(|r| {
+        r.tenant == route.tenant && r.deployment == route.deployment && (r.phase == "Pending" || r.phase == "Starting")
+    })
+}
+
+/// Waits, up to `timeout`, for the deployment to have a ready replica (scaling from zero,
+/// or replicas starting).
+async fn wait_for_replica(
+    gateway: &Arc<Gateway>,
+    route: &Arc<Route>,
+    timeout: Duration,
+) -> Result<Arc<Route>, ApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut updates = gateway.subscribe();
     loop {
@@ -1152,9 +1191,9 @@ async fn wait_for_replica(gateway: &Arc<Gateway>, route: &Arc<Route>) -> Result<
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => {
                 let mut error = ApiError::unavailable(
-                    "scale_from_zero_timeout",
+                    "no_ready_replica",
                     format!(
-                        "deployment {}/{} was at zero replicas and none became ready within {}; `pyxis explain deployment {} -n {}` says why",
+                        "deployment {}/{} had no ready replica and none became ready within {}; `pyxis explain deployment {} -n {}` says why",
                         route.tenant,
                         route.deployment,
                         humantime::format_duration(timeout),

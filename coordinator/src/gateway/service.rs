@@ -73,12 +73,6 @@ pub struct Route {
     pub max_concurrency: u32,
     /// Queue wait limit.
     pub queue_timeout: Duration,
-    /// Tenant's latency band.
-    pub band: LatencyBand,
-    /// Tenant's weight.
-    pub weight: f64,
-    /// Owning tenant's quota mode.
-    pub quota_mode: QuotaMode,
     /// Other tenants that may call it (`*`: all).
     pub shared_with: Vec<String>,
     /// Live state (kept across snapshots).
@@ -208,6 +202,30 @@ pub struct Table {
     pub routes: HashMap<(String, String), Arc<Route>>,
     /// (tenant, model name) to deployment name, for calls that name the model.
     pub by_model: HashMap<(String, String), String>,
+    /// What a calling tenant's calls get.
+    pub tenants: HashMap<String, Caller>,
+}
+
+/// A calling tenant's terms: its calls queue in its band with its weight, and its budget is
+/// enforced or only reported.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// Latency band.
+    pub band: LatencyBand,
+    /// Weight.
+    pub weight: f64,
+    /// Quota mode (dry-run: over-budget calls are served and counted).
+    pub quota_mode: QuotaMode,
+}
+
+impl Default for Caller {
+    fn default() -> Self {
+        Self {
+            band: LatencyBand::default(),
+            weight: 1.0,
+            quota_mode: QuotaMode::default(),
+        }
+    }
 }
 
 impl Route {
@@ -310,6 +328,7 @@ pub struct Gateway {
     /// Last call per deployment that may scale to zero (read by the reconciler).
     demand: Mutex<HashMap<(String, String), Instant>>,
     started: Instant,
+    refreshed: Mutex<Option<Instant>>,
 }
 
 impl Gateway {
@@ -333,6 +352,7 @@ impl Gateway {
             updated: watch::channel(0).0,
             demand: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            refreshed: Mutex::new(None),
         }
     }
 
@@ -344,6 +364,19 @@ impl Gateway {
     /// Resolves when the snapshot is next rebuilt.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.updated.subscribe()
+    }
+
+    /// [`Self::refresh`] unless the snapshot is younger than `max_age` (a call that finds no
+    /// deployment or no ready replica refreshes before it gives up; this bounds the cost).
+    pub fn refresh_if_older(&self, max_age: Duration) {
+        let fresh = self
+            .refreshed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < max_age);
+        if !fresh {
+            self.refresh();
+        }
     }
 
     /// Rebuilds the snapshot from the catalog and the registry, merges replica changes into
@@ -389,9 +422,10 @@ impl Gateway {
             let catalog = self.shared.catalog();
             let mut lives = self.lives.lock().unwrap_or_else(|p| p.into_inner());
             for ((tenant, name), stored) in &catalog.deployments {
-                let Some(t) = catalog.tenants.get(tenant) else { continue };
+                if !catalog.tenants.contains_key(tenant) {
+                    continue;
+                }
                 let spec = &stored.object.spec;
-                let tspec = &t.object.spec;
                 let key = (tenant.clone(), name.clone());
                 let live = lives.entry(key.clone()).or_default().clone();
                 let mut classes = spec.resources.preferred_hardware_classes.clone();
@@ -413,9 +447,6 @@ impl Gateway {
                         .max_concurrent_requests
                         .unwrap_or(crate::manifest::DEFAULT_MAX_CONCURRENT_REQUESTS),
                     queue_timeout: spec.queue_timeout.unwrap_or(crate::manifest::DEFAULT_QUEUE_TIMEOUT),
-                    band: tspec.latency_band,
-                    weight: tspec.weight,
-                    quota_mode: tspec.quota_mode,
                     shared_with: spec.shared_with.clone(),
                     live,
                 });
@@ -428,7 +459,16 @@ impl Gateway {
             }
             lives.retain(|key, _| table.routes.contains_key(key));
             for (name, t) in &catalog.tenants {
-                limits.push((name.clone(), t.object.spec.tokens_per_minute));
+                let spec = &t.object.spec;
+                limits.push((name.clone(), spec.tokens_per_minute));
+                table.tenants.insert(
+                    name.clone(),
+                    Caller {
+                        band: spec.latency_band,
+                        weight: spec.weight,
+                        quota_mode: spec.quota_mode,
+                    },
+                );
             }
         }
         {
@@ -438,6 +478,7 @@ impl Gateway {
             }
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        *self.refreshed.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
         self.updated.send_modify(|n| *n = n.wrapping_add(1));
     }
 

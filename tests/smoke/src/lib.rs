@@ -331,6 +331,32 @@ pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// and close-delimited responses. Panics on connection or protocol errors (a test wants
 /// to know), with a 30 s limit on each read and write.
 pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let response = request(method, url, &headers, body);
+    (response.status, response.body)
+}
+
+/// A response with its headers (names lowercased).
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    /// Decoded body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header of that (lowercase) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// [`http`] with any request headers, returning the response headers too.
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> HttpResponse {
     let rest = url
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("only http:// URLs are supported, not {url:?}"));
@@ -349,8 +375,8 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: */*\r\n");
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
     }
     let body = body.unwrap_or("");
     if !body.is_empty() || !matches!(method, "GET" | "HEAD" | "DELETE") {
@@ -368,12 +394,20 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
     stream
         .read_to_end(&mut raw)
         .unwrap_or_else(|e| panic!("{method} {url}: cannot read the response: {e}"));
-    parse_response(&raw).unwrap_or_else(|why| {
+    let (status, body) = parse_response(&raw).unwrap_or_else(|why| {
         panic!(
             "{method} {url}: malformed response ({why}): {:?}",
             String::from_utf8_lossy(&raw)
         )
-    })
+    });
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+    let headers = String::from_utf8_lossy(&raw[..split])
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpResponse { status, headers, body }
 }
 
 /// Splits a complete HTTP/1.1 response into status code and decoded body.
