@@ -539,6 +539,22 @@ fn dev_mode_prints_commands_that_work() {
         assert!(start.elapsed() < START, "dev deployments not ready: {deployments}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The printed curl works as printed: an answer with its lineage headers.
+    let curl = dev.wait_for_line("curl -si", START);
+    let out = Command::new("sh").arg("-c").arg(curl.trim()).output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{curl}\n{answer}");
+    for header in [
+        "x-pyxis-tenant: research",
+        "x-pyxis-deployment: qwen-7b",
+        "x-pyxis-runtime: ",
+        "x-pyxis-node: dev-",
+    ] {
+        assert!(answer.contains(header), "{header} missing:\n{answer}");
+    }
+    assert!(answer.contains("\"choices\""), "{answer}");
+    let audited = cli.ok(&["audit", "--since", "1h"]);
+    assert!(audited.contains("qwen-7b"), "{audited}");
     let explain = cli.ok(&["explain", "deployment", "llama-70b", "-n", "research"]);
     assert!(explain.contains("WHY NOT CHOSEN"), "{explain}");
     // Gateway API keys: shown once, stored hashed, listed without the secret, revoked.
@@ -553,7 +569,13 @@ fn dev_mode_prints_commands_that_work() {
     );
     assert!(cli.ok(&["apikey", "revoke", id]).contains("revoked"));
     let listed = cli.json(&["apikey", "list", "--tenant", "research", "-o", "json"]);
-    assert!(listed["items"][0]["revoked_at"].is_string(), "{listed}");
+    let revoked = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap();
+    assert!(revoked["revoked_at"].is_string(), "{listed}");
     let (code, _, err) = cli.run(&["apikey", "create", "--tenant", "nobody"]);
     assert_eq!(code, 1);
     assert!(err.contains("tenant nobody not found"), "{err}");

@@ -121,19 +121,57 @@ fn coordinator_and_agent_metrics_pass_promtool() {
 
     // Dev mode applies examples/dev: wait for a placement pass that placed something.
     let deadline = std::time::Instant::now() + START;
-    let text = loop {
+    loop {
         let (status, text) = http("GET", &format!("http://{api}/metrics"), None, None);
         assert_eq!(status, 200);
         if text.contains("pyxis_replicas_placed{tenant=\"research\"") {
-            break text;
+            break;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "no placement in the metrics:\n{text}"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    }
+    // A gateway call, so that the gateway's families have labelled samples too.
+    let key_line = coordinator.wait_for_line("demo API key", START);
+    let key = key_line.split_whitespace().last().unwrap().to_string();
+    let gateway_line = coordinator.wait_for_line("gateway:", START);
+    let gateway = gateway_line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_end_matches("/v1")
+        .to_string();
+    let auth = format!("Bearer {key}");
+    let deadline = std::time::Instant::now() + START;
+    loop {
+        let r = pyxis_smoke::request(
+            "POST",
+            &format!("{gateway}/v1/chat/completions"),
+            &[("Authorization", &auth)],
+            Some(
+                r#"{"model": "qwen-7b", "stream": true, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}"#,
+            ),
+        );
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway never served: {}",
+            r.body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, text) = http("GET", &format!("http://{api}/metrics"), None, None);
     for family in [
+        "pyxis_gateway_requests_total{tenant=\"research\",model=\"Qwen/Qwen2.5-7B-Instruct\"",
+        "pyxis_gateway_request_duration_seconds_bucket{tenant=\"research\"",
+        "pyxis_gateway_time_to_first_token_seconds_bucket{tenant=\"research\"",
+        "pyxis_gateway_tokens_total{tenant=\"research\"",
+        "pyxis_gateway_queue_depth{tenant=\"research\",deployment=\"qwen-7b\"}",
+        "pyxis_audit_records_written_total",
         "pyxis_nodes{status=\"Ready\"}",
         "pyxis_capacity_reports_total",
         "pyxis_capacity_report_lag_seconds_bucket",
