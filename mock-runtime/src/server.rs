@@ -389,6 +389,11 @@ async fn bind(what: &'static str, host: &str, port: u16) -> Result<TcpListener, 
 
 fn serve(listener: TcpListener, router: Router, shutdown: &CancellationToken) -> JoinHandle<std::io::Result<()>> {
     let shutdown = shutdown.clone().cancelled_owned();
+    // TCP_NODELAY: a streamed answer is many small writes; with Nagle each waits for the
+    // client's delayed ACK (about 40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(shutdown).await })
 }
 

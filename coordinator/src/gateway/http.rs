@@ -96,6 +96,11 @@ pub async fn serve(listener: tokio::net::TcpListener, gateway: Arc<Gateway>, shu
             }
         })
     };
+    // TCP_NODELAY: streamed answers are many small writes, which Nagle would hold for the
+    // client's delayed ACK (about 40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     if let Err(e) = axum::serve(listener, router(gateway))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
