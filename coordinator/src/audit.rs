@@ -99,6 +99,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// How long the writer lets records gather after the first of a group.
+pub const GATHER: Duration = Duration::from_millis(1);
+
 /// Most records written in one transaction.
 pub const MAX_BATCH: usize = 1024;
 
@@ -812,6 +815,11 @@ fn writer_loop(
             match receiver.recv() {
                 Ok(first) => batch.push(normalize(first)),
                 Err(_) => break, // closed and drained
+            }
+            // Let a group gather: one commit (and one wake-up of this thread) per
+            // millisecond under load instead of one per few records. Senders never block.
+            if !shared.closing.load(Ordering::SeqCst) {
+                std::thread::sleep(GATHER);
             }
             while batch.len() < MAX_BATCH {
                 match receiver.try_recv() {

@@ -281,6 +281,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<(String, String), ApiError> {
+    authenticate_row(gateway, headers).map(|row| (row.tenant.clone(), row.id.clone()))
+}
+
+fn authenticate_row(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+) -> Result<Arc<crate::apikeys::ApiKeyRow>, ApiError> {
     let unauthorized = |message: &str| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -427,6 +434,20 @@ struct Call {
     prompt_estimate: u64,
     streaming: bool,
     routing_span: Option<(u64, u64, &'static str)>,
+    /// Recorded (audit, metrics, spans); a call dropped before that is recorded as 499.
+    finished: bool,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished && !self.tenant.is_empty() {
+            let answer = Answer {
+                status: 499,
+                ..Answer::default()
+            };
+            self.finish(None, answer, Some("the client went away before an answer"));
+        }
+    }
 }
 
 /// Usage and timing of an answer.
@@ -487,6 +508,7 @@ impl Call {
 
     /// Records the call: audit, metrics, spans, budget.
     fn finish(&mut self, slot: Option<&Slot>, answer: Answer, error: Option<&str>) {
+        self.finished = true;
         let now = Instant::now();
         let latency = now.saturating_duration_since(self.arrived);
         let ttft = answer.first_byte.map(|t| t.saturating_duration_since(self.arrived));
@@ -783,6 +805,7 @@ async fn call(
         prompt_estimate: 0,
         streaming: false,
         routing_span: None,
+        finished: false,
     };
     let (tenant, key_id) = match authenticate(&gateway, &headers) {
         Ok(t) => t,
@@ -798,6 +821,8 @@ async fn call(
     call.tenant = tenant;
     call.key_id = key_id;
     if let Some(reason) = gateway.audit_refusal() {
+        // Not audited: the audit log is what cannot be written.
+        call.finished = true;
         gateway.metrics.audit_refusals.fetch_add(1, Ordering::Relaxed);
         gateway.metrics.error(&call.tenant, "-", "audit_unavailable");
         let mut response = ApiError::unavailable("audit_unavailable", reason).into_response();
@@ -917,6 +942,13 @@ async fn call(
             Err(e) => return call.fail(e),
         };
         call.routing_span = Some((routing_start, unix_nanos_now(), slot.reason));
+        // Frees the slot if this future is dropped (the client went away) before the
+        // answer's body takes it over.
+        let mut held = Held {
+            gateway: gateway.clone(),
+            route: route.clone(),
+            slot: Some(slot.clone()),
+        };
         let upstream_start_nanos = unix_nanos_now();
         let uri = format!("{}{}", slot.replica.base_url, operation.path());
         let request = match hyper::Request::post(&uri)
@@ -927,7 +959,7 @@ async fn call(
         {
             Ok(r) => r,
             Err(e) => {
-                gateway.release(&route, &slot, failed());
+                held.release();
                 return call.fail(ApiError::new(
                     StatusCode::BAD_GATEWAY,
                     "server_error",
@@ -939,7 +971,7 @@ async fn call(
         let retry = RetryPolicy::default();
         match state.client.request(request).await {
             Err(e) => {
-                gateway.release(&route, &slot, failed());
+                held.release();
                 let connect = e.is_connect();
                 if connect && retry.may_retry(attempt, Failure::ConnectFailed) {
                     tracing::warn!(replica = %slot.replica.name, error = %e, "cannot connect to the replica; retrying on another");
@@ -988,13 +1020,14 @@ async fn call(
                         .any(|r| r.ready && r.name != slot.replica.name);
                     others
                 } {
-                    gateway.release(&route, &slot, failed());
+                    held.release();
                     tracing::warn!(replica = %slot.replica.name, status = status.as_u16(), "the replica answered 5xx; retrying on another");
                     gateway.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     excluded.push(slot.replica.name.clone());
                     attempt += 1;
                     continue;
                 }
+                held.slot = None;
                 return respond(call, route, slot, upstream, upstream_start_nanos);
             }
         }
@@ -1016,6 +1049,27 @@ fn failed() -> Outcome {
         ok: false,
         ttft_ms: None,
         tpot_ms: None,
+    }
+}
+
+/// A slot between acquire and the answer's body.
+struct Held {
+    gateway: Arc<Gateway>,
+    route: Arc<Route>,
+    slot: Option<Slot>,
+}
+
+impl Held {
+    fn release(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.gateway.release(&self.route, &slot, failed());
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -289,7 +289,7 @@ impl Table {
 
 #[derive(Debug, Clone)]
 struct CachedKey {
-    row: Option<ApiKeyRow>,
+    row: Option<Arc<ApiKeyRow>>,
     fetched: Instant,
 }
 
@@ -566,7 +566,7 @@ impl Gateway {
     }
 
     /// The tenant and key id of an API key.
-    pub fn authenticate(&self, key: &str) -> Result<(String, String), KeyError> {
+    pub fn authenticate(&self, key: &str) -> Result<Arc<ApiKeyRow>, KeyError> {
         let (id, secret) = crate::apikeys::parse(key).ok_or(KeyError::Invalid)?;
         let cached = self
             .keys
@@ -582,7 +582,8 @@ impl Gateway {
                     .shared
                     .store
                     .api_key(id)
-                    .map_err(|e| KeyError::Store(e.to_string()))?;
+                    .map_err(|e| KeyError::Store(e.to_string()))?
+                    .map(Arc::new);
                 let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
                 if keys.len() > 100_000 {
                     keys.clear();
@@ -598,7 +599,7 @@ impl Gateway {
             }
         };
         match row {
-            Some(row) if crate::apikeys::check(&row, secret) => Ok((row.tenant, row.id)),
+            Some(row) if crate::apikeys::check(&row, secret) => Ok(row),
             _ => Err(KeyError::Invalid),
         }
     }
