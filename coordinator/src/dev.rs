@@ -65,6 +65,33 @@ fn dev_runtimes(kinds: &[&str], simulated: bool, mock: Option<&std::path::Path>)
     runtimes
 }
 
+/// The real llama.cpp server and a model for it, when this machine has both: the server on
+/// `PATH` or where `scripts/fetch-llama-server.sh` caches it (`$PYXIS_CACHE`, default
+/// `~/.cache/pyxis`), the model from `PYXIS_LLAMA_MODEL` or that cache.
+pub fn real_llama_server() -> Option<(PathBuf, PathBuf)> {
+    let cache = std::env::var_os("PYXIS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pyxis")));
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("llama-server"))
+            .find(|p| p.is_file())
+    });
+    let server = std::env::var_os("PYXIS_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .or(on_path)
+        .or_else(|| cache.as_ref().map(|c| c.join("bin/llama-server")))
+        .filter(|p| p.is_file())?;
+    let model = std::env::var_os("PYXIS_LLAMA_MODEL")
+        .map(PathBuf::from)
+        .or_else(|| cache.map(|c| c.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")))
+        .filter(|p| p.is_file())?;
+    Some((server, model))
+}
+
+/// The model path dev mode's `smollm2-135m` deployment names in `examples/dev/`.
+const DEV_LLAMA_SOURCE: &str = "/models/smollm2-135m-instruct-q4_1.gguf";
+
 /// Dev defaults: loopback ports 7443/7080/8080 and a fresh, private temporary data dir
 /// (removed when the returned guard drops), unless flags or the file say otherwise.
 pub fn dev_config(
@@ -171,13 +198,21 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
     }
     // Every agent runs on this one host: each gets its own runtime port range.
     let ports = |i: u16| (21000 + i * 200, 21000 + i * 200 + 199);
+    // The real llama.cpp serves the CPU chat model on this host where it is installed (and
+    // then only here: the simulated nodes do not offer llama-cpp).
+    let llama = real_llama_server();
+    let mut host_runtimes = dev_runtimes(HOST_RUNTIMES, false, mock.as_deref());
+    if let Some((server, model)) = &llama {
+        host_runtimes.insert("llama-cpp".into(), server.display().to_string());
+        tracing::info!(server = %server.display(), model = %model.display(), "smollm2-135m runs on the real llama-server on this host");
+    }
     let host_agent = Agent::start(agent_config(
         coordinator,
         root.join(&host_name),
         &host_name,
         None,
         &token.token,
-        dev_runtimes(HOST_RUNTIMES, false, mock.as_deref()),
+        host_runtimes,
         ports(0),
     ))
     .await?;
@@ -188,6 +223,11 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
             "this host reports no accelerator: adding a simulated mixed fleet (marked simulated everywhere)"
         );
         for (i, (name, spec, kinds)) in DEV_FLEET.iter().enumerate() {
+            let kinds: Vec<&str> = kinds
+                .iter()
+                .copied()
+                .filter(|k| llama.is_none() || *k != "llama-cpp")
+                .collect();
             agents.push(
                 Agent::start(agent_config(
                     coordinator,
@@ -195,7 +235,7 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
                     name,
                     Some(spec),
                     &token.token,
-                    dev_runtimes(kinds, true, mock.as_deref()),
+                    dev_runtimes(&kinds, true, mock.as_deref()),
                     ports(i as u16 + 1),
                 ))
                 .await?,
@@ -204,7 +244,13 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
     }
     let sources: Vec<(Option<String>, String)> = DEV_MANIFESTS
         .iter()
-        .map(|(name, text)| (Some(name.to_string()), text.to_string()))
+        .map(|(name, text)| {
+            let text = match &llama {
+                Some((_, model)) => text.replace(DEV_LLAMA_SOURCE, &model.display().to_string()),
+                None => text.to_string(),
+            };
+            (Some(name.to_string()), text)
+        })
         .collect();
     match crate::api_objects::apply_sources(&coordinator.shared, &sources, false).await {
         Ok(applied) => {
@@ -254,6 +300,9 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
         println!(
             "  curl -si {gateway}/v1/chat/completions -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' -d '{{\"model\": \"qwen-7b\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'"
         );
+        if llama.is_some() {
+            println!("  (model \"smollm2-135m\" answers from the real llama.cpp on this host)");
+        }
         println!("  OPENAI_BASE_URL={gateway}/v1 OPENAI_API_KEY={key} python3 -c 'import openai; print(openai.OpenAI().chat.completions.create(model=\"qwen-7b\", messages=[{{\"role\": \"user\", \"content\": \"Hi\"}}]).choices[0].message.content)'");
         println!();
     }

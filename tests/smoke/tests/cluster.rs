@@ -553,6 +553,24 @@ fn dev_mode_prints_commands_that_work() {
         assert!(answer.contains(header), "{header} missing:\n{answer}");
     }
     assert!(answer.contains("\"choices\""), "{answer}");
+    // The CPU chat model, shared with every tenant, runs on the real llama-server where
+    // it is installed (.ci/run caches it), the mock otherwise: either way through the gateway.
+    let key = curl.split("Bearer ").nth(1).unwrap().split('\'').next().unwrap();
+    let gateway = curl.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
+    let auth = format!("Bearer {key}");
+    let small = pyxis_smoke::request(
+        "POST",
+        gateway,
+        &[("Authorization", &auth)],
+        Some(r#"{"model": "smollm2-135m", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}"#),
+    );
+    assert_eq!(small.status, 200, "{}", small.body);
+    assert_eq!(small.header("x-pyxis-deployment"), Some("product/smollm2-135m"));
+    assert!(
+        small.header("x-pyxis-runtime").unwrap().starts_with("llama-cpp/"),
+        "{:?}",
+        small.headers
+    );
     let audited = cli.ok(&["audit", "--since", "1h"]);
     assert!(audited.contains("qwen-7b"), "{audited}");
     let explain = cli.ok(&["explain", "deployment", "llama-70b", "-n", "research"]);
