@@ -284,10 +284,7 @@ fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<(String, Strin
     authenticate_row(gateway, headers).map(|row| (row.tenant.clone(), row.id.clone()))
 }
 
-fn authenticate_row(
-    gateway: &Gateway,
-    headers: &HeaderMap,
-) -> Result<Arc<crate::apikeys::ApiKeyRow>, ApiError> {
+fn authenticate_row(gateway: &Gateway, headers: &HeaderMap) -> Result<Arc<crate::apikeys::ApiKeyRow>, ApiError> {
     let unauthorized = |message: &str| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
