@@ -544,7 +544,7 @@ impl Call {
                 .route
                 .as_ref()
                 .map_or_else(String::new, |r| r.model_version.clone()),
-            model_digest: None,
+            model_digest: self.route.as_ref().and_then(|r| r.model_digest.clone()),
             runtime_kind: slot.map_or_else(String::new, |s| s.replica.runtime_kind.clone()),
             runtime_version: slot.map_or_else(String::new, |s| s.replica.runtime_version.clone()),
             hardware_class: slot.map_or_else(String::new, |s| s.replica.hardware_class.clone()),

@@ -61,6 +61,8 @@ pub struct Route {
     pub model_name: String,
     /// Model version.
     pub model_version: String,
+    /// Model digest, when the manifest gives one.
+    pub model_digest: Option<String>,
     /// Routing policy.
     pub routing: RoutingPolicy,
     /// Latency budget.
@@ -439,6 +441,7 @@ impl Gateway {
                     deployment: name.clone(),
                     model_name: spec.model.name.clone(),
                     model_version: spec.model.version.clone(),
+                    model_digest: spec.model.digest.clone(),
                     routing: spec.routing,
                     latency_budget: spec.latency_budget,
                     classes,

@@ -431,6 +431,21 @@ fn bad_manifests_are_rejected_with_path_and_reason() {
             vec![("spec.readinessTimeout", "must be above 0 and at most 24h, found 2days")],
         ),
         (
+            deployment(&[("maxConcurrentRequests", "0"), ("queueTimeout", "2h")]),
+            vec![
+                ("spec.maxConcurrentRequests", "must be 1 to 100000, found 0"),
+                ("spec.queueTimeout", "must be above 0 and at most 1h, found 2h"),
+            ],
+        ),
+        (
+            deployment(&[("sharedWith", "[product, \"*\", \"Bad Name\"]")]),
+            vec![("spec.sharedWith[2]", "\"Bad Name\" is not a tenant name")],
+        ),
+        (
+            deployment(&[("model", "{name: org/chat, version: v1, source: /m, digest: md5}")]),
+            vec![("spec.model.digest", "\"md5\" is not ALGORITHM:HEX")],
+        ),
+        (
             deployment(&[("runtimes", "[{kind: vllm, args: [--max-model-len, 8192]}, {kind: mlc}]")]),
             vec![
                 ("spec.runtimes[0].args[1]", "invalid type: integer `8192`"),

@@ -445,6 +445,10 @@ pub struct ModelSpec {
     /// Size of the weights in GiB; positive. Absent: unknown.
     #[serde(default, rename = "sizeGiB", skip_serializing_if = "Option::is_none")]
     pub size_gib: Option<f64>,
+    /// Digest of the weights, `ALGORITHM:HEX` (`sha256:9f2c…`), recorded in every audit
+    /// record of a call it served. Absent: unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// One entry of `spec.runtimes`.

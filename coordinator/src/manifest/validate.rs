@@ -398,6 +398,20 @@ fn model(check: &mut Checker, spec: &ModelDeploymentSpec) {
     if let Some(size) = model.size_gib {
         check.positive("spec.model.sizeGiB", size);
     }
+    if let Some(digest) = &model.digest {
+        let ok = digest.split_once(':').is_some_and(|(algorithm, hex)| {
+            !algorithm.is_empty()
+                && algorithm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && hex.len() >= 32
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        });
+        if !ok {
+            check.invalid(
+                "spec.model.digest",
+                format!("{digest:?} is not ALGORITHM:HEX, for example sha256:9f2c… (at least 32 hex digits)"),
+            );
+        }
+    }
 }
 
 fn runtimes(check: &mut Checker, runtimes: &[RuntimeChoice]) {

@@ -37,6 +37,7 @@ use pyxis_coordinator::{config::CoordinatorConfig, server::Coordinator};
 use pyxis_smoke::{bin, http, request, Daemon, HttpResponse, Reaper};
 
 const SLOW: Duration = Duration::from_secs(90);
+const CHAT_DIGEST: &str = "5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592";
 const LINEAGE: [&str; 7] = [
     "x-pyxis-request-id",
     "x-pyxis-tenant",
@@ -396,7 +397,7 @@ apiVersion: pyxis.dev/v1alpha1
 kind: ModelDeployment
 metadata: {{name: chat, namespace: research}}
 spec:
-  model: {{name: smoke/chat, version: "2026-11-01", source: /models/chat}}
+  model: {{name: smoke/chat, version: "2026-11-01", source: /models/chat, digest: "sha256:{digest}"}}
   runtimes: [{{kind: vllm, env: {{PYXIS_MOCK_TTFT_MS: "5", PYXIS_MOCK_TPOT_MS: "2"}}}}]
   resources: {{gpusPerReplica: 1, hardwareClasses: [H100-80GB]}}
   replicas: {{min: 2, max: 2}}
@@ -426,7 +427,8 @@ spec:
   replicas: {{min: 1, max: 1}}
   readinessTimeout: 120s
 "#,
-        model = llama_model.display()
+        model = llama_model.display(),
+        digest = CHAT_DIGEST,
     )
 }
 
@@ -564,6 +566,7 @@ async fn the_openai_sdk_gets_lineage_and_every_call_is_audited() {
             "audited GPUs are the serving replica's: {record} vs {serving:?}"
         );
         if record["deployment"] == "chat" {
+            assert_eq!(record["model_digest"], format!("sha256:{CHAT_DIGEST}"), "{record}");
             let gpus = record["gpus"].as_array().unwrap();
             assert!(
                 gpus.len() == 1 && gpus[0].as_str().unwrap().starts_with("SIM-"),
