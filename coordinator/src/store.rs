@@ -340,36 +340,18 @@ impl Store {
                 "SELECT id, tenant, name, secret_sha256, created_ms, revoked_ms FROM api_keys
                  WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_ms, id",
             )?;
-            let rows = stmt.query_map(params![tenant], |r| {
-                Ok(crate::apikeys::ApiKeyRow {
-                    id: r.get(0)?,
-                    tenant: r.get(1)?,
-                    name: r.get(2)?,
-                    secret_sha256: r.get(3)?,
-                    created_ms: r.get(4)?,
-                    revoked_ms: r.get(5)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![tenant], api_key_row)?;
             rows.collect()
         })
     }
 
-    /// One API key by id.
+    /// One API key by id (the gateway's cache reads it on a miss).
     pub fn api_key(&self, id: &str) -> Result<Option<crate::apikeys::ApiKeyRow>, StoreError> {
         self.with(|c| {
             c.query_row(
                 "SELECT id, tenant, name, secret_sha256, created_ms, revoked_ms FROM api_keys WHERE id = ?1",
                 params![id],
-                |r| {
-                    Ok(crate::apikeys::ApiKeyRow {
-                        id: r.get(0)?,
-                        tenant: r.get(1)?,
-                        name: r.get(2)?,
-                        secret_sha256: r.get(3)?,
-                        created_ms: r.get(4)?,
-                        revoked_ms: r.get(5)?,
-                    })
-                },
+                api_key_row,
             )
             .optional()
         })
@@ -610,6 +592,18 @@ impl Store {
             rows.collect()
         })
     }
+}
+
+/// An `api_keys` row selected as `id, tenant, name, secret_sha256, created_ms, revoked_ms`.
+fn api_key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::apikeys::ApiKeyRow> {
+    Ok(crate::apikeys::ApiKeyRow {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        name: r.get(2)?,
+        secret_sha256: r.get(3)?,
+        created_ms: r.get(4)?,
+        revoked_ms: r.get(5)?,
+    })
 }
 
 #[cfg(test)]

@@ -531,3 +531,41 @@ impl Drop for Reaper {
         }
     }
 }
+
+/// Polls `check` every 50 ms until it gives `Ok`; on timeout, panics with the last `Err`
+/// (what was seen instead).
+pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) if std::time::Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last seen:\n{seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The real runtime: llama.cpp's `llama-server` and the SmolLM2-135M model, built and
+/// cached by `scripts/fetch-llama-server.sh` (which `.ci/run` runs first) under
+/// `$PYXIS_CACHE` (default `~/.cache/pyxis`), or `PYXIS_LLAMA_SERVER` / `PYXIS_LLAMA_MODEL`.
+pub fn llama_server() -> (PathBuf, PathBuf) {
+    let cache = std::env::var_os("PYXIS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/pyxis")))
+        .unwrap_or_else(|| PathBuf::from(".cache/pyxis"));
+    let server = std::env::var_os("PYXIS_LLAMA_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join("bin/llama-server"));
+    let model = std::env::var_os("PYXIS_LLAMA_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        server.is_file() && model.is_file(),
+        "{} or {} is missing: run scripts/fetch-llama-server.sh (.ci/run does)",
+        server.display(),
+        model.display()
+    );
+    (server, model)
+}

@@ -27,14 +27,14 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use pyxis_coordinator::{config::CoordinatorConfig, server::Coordinator};
-use pyxis_smoke::{bin, http, request, Daemon, HttpResponse, Reaper};
+use pyxis_smoke::{bin, eventually, http, llama_server, request, Daemon, HttpResponse, Reaper};
 
 const SLOW: Duration = Duration::from_secs(90);
 const CHAT_DIGEST: &str = "5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592";
@@ -47,40 +47,6 @@ const LINEAGE: [&str; 7] = [
     "x-pyxis-hardware-class",
     "x-pyxis-node",
 ];
-
-async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(seen) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last seen:\n{seen}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-/// The llama.cpp server and model that `scripts/fetch-llama-server.sh` caches.
-fn llama_server() -> (PathBuf, PathBuf) {
-    let cache = std::env::var_os("PYXIS_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/pyxis")))
-        .unwrap();
-    let server = std::env::var_os("PYXIS_LLAMA_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache.join("bin/llama-server"));
-    let model = std::env::var_os("PYXIS_LLAMA_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        server.is_file() && model.is_file(),
-        "{} or {} is missing: run scripts/fetch-llama-server.sh (.ci/run does)",
-        server.display(),
-        model.display()
-    );
-    (server, model)
-}
 
 /// A node: name, simulated devices, `[runtimes]` lines.
 struct NodeSpec {

@@ -36,7 +36,7 @@ use pyxis_coordinator::{
     config::CoordinatorConfig,
     server::Coordinator,
 };
-use pyxis_smoke::{bin, http, processes_with, Daemon, Reaper};
+use pyxis_smoke::{bin, eventually, http, processes_with, Daemon, Reaper};
 
 /// The acceptance bound: a replica lost with its node is Ready elsewhere within this.
 const REPLACEMENT_BOUND: Duration = Duration::from_secs(15);
@@ -51,21 +51,6 @@ const NODES: [(&str, u32); 3] = [("node-a", 1), ("node-b", 1), ("node-c", 2)];
 /// The pids of a test's runtimes.
 fn runtime_pids(marker: &str) -> BTreeSet<u32> {
     processes_with(marker).into_keys().collect()
-}
-
-/// Polls `check` until it gives `Ok`; on timeout, panics with the last `Err` (what was
-/// seen instead).
-async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(seen) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last seen:\n{seen}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 async fn start_coordinator(config: &CoordinatorConfig) -> Coordinator {

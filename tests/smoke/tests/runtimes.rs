@@ -14,7 +14,7 @@ use std::{
 
 use pyxis_coordinator::{api_types::ReplicaView, config::CoordinatorConfig, server::Coordinator};
 use pyxis_protocol::ReplicaSpec;
-use pyxis_smoke::{bin, http, processes_with, Daemon, Reaper};
+use pyxis_smoke::{bin, http, llama_server, processes_with, Daemon, Reaper};
 
 async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -226,28 +226,6 @@ vllm = "{mock} --flavor vllm"
     })
     .await;
     coordinator.stop().await;
-}
-
-/// The real runtime: llama.cpp's `llama-server` serving SmolLM2-135M on CPU under the agent,
-/// built and cached by `scripts/fetch-llama-server.sh` (which `.ci/run` runs first).
-fn llama_server() -> (std::path::PathBuf, std::path::PathBuf) {
-    let cache = std::env::var_os("PYXIS_CACHE")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/pyxis")))
-        .unwrap();
-    let server = std::env::var_os("PYXIS_LLAMA_SERVER")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| cache.join("bin/llama-server"));
-    let model = std::env::var_os("PYXIS_LLAMA_MODEL")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        server.is_file() && model.is_file(),
-        "{} or {} is missing: run scripts/fetch-llama-server.sh (.ci/run does)",
-        server.display(),
-        model.display()
-    );
-    (server, model)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
