@@ -463,10 +463,12 @@ impl Call {
     fn labels(&self, slot: Option<&Slot>) -> CallLabels {
         CallLabels {
             tenant: self.tenant.clone(),
+            // A name no deployment has stays out of the labels: clients choose it, and
+            // every new label set is a new series kept for the process's life.
             model: self
                 .route
                 .as_ref()
-                .map_or_else(|| self.model_asked.clone(), |r| r.model_name.clone()),
+                .map_or_else(|| "unknown".to_string(), |r| r.model_name.clone()),
             runtime: slot.map_or_else(|| "none".to_string(), |s| s.replica.runtime_kind.clone()),
             hardware_class: slot.map_or_else(|| "none".to_string(), |s| s.replica.hardware_class.clone()),
         }
@@ -477,7 +479,7 @@ impl Call {
         let status = error.status.as_u16();
         self.gateway.metrics.error(
             &self.tenant,
-            self.route.as_ref().map_or(&self.model_asked, |r| &r.model_name),
+            self.route.as_ref().map_or("unknown", |r| r.model_name.as_str()),
             error.code,
         );
         let answer = Answer {
@@ -485,11 +487,9 @@ impl Call {
             ..Answer::default()
         };
         let grant = self.grant.take();
-        if let Some(route) = &self.route {
+        if grant.is_some() {
             // Nothing was used: give the estimate back.
-            if grant.is_some() {
-                self.gateway.settle(grant, &route.tenant, 0);
-            }
+            self.gateway.settle(grant, &self.tenant, 0);
         }
         let mut response = error.into_response();
         lineage(
@@ -523,11 +523,11 @@ impl Call {
                 completion_tokens: completion,
             },
         );
-        if let Some(route) = &self.route {
+        if self.route.is_some() {
             if let Some(grant) = self.grant.take() {
-                self.gateway.settle(Some(grant), &route.tenant, prompt + completion);
+                self.gateway.settle(Some(grant), &self.tenant, prompt + completion);
             } else if self.caller.quota_mode == QuotaMode::DryRun && answer.status < 400 {
-                self.gateway.settle(None, &route.tenant, prompt + completion);
+                self.gateway.settle(None, &self.tenant, prompt + completion);
             }
         }
         let record = AuditRecord {
