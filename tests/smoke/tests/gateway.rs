@@ -16,6 +16,9 @@
 //!   then bulk, then batch, whatever their arrival order; a call queued past
 //!   `queueTimeout` gets 503; a `warm-zero` deployment at zero replicas serves its first
 //!   call once a replica has started, and scales back to zero when idle.
+//! - `kv_aware_and_latency_budget_route_by_what_they_measure`: calls avoid a replica whose
+//!   KV cache is full of work the gateway never saw (its agent scraped it), and go to the
+//!   replica predicted within the latency budget once both were measured.
 //! - `audit_required_refuses_and_best_effort_serves_when_the_log_cannot_be_written`: the
 //!   audit database is locked by another process; `required` answers 503, `best-effort`
 //!   serves and counts the records lost.
@@ -981,4 +984,147 @@ spec:
         .await;
         fleet.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn kv_aware_and_latency_budget_route_by_what_they_measure() {
+    let fleet = Fleet::start(
+        23900,
+        vec![
+            NodeSpec {
+                name: "node-k1",
+                simulate: "1xH100-80GB",
+                runtimes: vec![("vllm".into(), mock("vllm"))],
+            },
+            NodeSpec {
+                name: "node-k2",
+                simulate: "1xH100-80GB",
+                runtimes: vec![("vllm".into(), mock("vllm"))],
+            },
+            NodeSpec {
+                name: "node-fast",
+                simulate: "1xA100-40GB",
+                runtimes: vec![("vllm".into(), mock("vllm"))],
+            },
+            NodeSpec {
+                name: "node-slow",
+                simulate: "1xA100-40GB",
+                runtimes: vec![("sglang".into(), mock("sglang"))],
+            },
+        ],
+        |_| {},
+    )
+    .await;
+    fleet.apply(
+        r#"apiVersion: pyxis.dev/v1alpha1
+kind: HardwareClass
+metadata: {name: H100-80GB}
+spec: {match: {vendor: nvidia, model: "H100.*80GB"}}
+---
+apiVersion: pyxis.dev/v1alpha1
+kind: HardwareClass
+metadata: {name: A100-40GB}
+spec: {match: {vendor: nvidia, model: "A100.*40GB"}}
+---
+apiVersion: pyxis.dev/v1alpha1
+kind: Tenant
+metadata: {name: acme}
+spec: {}
+---
+# KV cache of 1,000 tokens per replica; the agents scrape its use every report.
+apiVersion: pyxis.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: kv, namespace: acme}
+spec:
+  model: {name: kv, version: "1", source: /models/kv}
+  runtimes: [{kind: vllm, env: {PYXIS_MOCK_KV_CAPACITY_TOKENS: "1000", PYXIS_MOCK_TPOT_MS: "50"}}]
+  resources: {gpusPerReplica: 1, hardwareClasses: [H100-80GB]}
+  replicas: {min: 2, max: 2}
+  routing: kv-aware
+---
+# One replica on vLLM answers in ~5 ms, the other (SGLang) in ~300 ms; the budget is 100 ms.
+apiVersion: pyxis.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: timely, namespace: acme}
+spec:
+  model: {name: timely, version: "1", source: /models/timely}
+  runtimes:
+    - {kind: vllm, env: {PYXIS_MOCK_TTFT_MS: "5"}}
+    - {kind: sglang, env: {PYXIS_MOCK_TTFT_MS: "300"}}
+  resources: {gpusPerReplica: 1, hardwareClasses: [A100-40GB]}
+  replicas: {min: 2, max: 2}
+  latencyBudget: {ttftMs: 100}
+  routing: latency-budget
+"#,
+    );
+    let kv = fleet.ready("kv", 2).await;
+    fleet.ready("timely", 2).await;
+    let key = fleet.key("acme");
+
+    // KV-aware: load the gateway cannot see (callers going straight to one replica's
+    // runtime) fills that replica's KV cache. Without KV data the tie between two idle
+    // replicas goes to the first by name: load that one, so only KV-awareness sends the
+    // gateway's calls to the other.
+    let mut kv = kv;
+    kv.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let (loaded, other) = (kv[0].clone(), kv[1].clone());
+    let endpoint = loaded["endpoint"].as_str().unwrap().to_string();
+    let long_prompt = "word ".repeat(450);
+    let direct: Vec<_> = (0..2)
+        .map(|_| {
+            let url = format!("{endpoint}/chat/completions");
+            // 200 tokens at 50 ms: in flight for 10 s, long enough on a slow machine.
+            let body = serde_json::json!({"model": "kv", "max_tokens": 200,
+                "messages": [{"role": "user", "content": long_prompt}]})
+            .to_string();
+            std::thread::spawn(move || request("POST", &url, &[], Some(&body)).status)
+        })
+        .collect();
+    let body = serde_json::json!({"model": "kv", "max_tokens": 1, "messages": [{"role": "user", "content": "short"}]});
+    let other_node = other["node"].as_str().unwrap().to_string();
+    // Polled, not slept: the agent scrapes the KV use, reports it, and the gateway's view
+    // follows; until then calls go to the loaded replica.
+    eventually("a call routed away from the full KV cache", SLOW, || {
+        let r = fleet.call(&key, "/v1/chat/completions", &body, &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let node = r.header("x-pyxis-node").unwrap_or("").to_string();
+        (node == other_node).then_some(()).ok_or(node)
+    })
+    .await;
+    for _ in 0..6 {
+        let r = fleet.call(&key, "/v1/chat/completions", &body, &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            r.header("x-pyxis-node"),
+            Some(other_node.as_str()),
+            "the replica with free KV cache"
+        );
+    }
+    let usage = fleet
+        .replicas()
+        .into_iter()
+        .find(|r| r["name"] == loaded["name"])
+        .and_then(|r| r["metrics"]["kv_cache_usage_ratio"].as_f64())
+        .unwrap_or(0.0);
+    assert!(usage >= 0.5, "the loaded replica reports its KV use: {usage}");
+
+    // Latency budget: once both replicas have been measured, calls go to the one predicted
+    // within 100 ms.
+    let body = serde_json::json!({"model": "timely", "max_tokens": 1, "messages": [{"role": "user", "content": "t"}]});
+    let mut nodes = Vec::new();
+    for _ in 0..12 {
+        let r = fleet.call(&key, "/v1/chat/completions", &body, &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        nodes.push(r.header("x-pyxis-node").unwrap().to_string());
+    }
+    let last: Vec<&str> = nodes.iter().rev().take(6).map(String::as_str).collect();
+    assert!(
+        last.iter().all(|n| *n == "node-fast"),
+        "the fast replica serves once measured: {nodes:?}"
+    );
+    // The calls straight to the runtime were served too (10 s of generation each).
+    for d in direct {
+        assert_eq!(d.join().unwrap(), 200);
+    }
+    fleet.stop().await;
 }
