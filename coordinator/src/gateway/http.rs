@@ -121,7 +121,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
-        .route("/v1/models/{id}", get(model))
+        .route("/v1/models/{*id}", get(model))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -280,11 +280,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<(String, String), ApiError> {
-    authenticate_row(gateway, headers).map(|row| (row.tenant.clone(), row.id.clone()))
-}
-
-fn authenticate_row(gateway: &Gateway, headers: &HeaderMap) -> Result<Arc<crate::apikeys::ApiKeyRow>, ApiError> {
+async fn authenticate(gateway: &Arc<Gateway>, headers: &HeaderMap) -> Result<(String, String), ApiError> {
     let unauthorized = |message: &str| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -298,19 +294,39 @@ fn authenticate_row(gateway: &Gateway, headers: &HeaderMap) -> Result<Arc<crate:
             "missing 'Authorization: Bearer <api key>'; an operator creates keys with `pyxis apikey create --tenant T`",
         )
     })?;
-    gateway.authenticate(key).map_err(|e| match e {
+    // A cache hit is answered here; a miss reads the store on the blocking pool, never on
+    // the async workers.
+    let row = match gateway.authenticate_cached(key) {
+        Some(result) => result,
+        None => {
+            let (g, k) = (gateway.clone(), key.to_string());
+            tokio::task::spawn_blocking(move || g.authenticate(&k))
+                .await
+                .unwrap_or_else(|e| Err(KeyError::Store(e.to_string())))
+        }
+    };
+    let row = row.map_err(|e| match e {
         KeyError::Missing | KeyError::Invalid => unauthorized(
             "the API key is not valid (unknown, mistyped or revoked); `pyxis apikey list` shows a tenant's keys",
         ),
         KeyError::Store(reason) => {
             ApiError::unavailable("store_unavailable", format!("cannot check the API key: {reason}"))
         }
-    })
+    })?;
+    // The snapshot may be a moment older than an apply: ask the catalog before refusing.
+    if !gateway.table().tenants.contains_key(&row.tenant) && !gateway.shared.catalog().tenants.contains_key(&row.tenant)
+    {
+        return Err(unauthorized(&format!(
+            "the API key's tenant {} no longer exists; its keys no longer work",
+            row.tenant
+        )));
+    }
+    Ok((row.tenant.clone(), row.id.clone()))
 }
 
 async fn models(State(state): State<GatewayState>, headers: HeaderMap) -> Response {
     let request_id = new_request_id();
-    let (tenant, _) = match authenticate(&state.gateway, &headers) {
+    let (tenant, _) = match authenticate(&state.gateway, &headers).await {
         Ok(t) => t,
         Err(e) => {
             let mut r = e.into_response();
@@ -335,7 +351,7 @@ async fn model(
     headers: HeaderMap,
 ) -> Response {
     let request_id = new_request_id();
-    let (tenant, _) = match authenticate(&state.gateway, &headers) {
+    let (tenant, _) = match authenticate(&state.gateway, &headers).await {
         Ok(t) => t,
         Err(e) => {
             let mut r = e.into_response();
@@ -385,27 +401,15 @@ fn unknown_model(gateway: &Gateway, tenant: &str, asked: &str) -> ApiError {
     )
 }
 
-async fn chat(
-    state: State<GatewayState>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn chat(state: State<GatewayState>, headers: HeaderMap, body: Body) -> Response {
     call(state, Operation::Chat, headers, body).await
 }
 
-async fn completions(
-    state: State<GatewayState>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn completions(state: State<GatewayState>, headers: HeaderMap, body: Body) -> Response {
     call(state, Operation::Completion, headers, body).await
 }
 
-async fn embeddings(
-    state: State<GatewayState>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn embeddings(state: State<GatewayState>, headers: HeaderMap, body: Body) -> Response {
     call(state, Operation::Embeddings, headers, body).await
 }
 
@@ -510,9 +514,12 @@ impl Call {
         let latency = now.saturating_duration_since(self.arrived);
         let ttft = answer.first_byte.map(|t| t.saturating_duration_since(self.arrived));
         let completion = answer.completion_tokens.unwrap_or(answer.events);
+        // A call that reached a replica pays for its prompt even when the client went away
+        // (499) or the answer broke off (502): the runtime processed it.
+        let reached = slot.is_some() && (answer.status < 400 || answer.status == 499 || answer.status == 502);
         let prompt = answer
             .prompt_tokens
-            .unwrap_or(if answer.status < 400 { self.prompt_estimate } else { 0 });
+            .unwrap_or(if reached { self.prompt_estimate } else { 0 });
         self.gateway.metrics.observe(
             &self.labels(slot),
             Observation {
@@ -526,7 +533,7 @@ impl Call {
         if self.route.is_some() {
             if let Some(grant) = self.grant.take() {
                 self.gateway.settle(Some(grant), &self.tenant, prompt + completion);
-            } else if self.caller.quota_mode == QuotaMode::DryRun && answer.status < 400 {
+            } else if self.caller.quota_mode == QuotaMode::DryRun && reached {
                 self.gateway.settle(None, &self.tenant, prompt + completion);
             }
         }
@@ -772,12 +779,7 @@ fn validate(operation: Operation, body: &serde_json::Map<String, Value>) -> Resu
     Ok(())
 }
 
-async fn call(
-    State(state): State<GatewayState>,
-    operation: Operation,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn call(State(state): State<GatewayState>, operation: Operation, headers: HeaderMap, body: Body) -> Response {
     let gateway = state.gateway.clone();
     let parent = headers
         .get("traceparent")
@@ -804,7 +806,7 @@ async fn call(
         routing_span: None,
         finished: false,
     };
-    let (tenant, key_id) = match authenticate(&gateway, &headers) {
+    let (tenant, key_id) = match authenticate(&gateway, &headers).await {
         Ok(t) => t,
         Err(e) => {
             // Unauthenticated calls are counted, not audited (they are no tenant's calls,
@@ -826,15 +828,22 @@ async fn call(
         lineage(response.headers_mut(), &call.request_id, Some(&call.tenant), None, None);
         return response;
     }
-    let body = match body {
+    // Read only now, after the key was checked: an unauthenticated client cannot make the
+    // gateway hold a large body.
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(e) => {
-            let status = e.status();
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"));
+            let status = if too_large {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
             return call.fail(ApiError::new(
                 status,
                 "invalid_request_error",
                 "invalid_request",
-                format!("cannot read the request body: {}", e.body_text()),
+                format!("cannot read the request body (at most {MAX_BODY_BYTES} bytes): {e}"),
             ));
         }
     };
@@ -871,11 +880,11 @@ async fn call(
         gateway.refresh_if_older(STALE_SNAPSHOT);
         gateway.table().resolve(&call.tenant, &model)
     });
-    let Some(route) = resolved else {
+    let Some(mut route) = resolved else {
         let error = unknown_model(&gateway, &call.tenant, &model);
         return call.fail(error);
     };
-    call.caller = gateway.table().tenants.get(&call.tenant).copied().unwrap_or_default();
+    call.caller = gateway.caller(&call.tenant);
     call.route = Some(route.clone());
     call.streaming = operation != Operation::Embeddings && json.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let text = prompt_text(operation, &json);
@@ -928,14 +937,22 @@ async fn call(
     let expected_u32 = u32::try_from(expected).unwrap_or(u32::MAX);
     gateway.note_demand(&route);
     gateway.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    let _in_flight = InFlight(gateway.clone());
+    let mut in_flight = Some(InFlight(gateway.clone()));
 
     let mut excluded: Vec<String> = Vec::new();
     let mut attempt = 1u32;
     loop {
         let routing_start = unix_nanos_now();
         let slot = match acquire(&gateway, &route, &call, facts_key, expected_u32, &excluded).await {
-            Ok(slot) => slot,
+            Ok((current, slot)) => {
+                // The slot belongs to the deployment as it is now (a newer snapshot after
+                // a wait): release into it and record what actually served the call.
+                if !Arc::ptr_eq(&current, &route) {
+                    route = current;
+                    call.route = Some(route.clone());
+                }
+                slot
+            }
             Err(e) => return call.fail(e),
         };
         call.routing_span = Some((routing_start, unix_nanos_now(), slot.reason));
@@ -947,6 +964,7 @@ async fn call(
             slot: Some(slot.clone()),
         };
         let upstream_start_nanos = unix_nanos_now();
+        let upstream_start = (Instant::now(), upstream_start_nanos);
         let uri = format!("{}{}", slot.replica.base_url, operation.path());
         let request = match hyper::Request::post(&uri)
             .header(header::CONTENT_TYPE, "application/json")
@@ -970,7 +988,12 @@ async fn call(
             Err(e) => {
                 held.release();
                 let connect = e.is_connect();
-                if connect && retry.may_retry(attempt, Failure::ConnectFailed) {
+                let others = route
+                    .live()
+                    .replicas
+                    .iter()
+                    .any(|r| r.ready && r.name != slot.replica.name);
+                if connect && others && retry.may_retry(attempt, Failure::ConnectFailed) {
                     tracing::warn!(replica = %slot.replica.name, error = %e, "cannot connect to the replica; retrying on another");
                     gateway.metrics.retries.fetch_add(1, Ordering::Relaxed);
                     excluded.push(slot.replica.name.clone());
@@ -1025,7 +1048,8 @@ async fn call(
                     continue;
                 }
                 held.slot = None;
-                return respond(call, route, slot, upstream, upstream_start_nanos);
+                let counted = in_flight.take();
+                return respond(call, route, slot, upstream, upstream_start, counted);
             }
         }
     }
@@ -1089,7 +1113,7 @@ async fn acquire(
     prefix: u64,
     expected: u32,
     excluded: &[String],
-) -> Result<Slot, ApiError> {
+) -> Result<(Arc<Route>, Slot), ApiError> {
     let exclude: Vec<&str> = excluded.iter().map(String::as_str).collect();
     let facts = RequestFacts {
         prefix_key: prefix,
@@ -1126,7 +1150,8 @@ async fn acquire(
         let mut live = route.live();
         if live.queue.is_empty() {
             if let Some(slot) = live.acquire(&route, &facts, &exclude) {
-                return Ok(slot);
+                drop(live);
+                return Ok((route, slot));
             }
         }
         if !live.any_ready() {
@@ -1145,6 +1170,7 @@ async fn acquire(
                 wake,
                 prefix_key: prefix,
                 expected_tokens: expected,
+                exclude: excluded.last().cloned(),
             },
         };
         match gateway.enqueue(&route, queued) {
@@ -1161,13 +1187,19 @@ async fn acquire(
             }
         }
     };
-    let mut receiver = receiver;
-    match tokio::time::timeout(route.queue_timeout, &mut receiver).await {
-        Ok(Ok(slot)) => Ok(slot),
+    // Gives back a slot handed over after this future is dropped (the client went away
+    // between the hand-over and this task running again).
+    let mut pending = Pending {
+        receiver,
+        gateway: gateway.clone(),
+        route: route.clone(),
+    };
+    match tokio::time::timeout(route.queue_timeout, &mut pending.receiver).await {
+        Ok(Ok(slot)) => Ok((route, slot)),
         Ok(Err(_)) | Err(_) => {
             if !gateway.cancel(&route, ticket) {
-                if let Ok(slot) = receiver.try_recv() {
-                    return Ok(slot);
+                if let Ok(slot) = pending.receiver.try_recv() {
+                    return Ok((route, slot));
                 }
             }
             let mut error = ApiError::unavailable(
@@ -1180,6 +1212,22 @@ async fn acquire(
             );
             error.retry_after = Some(1);
             Err(error)
+        }
+    }
+}
+
+/// A queued call's receiver: on drop, a slot already sent to it is given back.
+struct Pending {
+    receiver: tokio::sync::oneshot::Receiver<Slot>,
+    gateway: Arc<Gateway>,
+    route: Arc<Route>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.receiver.close();
+        if let Ok(slot) = self.receiver.try_recv() {
+            self.gateway.release(&self.route, &slot, failed());
         }
     }
 }
@@ -1270,8 +1318,10 @@ fn respond(
     route: Arc<Route>,
     slot: Slot,
     upstream: hyper::Response<hyper::body::Incoming>,
-    upstream_start_nanos: u64,
+    upstream_start: (Instant, u64),
+    in_flight: Option<InFlight>,
 ) -> Response {
+    let (upstream_sent, upstream_start_nanos) = upstream_start;
     let (parts, incoming) = upstream.into_parts();
     let sse = parts
         .headers
@@ -1280,7 +1330,12 @@ fn respond(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut builder = Response::builder().status(parts.status);
     if let Some(headers) = builder.headers_mut() {
-        for name in [header::CONTENT_TYPE, header::CACHE_CONTROL, header::CONTENT_ENCODING] {
+        for name in [
+            header::CONTENT_TYPE,
+            header::CACHE_CONTROL,
+            header::CONTENT_ENCODING,
+            header::RETRY_AFTER,
+        ] {
             if let Some(v) = parts.headers.get(&name) {
                 headers.insert(name, v.clone());
             }
@@ -1303,7 +1358,9 @@ fn respond(
             upstream_start_nanos,
             ..Answer::default()
         },
+        upstream_sent,
         finish: Some((call, route, slot)),
+        _in_flight: in_flight,
     };
     builder.body(Body::new(body)).unwrap_or_else(|e| {
         ApiError::new(
@@ -1324,7 +1381,12 @@ struct Tracked {
     copy: Vec<u8>,
     tail: Vec<u8>,
     answer: Answer,
+    /// When the call went to the replica (its latency estimates are measured from here,
+    /// not from arrival: queueing and an earlier attempt are not the replica's).
+    upstream_sent: Instant,
     finish: Option<(Call, Arc<Route>, Slot)>,
+    /// Counted in `pyxis_gateway_in_flight` until the body ends.
+    _in_flight: Option<InFlight>,
 }
 
 impl std::fmt::Debug for Tracked {
@@ -1379,14 +1441,18 @@ impl Tracked {
             self.answer.status = 499;
         }
         if error.is_some() {
+            // The answer broke off: the client got a truncated body, whatever the status
+            // line said.
             self.answer.upstream_error = true;
+            self.answer.status = 502;
         }
         let ok = error.is_none() && !client_gone && self.answer.status < 400;
         let completion = self.answer.completion_tokens.unwrap_or(self.answer.events);
+        let sent = self.upstream_sent;
         let ttft_ms = self
             .answer
             .first_byte
-            .map(|t| t.saturating_duration_since(call.arrived).as_secs_f64() * 1000.0);
+            .map(|t| t.saturating_duration_since(sent).as_secs_f64() * 1000.0);
         let tpot_ms = match (self.answer.first_byte, completion) {
             (Some(first), n) if n > 1 && call.streaming => {
                 Some(first.elapsed().as_secs_f64() * 1000.0 / (n - 1) as f64)

@@ -97,6 +97,8 @@ pub struct Waiter {
     pub prefix_key: u64,
     /// Expected output tokens.
     pub expected_tokens: u32,
+    /// The replica that failed this call's first attempt (a retry avoids it when it can).
+    pub exclude: Option<String>,
 }
 
 /// A replica slot held by one call: release it with [`Gateway::release`].
@@ -331,6 +333,7 @@ pub struct Gateway {
     demand: Mutex<HashMap<(String, String), Instant>>,
     started: Instant,
     refreshed: Mutex<Option<Instant>>,
+    rebuilding: Mutex<()>,
 }
 
 impl Gateway {
@@ -355,12 +358,30 @@ impl Gateway {
             demand: Mutex::new(HashMap::new()),
             started: Instant::now(),
             refreshed: Mutex::new(None),
+            rebuilding: Mutex::new(()),
         }
     }
 
     /// The current snapshot.
     pub fn table(&self) -> Arc<Table> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A calling tenant's terms: from the snapshot, else (applied a moment ago) the catalog.
+    pub fn caller(&self, tenant: &str) -> Caller {
+        if let Some(caller) = self.table().tenants.get(tenant) {
+            return *caller;
+        }
+        self.shared
+            .catalog()
+            .tenants
+            .get(tenant)
+            .map(|t| Caller {
+                band: t.object.spec.latency_band,
+                weight: t.object.spec.weight,
+                quota_mode: t.object.spec.quota_mode,
+            })
+            .unwrap_or_default()
     }
 
     /// Resolves when the snapshot is next rebuilt.
@@ -385,6 +406,12 @@ impl Gateway {
     /// the live states (keeping calls in flight and estimates), and wakes queued calls that
     /// a new replica can take.
     pub fn refresh(&self) {
+        // One rebuild at a time: two interleaved ones could write an older view last.
+        let _rebuilding = match self.rebuilding.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         let now = Instant::now();
         let serving = self
             .shared
@@ -565,10 +592,42 @@ impl Gateway {
             .get(&(tenant.to_string(), deployment.to_string()))
             .copied()
             .unwrap_or(self.started);
-        last.elapsed() >= window
+        if last.elapsed() < window {
+            return false;
+        }
+        // Not while calls are in flight or waiting: a long stream outlives the window.
+        let live = self
+            .lives
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant.to_string(), deployment.to_string()))
+            .cloned();
+        live.is_none_or(|live| {
+            let live = live.lock().unwrap_or_else(|p| p.into_inner());
+            live.queued() == 0 && live.replicas.iter().all(|r| r.outstanding == 0)
+        })
     }
 
-    /// The tenant and key id of an API key.
+    /// [`Self::authenticate`] from the cache alone: `None` when the store must be read.
+    pub fn authenticate_cached(&self, key: &str) -> Option<Result<Arc<ApiKeyRow>, KeyError>> {
+        let Some((id, secret)) = crate::apikeys::parse(key) else {
+            return Some(Err(KeyError::Invalid));
+        };
+        let cached = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|c| c.fetched.elapsed() < KEY_CACHE_TTL)
+            .cloned()?;
+        Some(match cached.row {
+            Some(row) if crate::apikeys::check(&row, secret) => Ok(row),
+            _ => Err(KeyError::Invalid),
+        })
+    }
+
+    /// The row of a valid, unrevoked API key (cached; reads the store on a miss, so call it
+    /// off the async workers).
     pub fn authenticate(&self, key: &str) -> Result<Arc<ApiKeyRow>, KeyError> {
         let (id, secret) = crate::apikeys::parse(key).ok_or(KeyError::Invalid)?;
         let cached = self
@@ -624,9 +683,21 @@ impl Gateway {
             )),
             Some(log) => {
                 let stats = log.stats();
-                (!stats.healthy).then(|| {
-                    "audit records cannot be written (see the coordinator log); calls are refused in audit mode required"
-                        .to_string()
+                if !stats.healthy {
+                    return Some(
+                        "audit records cannot be written (see the coordinator log); calls are refused in audit mode required"
+                            .to_string(),
+                    );
+                }
+                // Keep room for the records of calls already admitted: their records are
+                // queued when they end.
+                let capacity = self.shared.config.gateway.audit_queue as u64;
+                let in_flight = self.metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+                (stats.queue_depth + in_flight >= capacity).then(|| {
+                    format!(
+                        "the audit writer is {} records behind (queue {capacity}); calls are refused in audit mode required until it catches up",
+                        stats.queue_depth
+                    )
                 })
             }
         }

@@ -806,6 +806,10 @@ spec:
     // 1. Band order: one call occupies the replica; batch, bulk, real-time queue behind it.
     let blocker = spawn_call("platform");
     eventually("the first call in flight", SLOW, || {
+        assert!(
+            !blocker.is_finished(),
+            "the first call ended before it was seen in flight"
+        );
         let m = fleet.metrics();
         (metric(&m, "pyxis_gateway_in_flight") >= 1.0).then_some(()).ok_or(m)
     })
@@ -1082,6 +1086,16 @@ spec:
         .collect();
     let body = serde_json::json!({"model": "kv", "max_tokens": 1, "messages": [{"role": "user", "content": "short"}]});
     let other_node = other["node"].as_str().unwrap().to_string();
+    eventually("the loaded replica's KV use reported by its agent", SLOW, || {
+        let usage = fleet
+            .replicas()
+            .into_iter()
+            .find(|r| r["name"] == loaded["name"])
+            .and_then(|r| r["metrics"]["kv_cache_usage_ratio"].as_f64())
+            .unwrap_or(0.0);
+        (usage >= 0.5).then_some(()).ok_or(format!("{usage}"))
+    })
+    .await;
     // Polled, not slept: the agent scrapes the KV use, reports it, and the gateway's view
     // follows; until then calls go to the loaded replica.
     eventually("a call routed away from the full KV cache", SLOW, || {
@@ -1094,11 +1108,18 @@ spec:
     for _ in 0..6 {
         let r = fleet.call(&key, "/v1/chat/completions", &body, &[]);
         assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(
-            r.header("x-pyxis-node"),
-            Some(other_node.as_str()),
-            "the replica with free KV cache"
-        );
+        if r.header("x-pyxis-node") != Some(other_node.as_str()) {
+            let seen: Vec<(String, serde_json::Value)> = fleet
+                .replicas()
+                .into_iter()
+                .filter(|r| r["deployment"] == "kv")
+                .map(|r| (r["node"].as_str().unwrap_or("").to_string(), r["metrics"].clone()))
+                .collect();
+            panic!(
+                "a call went to {:?}, not the replica with free KV cache: {seen:?}",
+                r.header("x-pyxis-node")
+            );
+        }
     }
     let usage = fleet
         .replicas()
