@@ -1352,6 +1352,7 @@ fn respond(
         inner: incoming,
         sse,
         copy: Vec::new(),
+        copy_overflow: false,
         tail: Vec::new(),
         answer: Answer {
             status: parts.status.as_u16(),
@@ -1379,6 +1380,7 @@ struct Tracked {
     inner: hyper::body::Incoming,
     sse: bool,
     copy: Vec<u8>,
+    copy_overflow: bool,
     tail: Vec<u8>,
     answer: Answer,
     /// When the call went to the replica (its latency estimates are measured from here,
@@ -1413,8 +1415,13 @@ impl Tracked {
                 let cut = self.tail.len() - STREAM_TAIL;
                 self.tail.drain(..cut);
             }
-        } else if self.copy.len() + data.len() <= USAGE_COPY_LIMIT {
+        } else if !self.copy_overflow && self.copy.len() + data.len() <= USAGE_COPY_LIMIT {
             self.copy.extend_from_slice(data);
+        } else {
+            // Too large to keep: usage is not read from this answer (a partial copy is not
+            // JSON); the prompt estimate and no completion count stand in.
+            self.copy = Vec::new();
+            self.copy_overflow = true;
         }
     }
 
