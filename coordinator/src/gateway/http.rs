@@ -324,25 +324,29 @@ async fn authenticate(gateway: &Arc<Gateway>, headers: &HeaderMap) -> Result<(St
     Ok((row.tenant.clone(), row.id.clone()))
 }
 
-async fn models(State(state): State<GatewayState>, headers: HeaderMap) -> Response {
+/// The model list's endpoints: authenticate, answer for the tenant, add lineage.
+async fn model_listing(state: &GatewayState, headers: &HeaderMap, answer: impl FnOnce(&str) -> Response) -> Response {
     let request_id = new_request_id();
-    let (tenant, _) = match authenticate(&state.gateway, &headers).await {
-        Ok(t) => t,
-        Err(e) => {
-            let mut r = e.into_response();
-            lineage(r.headers_mut(), &request_id, None, None, None);
-            return r;
-        }
+    let (mut response, tenant) = match authenticate(&state.gateway, headers).await {
+        Ok((tenant, _)) => (answer(&tenant), Some(tenant)),
+        Err(e) => (e.into_response(), None),
     };
-    let table = state.gateway.table();
-    let data: Vec<Value> = table
-        .of_tenant(&tenant)
-        .iter()
-        .map(|r| model_json(r, &tenant))
-        .collect();
-    let mut response = axum::Json(serde_json::json!({"object": "list", "data": data})).into_response();
-    lineage(response.headers_mut(), &request_id, Some(&tenant), None, None);
+    lineage(response.headers_mut(), &request_id, tenant.as_deref(), None, None);
     response
+}
+
+async fn models(State(state): State<GatewayState>, headers: HeaderMap) -> Response {
+    let gateway = state.gateway.clone();
+    model_listing(&state, &headers, |tenant| {
+        let data: Vec<Value> = gateway
+            .table()
+            .of_tenant(tenant)
+            .iter()
+            .map(|r| model_json(r, tenant))
+            .collect();
+        axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+    })
+    .await
 }
 
 async fn model(
@@ -350,22 +354,12 @@ async fn model(
     axum::extract::Path(id): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let request_id = new_request_id();
-    let (tenant, _) = match authenticate(&state.gateway, &headers).await {
-        Ok(t) => t,
-        Err(e) => {
-            let mut r = e.into_response();
-            lineage(r.headers_mut(), &request_id, None, None, None);
-            return r;
-        }
-    };
-    let table = state.gateway.table();
-    let mut response = match table.resolve(&tenant, &id) {
-        Some(route) => axum::Json(model_json(&route, &tenant)).into_response(),
-        None => unknown_model(&state.gateway, &tenant, &id).into_response(),
-    };
-    lineage(response.headers_mut(), &request_id, Some(&tenant), None, None);
-    response
+    let gateway = state.gateway.clone();
+    model_listing(&state, &headers, |tenant| match gateway.table().resolve(tenant, &id) {
+        Some(route) => axum::Json(model_json(&route, tenant)).into_response(),
+        None => unknown_model(&gateway, tenant, &id).into_response(),
+    })
+    .await
 }
 
 fn model_json(route: &Route, tenant: &str) -> Value {
