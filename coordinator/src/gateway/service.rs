@@ -730,7 +730,97 @@ fn merge(route: &Route, replicas: Vec<ReplicaInfo>, kv: &HashMap<String, Option<
         infos.push(same.unwrap_or_else(|| Arc::new(info)));
         states.push(state);
     }
+    // A replica gone from the registry's serving set (its node missed a report, it is
+    // restarting) stays, not ready, while calls sent to it are still in flight: if it comes
+    // back, their count is still there and its concurrency limit holds.
+    let leaving: Vec<usize> = (0..live.replicas.len())
+        .filter(|&i| live.replicas[i].outstanding > 0 && !states.iter().any(|s| s.name == live.replicas[i].name))
+        .collect();
+    for i in leaving {
+        let mut state = live.replicas[i].clone();
+        state.ready = false;
+        if let Some(info) = live.info.iter().find(|info| info.name == state.name).cloned() {
+            infos.push(info);
+            states.push(state);
+        }
+    }
     live.replicas = states;
     live.info = infos;
     live.dispatch(route, now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a_route() -> Route {
+        Route {
+            tenant: "t".into(),
+            deployment: "d".into(),
+            model_name: "m".into(),
+            model_version: "1".into(),
+            model_digest: None,
+            routing: RoutingPolicy::LeastOutstanding,
+            latency_budget: None,
+            classes: Vec::new(),
+            scales_from_zero: false,
+            max_concurrency: 2,
+            queue_timeout: Duration::from_secs(1),
+            shared_with: Vec::new(),
+            live: Arc::new(Mutex::new(Live::default())),
+        }
+    }
+
+    fn info(name: &str) -> ReplicaInfo {
+        ReplicaInfo {
+            name: name.into(),
+            node: format!("node-{name}"),
+            base_url: "http://127.0.0.1:1/v1".into(),
+            runtime_kind: "vllm".into(),
+            runtime_version: "1".into(),
+            hardware_class: "H100-80GB".into(),
+            gpus: Vec::new(),
+        }
+    }
+
+    fn facts() -> RequestFacts<'static> {
+        RequestFacts {
+            prefix_key: 0,
+            expected_tokens: 1,
+            latency_budget: None,
+            preferred_classes: &[],
+        }
+    }
+
+    #[test]
+    fn a_replica_that_leaves_and_returns_keeps_its_calls_in_flight() {
+        let route = a_route();
+        let now = Instant::now();
+        merge(&route, vec![info("a")], &HashMap::new(), now);
+        let first = route
+            .live()
+            .acquire(&route, &facts(), &[])
+            .map(|s| s.replica.name.clone());
+        assert_eq!(first.as_deref(), Some("a"));
+        // Its node misses a report: out of the serving set, never picked, still counted.
+        merge(&route, vec![], &HashMap::new(), now);
+        {
+            let live = route.live();
+            assert_eq!(live.replicas.len(), 1);
+            assert!(!live.replicas[0].ready && live.replicas[0].outstanding == 1);
+        }
+        assert!(route.live().acquire(&route, &facts(), &[]).is_none());
+        // Back: one call still in flight, so one more fits under the limit of 2, not two.
+        merge(&route, vec![info("a")], &HashMap::new(), now);
+        assert!(route.live().acquire(&route, &facts(), &[]).is_some());
+        assert!(
+            route.live().acquire(&route, &facts(), &[]).is_none(),
+            "the limit counts the call in flight"
+        );
+        // A replica gone with nothing in flight is forgotten.
+        let other = a_route();
+        merge(&other, vec![info("b")], &HashMap::new(), now);
+        merge(&other, vec![], &HashMap::new(), now);
+        assert!(other.live().replicas.is_empty());
+    }
 }
