@@ -603,7 +603,7 @@ impl Exporter {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| describe_client_error(&e))?;
+                .map_err(|e| pyxis_agent::runtime::probe::error_chain(&e))?;
             let status = response.status();
             // Read the body so the connection can be reused; keep a little of it for the warning.
             let body = response
@@ -628,18 +628,6 @@ impl Exporter {
             Err(_) => Err(format!("no answer within {:?}", self.config.request_timeout)),
         }
     }
-}
-
-/// The client error with its causes: hyper-util's top-level message alone ("client error (Connect)") says little.
-fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -103,8 +103,9 @@ impl HttpGet for HyperGet {
     }
 }
 
-/// An error with its causes (`client error (Connect): tcp connect error: Connection refused`).
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error with its causes (`client error (Connect): tcp connect error: Connection refused`):
+/// hyper's top-level messages alone say little.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -238,20 +238,8 @@ pub async fn open_loop(
                 } else {
                     due
                 };
-                let request = endpoint.request(body.clone())?;
-                match conn.call(request).await {
-                    Ok((status, _)) if status.is_success() => {
-                        out.latencies_ns.push(start.elapsed().as_nanos() as u64);
-                    }
-                    Ok((status, body)) => {
-                        out.errors += 1;
-                        out.first_error.get_or_insert_with(|| describe(status, &body));
-                    }
-                    Err(e) => {
-                        out.errors += 1;
-                        out.first_error.get_or_insert_with(|| format!("{e:#}"));
-                        conn = reconnect(endpoint.addr).await;
-                    }
+                if send(&mut conn, &endpoint, &body, &mut out.errors, &mut out.first_error).await? {
+                    out.latencies_ns.push(start.elapsed().as_nanos() as u64);
                 }
             }
             anyhow::Ok(out)
@@ -274,6 +262,32 @@ pub async fn open_loop(
 }
 
 /// Reopens a connection after a transport failure, retrying every 10 ms for a second.
+/// Sends one request on `conn`: true for a 2xx answer; otherwise the failure is counted,
+/// the first one kept for the report, and a broken connection replaced.
+async fn send(
+    conn: &mut Conn,
+    endpoint: &Endpoint,
+    body: &Bytes,
+    errors: &mut u64,
+    first_error: &mut Option<String>,
+) -> Result<bool> {
+    let request = endpoint.request(body.clone())?;
+    match conn.call(request).await {
+        Ok((status, _)) if status.is_success() => Ok(true),
+        Ok((status, body)) => {
+            *errors += 1;
+            first_error.get_or_insert_with(|| describe(status, &body));
+            Ok(false)
+        }
+        Err(e) => {
+            *errors += 1;
+            first_error.get_or_insert_with(|| format!("{e:#}"));
+            *conn = reconnect(endpoint.addr).await;
+            Ok(false)
+        }
+    }
+}
+
 async fn reconnect(addr: SocketAddr) -> Conn {
     let mut last = None;
     for _ in 0..100 {
@@ -312,18 +326,8 @@ pub async fn closed_loop(
         workers.push(tokio::spawn(async move {
             let mut out = ClosedLoop::default();
             while Instant::now() < end {
-                let request = endpoint.request(body.clone())?;
-                match conn.call(request).await {
-                    Ok((status, _)) if status.is_success() => out.ok += 1,
-                    Ok((status, body)) => {
-                        out.errors += 1;
-                        out.first_error.get_or_insert_with(|| describe(status, &body));
-                    }
-                    Err(e) => {
-                        out.errors += 1;
-                        out.first_error.get_or_insert_with(|| format!("{e:#}"));
-                        conn = reconnect(endpoint.addr).await;
-                    }
+                if send(&mut conn, &endpoint, &body, &mut out.errors, &mut out.first_error).await? {
+                    out.ok += 1;
                 }
             }
             anyhow::Ok(out)

@@ -629,37 +629,29 @@ impl Gateway {
     /// The row of a valid, unrevoked API key (cached; reads the store on a miss, so call it
     /// off the async workers).
     pub fn authenticate(&self, key: &str) -> Result<Arc<ApiKeyRow>, KeyError> {
+        if let Some(result) = self.authenticate_cached(key) {
+            return result;
+        }
         let (id, secret) = crate::apikeys::parse(key).ok_or(KeyError::Invalid)?;
-        let cached = self
-            .keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .filter(|c| c.fetched.elapsed() < KEY_CACHE_TTL)
-            .cloned();
-        let row = match cached {
-            Some(c) => c.row,
-            None => {
-                let row = self
-                    .shared
-                    .store
-                    .api_key(id)
-                    .map_err(|e| KeyError::Store(e.to_string()))?
-                    .map(Arc::new);
-                let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-                if keys.len() > 100_000 {
-                    keys.clear();
-                }
-                keys.insert(
-                    id.to_string(),
-                    CachedKey {
-                        row: row.clone(),
-                        fetched: Instant::now(),
-                    },
-                );
-                row
+        let row = self
+            .shared
+            .store
+            .api_key(id)
+            .map_err(|e| KeyError::Store(e.to_string()))?
+            .map(Arc::new);
+        {
+            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            if keys.len() > 100_000 {
+                keys.clear();
             }
-        };
+            keys.insert(
+                id.to_string(),
+                CachedKey {
+                    row: row.clone(),
+                    fetched: Instant::now(),
+                },
+            );
+        }
         match row {
             Some(row) if crate::apikeys::check(&row, secret) => Ok(row),
             _ => Err(KeyError::Invalid),
