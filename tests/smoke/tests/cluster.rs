@@ -574,7 +574,9 @@ fn dev_mode_prints_commands_that_work() {
     let audited = cli.ok(&["audit", "--since", "1h"]);
     assert!(audited.contains("qwen-7b"), "{audited}");
     let explain = cli.ok(&["explain", "deployment", "llama-70b", "-n", "research"]);
+    // Four linked H100s on one node: no dev node has them, so it is pending on every start.
     assert!(explain.contains("WHY NOT CHOSEN"), "{explain}");
+    assert!(explain.contains("0 placed, 0 ready, 1 pending"), "{explain}");
     // Gateway API keys: shown once, stored hashed, listed without the secret, revoked.
     let created = cli.json(&["apikey", "create", "--tenant", "research", "--name", "ci", "-o", "json"]);
     let key = created["key"].as_str().unwrap();
