@@ -57,6 +57,10 @@ use load::{percentile, Endpoint};
 use routing::{PolicyResult, Route, Workload};
 use targets::{DeploymentSpec, Fleet, OVERHEAD_MOCK_ENV};
 
+/// The allocator `pyxis-coordinator` ships with: the coordinator runs in this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Targets from the issue.
 const TARGET_RATE: f64 = 5_000.0;
 const TARGET_P50_ADDED_US: f64 = 150.0;

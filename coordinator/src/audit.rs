@@ -397,7 +397,7 @@ pub fn chain_hash(prev_hash: &str, seq: u64, record: &AuditRecord) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(prev_hash.as_bytes());
     ctx.update(&encode(seq, record));
-    hex::encode(ctx.finish())
+    crate::tokens::hex_lower(ctx.finish().as_ref())
 }
 
 /// Clamps the integers SQLite cannot hold, so the hash of what is stored is the hash written.

@@ -6,6 +6,11 @@ use clap::Parser;
 use pyxis_agent::daemon;
 use pyxis_coordinator::{config, dev, server::Coordinator};
 
+/// mimalloc: the gateway's per-call work allocates a lot, and glibc malloc was about a
+/// sixth of the coordinator's CPU under load (docs/BENCHMARKS.md, gateway).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Pyxis coordinator: node registry, desired state and placement for LLM serving fleets.
 ///
 /// Agents connect over QUIC with mutual TLS (default UDP 7443); operators use the `pyxis`

@@ -54,12 +54,12 @@ pub struct SpanContext {
 impl SpanContext {
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> String {
-        hex::encode(self.trace_id)
+        crate::tokens::hex_lower(&self.trace_id)
     }
 
     /// The span id as 16 lowercase hex digits.
     pub fn span_id_hex(&self) -> String {
-        hex::encode(self.span_id)
+        crate::tokens::hex_lower(&self.span_id)
     }
 
     /// The `traceparent` header value naming this span as the parent: `00-{trace}-{span}-{01|00}`.

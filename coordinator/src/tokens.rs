@@ -64,7 +64,16 @@ pub(crate) fn random_string(len: usize) -> Result<String, RandomError> {
 
 /// Hex SHA-256.
 pub fn sha256_hex(text: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()))
+    hex_lower(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+}
+
+/// Lowercase hex, as `hex::encode` writes it, through its table (not its per-character
+/// iterator): ids and hashes on the gateway's per-call path.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    // Fails only when the lengths disagree, and they cannot.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// A freshly created token: the full text (shown once) and the row to store.
@@ -128,6 +137,17 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_lower_is_hex_encode() {
+        for bytes in [&[][..], &[0u8, 0x0f, 0xa5, 0xff][..], &[7u8; 32][..]] {
+            assert_eq!(hex_lower(bytes), hex::encode(bytes));
+        }
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     #[test]
     fn create_parse_check() {

@@ -1426,9 +1426,7 @@ impl Tracked {
         let usage = if self.sse {
             stream_usage(&self.tail)
         } else {
-            serde_json::from_slice::<Value>(&self.copy)
-                .ok()
-                .and_then(|v| usage_of(&v))
+            usage_of(&self.copy)
         };
         if let Some((prompt, completion)) = usage {
             self.answer.prompt_tokens = Some(prompt);
@@ -1537,11 +1535,23 @@ fn token_events(data: &[u8]) -> u64 {
     n
 }
 
-fn usage_of(v: &Value) -> Option<(u64, u64)> {
-    let usage = v.get("usage")?;
-    let prompt = usage.get("prompt_tokens")?.as_u64()?;
-    let completion = usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
-    Some((prompt, completion))
+/// An answer (or stream event) read only for its `usage`: every other field is skipped
+/// without being built, so reading usage costs a scan of the answer, not a copy of it.
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    usage: Option<UsageCounts>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageCounts {
+    prompt_tokens: u64,
+    completion_tokens: Option<u64>,
+}
+
+/// `(prompt, completion)` tokens from an answer's `usage`, when it has one with a prompt count.
+fn usage_of(answer: &[u8]) -> Option<(u64, u64)> {
+    let usage = serde_json::from_slice::<WithUsage>(answer).ok()?.usage?;
+    Some((usage.prompt_tokens, usage.completion_tokens.unwrap_or(0)))
 }
 
 /// The usage of a stream: from its last `data:` event that carries one.
@@ -1552,7 +1562,7 @@ fn stream_usage(tail: &[u8]) -> Option<(u64, u64)> {
         .filter_map(|line| line.strip_prefix("data:"))
         .map(str::trim)
         .filter(|d| d.contains("\"usage\""))
-        .find_map(|d| serde_json::from_str::<Value>(d).ok().and_then(|v| usage_of(&v)))
+        .find_map(|d| usage_of(d.as_bytes()))
 }
 
 #[cfg(test)]
@@ -1564,6 +1574,29 @@ mod tests {
         let tail = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n";
         assert_eq!(stream_usage(tail), Some((7, 3)));
         assert_eq!(stream_usage(b"data: {\"choices\":[]}\n\n"), None);
+    }
+
+    #[test]
+    fn usage_is_read_from_an_answer_whatever_else_it_holds() {
+        let answer = br#"{"id":"x","choices":[{"message":{"content":"a \"quoted\" text"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}"#;
+        assert_eq!(usage_of(answer), Some((12, 5)));
+        assert_eq!(
+            usage_of(br#"{"usage":{"prompt_tokens":4,"completion_tokens":null}}"#),
+            Some((4, 0))
+        );
+        assert_eq!(
+            usage_of(br#"{"data":[{"embedding":[0.1,0.2]}],"usage":{"prompt_tokens":3}}"#),
+            Some((3, 0))
+        );
+        for none in [
+            &br#"{"choices":[]}"#[..],
+            br#"{"usage":null}"#,
+            br#"{"usage":{"completion_tokens":2}}"#,
+            b"not json",
+            b"",
+        ] {
+            assert_eq!(usage_of(none), None, "{}", String::from_utf8_lossy(none));
+        }
     }
 
     #[test]
