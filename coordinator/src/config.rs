@@ -46,6 +46,9 @@ pub struct GatewayFileConfig {
     pub scale_from_zero_timeout: Option<String>,
     /// Idle time after which a `warm-zero`/`hot-zero` deployment with `min: 0` scales to zero.
     pub scale_to_zero_after: Option<String>,
+    /// The longest a replica may send nothing: before its answer's headers, and between
+    /// chunks of its answer, for example `10m`.
+    pub upstream_timeout: Option<String>,
 }
 
 /// `[tls]`: use an existing CA instead of generating one.
@@ -125,6 +128,8 @@ pub struct GatewayConfig {
     pub scale_from_zero_timeout: Duration,
     /// Idle time after which a deployment that may scale to zero does.
     pub scale_to_zero_after: Duration,
+    /// The longest a replica may send nothing (before headers, between chunks).
+    pub upstream_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -135,6 +140,8 @@ impl Default for GatewayConfig {
             otlp_endpoint: None,
             scale_from_zero_timeout: Duration::from_secs(300),
             scale_to_zero_after: Duration::from_secs(900),
+            // Generous: a long answer that is not streamed sends nothing until it is done.
+            upstream_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -181,12 +188,23 @@ impl GatewayConfig {
             Some(t) => parse_duration("gateway.scale_to_zero_after", &t)?,
             None => defaults.scale_to_zero_after,
         };
+        let upstream_timeout = match file.upstream_timeout {
+            Some(t) => parse_duration("gateway.upstream_timeout", &t)?,
+            None => defaults.upstream_timeout,
+        };
+        if upstream_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "gateway.upstream_timeout",
+                reason: "must be longer than 0s (a replica needs some time to answer), for example \"10m\"".into(),
+            });
+        }
         Ok(Self {
             audit_mode,
             audit_queue,
             otlp_endpoint,
             scale_from_zero_timeout,
             scale_to_zero_after,
+            upstream_timeout,
         })
     }
 }
@@ -332,5 +350,21 @@ mod tests {
         assert_eq!(config.liveness_timeout, Duration::from_secs(30));
         assert!(config.ca_files.is_some());
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn upstream_timeout_defaults_and_is_checked() {
+        let config = CoordinatorConfig::resolve(FileConfig::default(), FlagConfig::default()).unwrap();
+        assert_eq!(config.gateway.upstream_timeout, Duration::from_secs(600));
+        let file: FileConfig = toml::from_str("[gateway]\nupstream_timeout = \"90s\"\n").unwrap();
+        let config = CoordinatorConfig::resolve(file, FlagConfig::default()).unwrap();
+        assert_eq!(config.gateway.upstream_timeout, Duration::from_secs(90));
+        for bad in ["0s", "soon", "-1s"] {
+            let file: FileConfig = toml::from_str(&format!("[gateway]\nupstream_timeout = {bad:?}\n")).unwrap();
+            let error = CoordinatorConfig::resolve(file, FlagConfig::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("gateway.upstream_timeout"), "{bad}: {error}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! call.
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
@@ -978,7 +979,13 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
             }
         };
         let retry = RetryPolicy::default();
-        match state.client.request(request).await {
+        let silence = gateway.shared.config.gateway.upstream_timeout;
+        let Ok(sent) = tokio::time::timeout(silence, state.client.request(request)).await else {
+            // Not retried: the replica took the call and may still be working on it.
+            held.release();
+            return silent_replica(call, &route, &slot, upstream_start_nanos, silence);
+        };
+        match sent {
             Err(e) => {
                 held.release();
                 let connect = e.is_connect();
@@ -1043,10 +1050,51 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
                 }
                 held.slot = None;
                 let counted = in_flight.take();
-                return respond(call, route, slot, upstream, upstream_start, counted);
+                return respond(call, route, slot, upstream, (upstream_start, silence), counted);
             }
         }
     }
+}
+
+/// 504 for a replica that sent no answer within `gateway.upstream_timeout`.
+fn silent_replica(
+    mut call: Call,
+    route: &Arc<Route>,
+    slot: &Slot,
+    upstream_start_nanos: u64,
+    silence: Duration,
+) -> Response {
+    let message = format!(
+        "replica {} on node {} sent no answer within {} (gateway.upstream_timeout); the call was not retried, since the replica may still be working on it",
+        slot.replica.name,
+        slot.replica.node,
+        humantime::format_duration(silence)
+    );
+    let mut response = ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "server_error",
+        "upstream_timeout",
+        message.clone(),
+    )
+    .into_response();
+    lineage(
+        response.headers_mut(),
+        &call.request_id,
+        Some(&call.tenant),
+        Some(route),
+        Some(slot),
+    );
+    call.gateway
+        .metrics
+        .error(&call.tenant, &route.model_name, "upstream_timeout");
+    let answer = Answer {
+        status: 504,
+        upstream_start_nanos,
+        upstream_error: true,
+        ..Answer::default()
+    };
+    call.finish(Some(slot), answer, Some(&message));
+    response
 }
 
 fn gateway_limit(gateway: &Gateway, tenant: &str) -> String {
@@ -1312,10 +1360,9 @@ fn respond(
     route: Arc<Route>,
     slot: Slot,
     upstream: hyper::Response<hyper::body::Incoming>,
-    upstream_start: (Instant, u64),
+    ((upstream_sent, upstream_start_nanos), silence): ((Instant, u64), Duration),
     in_flight: Option<InFlight>,
 ) -> Response {
-    let (upstream_sent, upstream_start_nanos) = upstream_start;
     let (parts, incoming) = upstream.into_parts();
     let sse = parts
         .headers
@@ -1354,6 +1401,8 @@ fn respond(
             ..Answer::default()
         },
         upstream_sent,
+        silence,
+        quiet: None,
         finish: Some((call, route, slot)),
         _in_flight: in_flight,
     };
@@ -1380,6 +1429,10 @@ struct Tracked {
     /// When the call went to the replica (its latency estimates are measured from here,
     /// not from arrival: queueing and an earlier attempt are not the replica's).
     upstream_sent: Instant,
+    /// `gateway.upstream_timeout`: the longest the replica may send nothing.
+    silence: Duration,
+    /// Runs while the replica is silent; reset by every chunk.
+    quiet: Option<Pin<Box<tokio::time::Sleep>>>,
     finish: Option<(Call, Arc<Route>, Slot)>,
     /// Counted in `pyxis_gateway_in_flight` until the body ends.
     _in_flight: Option<InFlight>,
@@ -1465,12 +1518,15 @@ impl Tracked {
 
 impl http_body::Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = axum::BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(quiet) = &mut this.quiet {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + this.silence);
+                }
                 if let Some(data) = frame.data_ref() {
                     this.see(data);
                 }
@@ -1483,13 +1539,27 @@ impl http_body::Body for Tracked {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.done(Some(format!("the replica's answer broke off: {e}")), false);
-                Poll::Ready(Some(Err(e)))
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
                 this.done(None, false);
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // The timer exists only while the replica keeps the client waiting: an
+                // answer that arrives whole never starts one.
+                let silence = this.silence;
+                let quiet = this.quiet.get_or_insert_with(|| Box::pin(tokio::time::sleep(silence)));
+                if quiet.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let message = format!(
+                    "the replica sent nothing for {} (gateway.upstream_timeout); the answer was cut off",
+                    humantime::format_duration(silence)
+                );
+                this.done(Some(message.clone()), false);
+                Poll::Ready(Some(Err(message.into())))
+            }
         }
     }
 

@@ -22,6 +22,10 @@
 //! - `audit_required_refuses_and_best_effort_serves_when_the_log_cannot_be_written`: the
 //!   audit database is locked by another process; `required` answers 503, `best-effort`
 //!   serves and counts the records lost.
+//! - `a_silent_replica_gets_a_504_and_a_stalled_stream_is_cut_off`: a replica that sends
+//!   nothing within `gateway.upstream_timeout` gets the caller a 504 `upstream_timeout`
+//!   (with lineage); one that goes silent mid-stream has its stream cut off; both are
+//!   audited as the replica's failures.
 //!
 //! The coordinator runs in the test process: `PYXIS_SMOKE_LOG=1` shows its log on stderr.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1147,5 +1151,117 @@ spec:
     for d in direct {
         assert_eq!(d.join().unwrap(), 200);
     }
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_silent_replica_gets_a_504_and_a_stalled_stream_is_cut_off() {
+    let fleet = Fleet::start(
+        24400,
+        vec![NodeSpec {
+            name: "node-s",
+            simulate: "2xH100-80GB",
+            runtimes: vec![("vllm".into(), mock("vllm"))],
+        }],
+        |config| config.gateway.upstream_timeout = Duration::from_millis(500),
+    )
+    .await;
+    fleet.apply(
+        r#"apiVersion: pyxis.dev/v1alpha1
+kind: Tenant
+metadata: {name: acme}
+spec: {}
+---
+# Answers after 20 s: nothing comes back within the gateway's upstream timeout.
+apiVersion: pyxis.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: mute, namespace: acme}
+spec:
+  model: {name: mute, version: "1", source: /models/mute}
+  runtimes: [{kind: vllm, env: {PYXIS_MOCK_TTFT_MS: "20000"}}]
+  resources: {gpusPerReplica: 1}
+---
+# Streams its first token at once, then 20 s per token.
+apiVersion: pyxis.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: stall, namespace: acme}
+spec:
+  model: {name: stall, version: "1", source: /models/stall}
+  runtimes: [{kind: vllm, env: {PYXIS_MOCK_TTFT_MS: "0", PYXIS_MOCK_TPOT_MS: "20000"}}]
+  resources: {gpusPerReplica: 1}
+"#,
+    );
+    fleet.ready("mute", 1).await;
+    fleet.ready("stall", 1).await;
+    let key = fleet.key("acme");
+
+    // Nothing before the headers: 504 with lineage, long before the replica would answer.
+    let started = Instant::now();
+    let body = serde_json::json!({"model": "mute", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]});
+    let mute = fleet.call(&key, "/v1/chat/completions", &body, &[]);
+    assert_eq!(mute.status, 504, "{}", mute.body);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let error: serde_json::Value = serde_json::from_str(&mute.body).unwrap();
+    assert_eq!(error["error"]["code"], "upstream_timeout", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gateway.upstream_timeout"),
+        "{error}"
+    );
+    for name in LINEAGE {
+        assert!(
+            mute.header(name).is_some_and(|v| v != "-"),
+            "{name}: {:?}",
+            mute.headers
+        );
+    }
+
+    // Silence in the middle of a stream: the first token reaches the client, then the
+    // answer is cut off (no [DONE]) instead of holding the connection for 20 s a token.
+    let started = Instant::now();
+    let body = serde_json::json!({"model": "stall", "stream": true, "max_tokens": 3, "messages": [{"role": "user", "content": "one two three"}]});
+    let text = body.to_string();
+    let gateway = fleet.gateway();
+    let host = gateway.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw); // a reset is one way to be cut off
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"content\""), "the first token arrived: {raw}");
+    assert!(!raw.contains("[DONE]"), "the stream was cut off: {raw}");
+
+    // Both are in the audit log as failures of the replica, and counted.
+    let records = eventually("both calls audited", SLOW, || {
+        let records = fleet.audit("tenant=acme");
+        (records.len() >= 2)
+            .then(|| records.clone())
+            .ok_or(format!("{records:#?}"))
+    })
+    .await;
+    let status_of = |model: &str| {
+        records
+            .iter()
+            .find(|r| r["model"] == model)
+            .map(|r| r["status"].as_u64().unwrap())
+    };
+    assert_eq!(status_of("mute"), Some(504), "{records:#?}");
+    assert_eq!(status_of("stall"), Some(502), "{records:#?}");
+    assert!(
+        metric(
+            &fleet.metrics(),
+            "pyxis_gateway_errors_total{tenant=\"acme\",model=\"mute\",code=\"upstream_timeout\"}"
+        ) >= 1.0
+    );
     fleet.stop().await;
 }
