@@ -282,6 +282,14 @@ async fn commit(shared: &Arc<Shared>, plan: Plan, verb: &str) -> Result<(), ApiE
                 .transitions
                 .retain(|(object, _), _| !deleted.contains(object));
         }
+        // The store revoked a deleted tenant's keys; the gateway's cache forgets them now.
+        if let Some(gateway) = shared.gateway() {
+            for (kind, _, name) in &plan.deletes {
+                if kind == Kind::Tenant.as_str() {
+                    gateway.forget_tenant_keys(name);
+                }
+            }
+        }
     }
     shared.catalog().commit(plan);
     shared.wake_reconciler();

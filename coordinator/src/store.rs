@@ -314,8 +314,16 @@ impl Store {
                 }
                 let mut delete =
                     tx.prepare_cached("DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")?;
+                // A deleted tenant's API keys are revoked with it, in the same transaction:
+                // a tenant created again under the name never inherits them.
+                let mut revoke =
+                    tx.prepare_cached("UPDATE api_keys SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE tenant = ?1")?;
+                let now = crate::time::now_ms();
                 for (kind, namespace, name) in deletes {
                     delete.execute(params![kind, namespace, name])?;
+                    if kind == crate::manifest::Kind::Tenant.as_str() {
+                        revoke.execute(params![name, now])?;
+                    }
                 }
             }
             tx.commit()
@@ -665,6 +673,17 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].revoked_ms, Some(9), "revoking again keeps the first time");
         assert!(store.api_keys(Some("other")).unwrap().is_empty());
+        // Deleting a tenant revokes its keys (and only its keys), in the same write.
+        let kept = crate::apikeys::create("product", "ci", 7).unwrap();
+        let gone = crate::apikeys::create("research", "second", 7).unwrap();
+        store.insert_api_key(&kept.row).unwrap();
+        store.insert_api_key(&gone.row).unwrap();
+        store
+            .write_objects(&[], &[("Tenant".into(), String::new(), "research".into())])
+            .unwrap();
+        assert!(store.api_key(&gone.row.id).unwrap().unwrap().revoked_ms.is_some());
+        assert_eq!(store.api_key(&key.row.id).unwrap().unwrap().revoked_ms, Some(9));
+        assert_eq!(store.api_key(&kept.row.id).unwrap().unwrap().revoked_ms, None);
         let nodes = store.nodes().unwrap();
         assert_eq!(nodes.len(), 1);
         assert!(nodes[0].cordoned);

@@ -663,6 +663,14 @@ impl Gateway {
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
+    /// Forgets every cached key of a tenant (it was deleted, and its keys revoked with it).
+    pub fn forget_tenant_keys(&self, tenant: &str) {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, cached| cached.row.as_ref().is_none_or(|row| row.tenant != tenant));
+    }
+
     /// Why calls must be refused for want of an audit log (required mode), if they must.
     pub fn audit_refusal(&self) -> Option<String> {
         if self.shared.config.gateway.audit_mode != crate::audit::AuditMode::Required {

@@ -599,6 +599,27 @@ fn dev_mode_prints_commands_that_work() {
     let (code, _, err) = cli.run(&["apikey", "create", "--tenant", "nobody"]);
     assert_eq!(code, 1);
     assert!(err.contains("tenant nobody not found"), "{err}");
+    // Deleting a tenant revokes its keys: the tenant created again under the same name
+    // does not inherit them.
+    let tenant = dir.path().join("qa.yaml");
+    std::fs::write(
+        &tenant,
+        "apiVersion: pyxis.dev/v1alpha1\nkind: Tenant\nmetadata: {name: qa}\nspec: {}\n",
+    )
+    .unwrap();
+    cli.ok(&["apply", "-f", tenant.to_str().unwrap()]);
+    let created = cli.json(&["apikey", "create", "--tenant", "qa", "-o", "json"]);
+    let qa_auth = format!("Bearer {}", created["key"].as_str().unwrap());
+    let base = gateway.split("/v1/").next().unwrap();
+    let models =
+        |auth: &str| pyxis_smoke::request("GET", &format!("{base}/v1/models"), &[("Authorization", auth)], None);
+    assert_eq!(models(&qa_auth).status, 200);
+    cli.ok(&["delete", "tenant", "qa"]);
+    cli.ok(&["apply", "-f", tenant.to_str().unwrap()]);
+    let again = models(&qa_auth);
+    assert_eq!(again.status, 401, "a deleted tenant's key works again: {}", again.body);
+    let listed = cli.json(&["apikey", "list", "--tenant", "qa", "-o", "json"]);
+    assert!(listed["items"][0]["revoked_at"].is_string(), "{listed}");
     assert!(dev.terminate(START).success());
     // Nothing dev mode started outlives it: no process works in its data dir.
     let leftovers: Vec<String> = std::fs::read_dir("/proc")
