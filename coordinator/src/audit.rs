@@ -322,6 +322,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant, seq);
 CREATE INDEX IF NOT EXISTS audit_model ON audit(model, seq);
+CREATE INDEX IF NOT EXISTS audit_deployment ON audit(deployment, seq);
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at_ms);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
@@ -883,8 +884,10 @@ pub fn query(path: &Path, filter: &AuditFilter) -> Result<Vec<StoredRecord>, Aud
         sql.push_str(&format!(" AND tenant = ?{}", args.len()));
     }
     if let Some(m) = &filter.model {
+        // The model's name or the deployment's, as the caller named it.
         args.push(m.clone().into());
-        sql.push_str(&format!(" AND model = ?{}", args.len()));
+        let n = args.len();
+        sql.push_str(&format!(" AND (model = ?{n} OR deployment = ?{n})"));
     }
     if let Some(s) = filter.since_ms {
         args.push(s.into());
@@ -1193,6 +1196,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![6]);
+        // `--model` takes the deployment's name too.
+        let by_deployment = query(
+            &path,
+            &AuditFilter {
+                model: Some("chat".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(by_deployment.len(), 10);
         let recent = query(
             &path,
             &AuditFilter {

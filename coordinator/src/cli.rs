@@ -89,7 +89,8 @@ pub enum Command {
         /// Only this tenant's calls.
         #[arg(long, value_name = "TENANT")]
         tenant: Option<String>,
-        /// Only calls to this model (its name, for example Qwen/Qwen2.5-7B-Instruct).
+        /// Only calls to this model: its model name (Qwen/Qwen2.5-7B-Instruct) or its
+        /// deployment's (qwen-7b, or OWNER/NAME for a shared one).
         #[arg(long, value_name = "MODEL")]
         model: Option<String>,
         /// Only calls in this window back from now: 15m, 1h, 7d.

@@ -205,7 +205,7 @@ async fn not_found(request: Request<Body>) -> Response {
         "invalid_request_error",
         "unknown_url",
         format!(
-            "no such endpoint: {} {}; the gateway serves POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings and GET /v1/models",
+            "no such endpoint: {} {}; the gateway serves POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models and GET /v1/models/{{id}}",
             request.method(),
             request.uri().path()
         ),
@@ -728,6 +728,15 @@ fn prompt_text(operation: Operation, body: &serde_json::Map<String, Value>) -> S
     text
 }
 
+/// A JSON value for an error message, cut to 80 characters.
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    match text.char_indices().nth(80) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text,
+    }
+}
+
 fn validate(operation: Operation, body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
     let need = |field: &'static str, ok: bool, what: &str| {
         if ok {
@@ -736,21 +745,29 @@ fn validate(operation: Operation, body: &serde_json::Map<String, Value>) -> Resu
             Err(ApiError::bad_request("invalid_request", format!("'{field}' {what}")))
         }
     };
+    // What was sent instead, for the message.
+    let found = |field: &str| match body.get(field) {
+        None | Some(Value::Null) => "it is missing".to_string(),
+        Some(v) => format!("found {}", short(v)),
+    };
     match operation {
         Operation::Chat => need(
             "messages",
             matches!(body.get("messages"), Some(Value::Array(m)) if !m.is_empty()),
-            "is required: a non-empty array of {role, content} messages",
+            &format!(
+                "must be a non-empty array of {{role, content}} messages; {}",
+                found("messages")
+            ),
         )?,
         Operation::Completion => need(
             "prompt",
             matches!(body.get("prompt"), Some(Value::String(_) | Value::Array(_))),
-            "is required: a string or an array",
+            &format!("must be a string or an array; {}", found("prompt")),
         )?,
         Operation::Embeddings => need(
             "input",
             matches!(body.get("input"), Some(Value::String(_) | Value::Array(_))),
-            "is required: a string or an array",
+            &format!("must be a string or an array; {}", found("input")),
         )?,
     }
     for field in ["max_tokens", "max_completion_tokens", "n"] {
@@ -823,23 +840,38 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
         lineage(response.headers_mut(), &call.request_id, Some(&call.tenant), None, None);
         return response;
     }
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return call.fail(too_large());
+    }
     // Read only now, after the key was checked: an unauthenticated client cannot make the
     // gateway hold a large body.
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(e) => {
-            let too_large = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"));
-            let status = if too_large {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
+            if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) {
+                return call.fail(too_large());
+            }
+            // The client stopped sending (it went away, or its connection broke): nobody
+            // is left to answer, and the call is recorded as the client's (499).
+            tracing::debug!(request_id = %call.request_id, error = %e, "the client went away while sending its request body");
+            let mut response =
+                ApiError::bad_request("invalid_request", format!("cannot read the request body: {e}")).into_response();
+            lineage(response.headers_mut(), &call.request_id, Some(&call.tenant), None, None);
+            let answer = Answer {
+                status: 499,
+                ..Answer::default()
             };
-            return call.fail(ApiError::new(
-                status,
-                "invalid_request_error",
-                "invalid_request",
-                format!("cannot read the request body (at most {MAX_BODY_BYTES} bytes): {e}"),
-            ));
+            call.finish(
+                None,
+                answer,
+                Some("the client went away while sending its request body"),
+            );
+            return response;
         }
     };
     let mut json: serde_json::Map<String, Value> = match serde_json::from_slice(&body) {
@@ -859,17 +891,19 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
     };
     let model = match json.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        _ => {
+        other => {
+            let found = match other {
+                None | Some(Value::Null) => "it is missing".to_string(),
+                Some(Value::String(_)) => "it is empty".to_string(),
+                Some(v) => format!("found {v}"),
+            };
             return call.fail(ApiError::bad_request(
                 "invalid_request",
-                "'model' is required: the deployment (or model) name, as GET /v1/models lists them",
-            ))
+                format!("'model' must be a deployment (or model) name as GET /v1/models lists them; {found}"),
+            ));
         }
     };
     call.model_asked = model.clone();
-    if let Err(e) = validate(operation, &json) {
-        return call.fail(e);
-    }
     let resolved = gateway.table().resolve(&call.tenant, &model).or_else(|| {
         // Applied a moment ago? Look again before saying no.
         gateway.refresh_if_older(STALE_SNAPSHOT);
@@ -880,7 +914,11 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
         return call.fail(error);
     };
     call.caller = gateway.caller(&call.tenant);
+    // Known from here on: a bad body is recorded against the deployment it named.
     call.route = Some(route.clone());
+    if let Err(e) = validate(operation, &json) {
+        return call.fail(e);
+    }
     call.streaming = operation != Operation::Embeddings && json.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let text = prompt_text(operation, &json);
     let prompt_estimate = (text.len() as u64).div_ceil(4).max(1);
@@ -1056,6 +1094,16 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
     }
 }
 
+/// 413 for a body above [`MAX_BODY_BYTES`].
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "invalid_request",
+        format!("the request body is larger than the gateway accepts ({MAX_BODY_BYTES} bytes)"),
+    )
+}
+
 /// 504 for a replica that sent no answer within `gateway.upstream_timeout`.
 fn silent_replica(
     mut call: Call,
@@ -1222,7 +1270,7 @@ async fn acquire(
                     StatusCode::TOO_MANY_REQUESTS,
                     "requests",
                     "queue_full",
-                    format!("every replica of {} is busy and {e}", route.deployment),
+                    format!("every replica of {} is busy and {e}", route.id_for(&call.tenant)),
                 );
                 error.retry_after = Some(1);
                 return Err(error);
@@ -1248,7 +1296,7 @@ async fn acquire(
                 "queue_timeout",
                 format!(
                     "every replica of {} stayed busy for the queue timeout ({}); add replicas, raise maxConcurrentRequests or retry later",
-                    route.deployment,
+                    route.id_for(&call.tenant),
                     humantime::format_duration(route.queue_timeout)
                 ),
             );
@@ -1704,6 +1752,34 @@ mod tests {
             .map(|e| e.message)
             .unwrap_or_default();
         assert!(e.contains("'max_tokens'"), "{e}");
+        // A wrong type is named as such, not as a missing field.
+        for (operation, body, want) in [
+            (
+                Operation::Chat,
+                r#"{"messages":"hi"}"#,
+                "'messages' must be a non-empty array of {role, content} messages; found \"hi\"",
+            ),
+            (
+                Operation::Chat,
+                r#"{}"#,
+                "'messages' must be a non-empty array of {role, content} messages; it is missing",
+            ),
+            (
+                Operation::Completion,
+                r#"{"prompt":5}"#,
+                "'prompt' must be a string or an array; found 5",
+            ),
+            (
+                Operation::Embeddings,
+                r#"{"input":{}}"#,
+                "'input' must be a string or an array; found {}",
+            ),
+        ] {
+            let body: serde_json::Map<String, Value> = serde_json::from_str(body).unwrap_or_default();
+            let e = validate(operation, &body).err().map(|e| e.message).unwrap_or_default();
+            assert_eq!(e, want);
+        }
+        assert_eq!(short(&Value::String("x".repeat(200))).chars().count(), 83);
     }
 
     #[test]

@@ -22,10 +22,11 @@
 //! - `audit_required_refuses_and_best_effort_serves_when_the_log_cannot_be_written`: the
 //!   audit database is locked by another process; `required` answers 503, `best-effort`
 //!   serves and counts the records lost.
-//! - `a_silent_replica_gets_a_504_and_a_stalled_stream_is_cut_off`: a replica that sends
-//!   nothing within `gateway.upstream_timeout` gets the caller a 504 `upstream_timeout`
-//!   (with lineage); one that goes silent mid-stream has its stream cut off; both are
-//!   audited as the replica's failures.
+//! - `failures_are_answered_and_audited_for_what_they_are`: a replica that sends nothing
+//!   within `gateway.upstream_timeout` gets the caller a 504 `upstream_timeout` (with
+//!   lineage); one that goes silent mid-stream has its stream cut off; a bad body for a
+//!   known deployment carries that deployment's lineage; a declared body over the limit
+//!   gets 413 before it is sent; a client that leaves while sending is recorded as 499.
 //!
 //! The coordinator runs in the test process: `PYXIS_SMOKE_LOG=1` shows its log on stderr.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -1155,7 +1156,7 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
-async fn a_silent_replica_gets_a_504_and_a_stalled_stream_is_cut_off() {
+async fn failures_are_answered_and_audited_for_what_they_are() {
     let fleet = Fleet::start(
         24400,
         vec![NodeSpec {
@@ -1241,22 +1242,61 @@ spec:
     assert!(raw.contains("\"content\""), "the first token arrived: {raw}");
     assert!(!raw.contains("[DONE]"), "the stream was cut off: {raw}");
 
-    // Both are in the audit log as failures of the replica, and counted.
-    let records = eventually("both calls audited", SLOW, || {
+    // A bad body for a known deployment is answered and audited against that deployment.
+    let bad = serde_json::json!({"model": "mute", "max_tokens": -1, "messages": [{"role": "user", "content": "x"}]});
+    let bad = fleet.call(&key, "/v1/chat/completions", &bad, &[]);
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(
+        bad.body.contains("'max_tokens' must be a non-negative integer"),
+        "{}",
+        bad.body
+    );
+    assert_eq!(bad.header("x-pyxis-deployment"), Some("mute"));
+
+    // A declared body over 32 MiB is refused before it is sent; a client that leaves while
+    // sending its body is recorded as 499, not as a bad request.
+    let raw_call = |head: &str, body: &[u8]| {
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            stream,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n{head}\r\n"
+        )
+        .unwrap();
+        stream.write_all(body).unwrap();
+        stream
+    };
+    let mut huge = raw_call("Content-Length: 99999999999\r\n", b"");
+    let mut answer = String::new();
+    let _ = huge.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let gone = raw_call("Content-Length: 100\r\n", b"{\"");
+    gone.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(gone);
+
+    // Every one is in the audit log for what it was, and the failures are counted.
+    let records = eventually("the calls audited", SLOW, || {
         let records = fleet.audit("tenant=acme");
-        (records.len() >= 2)
+        let statuses: Vec<u64> = records.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+        [504, 502, 400, 413, 499]
+            .iter()
+            .all(|s| statuses.contains(s))
             .then(|| records.clone())
             .ok_or(format!("{records:#?}"))
     })
     .await;
-    let status_of = |model: &str| {
-        records
-            .iter()
-            .find(|r| r["model"] == model)
-            .map(|r| r["status"].as_u64().unwrap())
-    };
-    assert_eq!(status_of("mute"), Some(504), "{records:#?}");
-    assert_eq!(status_of("stall"), Some(502), "{records:#?}");
+    let invalid = records.iter().find(|r| r["status"] == 400).unwrap();
+    assert_eq!(invalid["deployment"], "mute", "{invalid}");
+    assert_eq!(invalid["model"], "mute", "{invalid}");
+    // `pyxis audit --model` takes the deployment's name.
+    let by_name = fleet.audit("tenant=acme&model=mute");
+    assert!(
+        by_name.iter().any(|r| r["status"] == 504) && by_name.iter().any(|r| r["status"] == 400),
+        "{by_name:#?}"
+    );
+    let audited = |model: &str, status: u64| records.iter().any(|r| r["model"] == model && r["status"] == status);
+    assert!(audited("mute", 504), "{records:#?}");
+    assert!(audited("stall", 502), "{records:#?}");
     assert!(
         metric(
             &fleet.metrics(),
