@@ -330,7 +330,10 @@ async fn model_listing(state: &GatewayState, headers: &HeaderMap, answer: impl F
     let request_id = new_request_id();
     let (mut response, tenant) = match authenticate(&state.gateway, headers).await {
         Ok((tenant, _)) => (answer(&tenant), Some(tenant)),
-        Err(e) => (e.into_response(), None),
+        Err(e) => {
+            state.gateway.metrics.error("-", "unknown", e.code);
+            (e.into_response(), None)
+        }
     };
     lineage(response.headers_mut(), &request_id, tenant.as_deref(), None, None);
     response
@@ -430,6 +433,8 @@ struct Call {
     prompt_estimate: u64,
     streaming: bool,
     routing_span: Option<(u64, u64, &'static str)>,
+    /// The gateway's error code when it answered with an error of its own.
+    error_code: Option<&'static str>,
     /// Recorded (audit, metrics, spans); a call dropped before that is recorded as 499.
     finished: bool,
 }
@@ -476,11 +481,7 @@ impl Call {
     /// Answers an error, recording it.
     fn fail(mut self, error: ApiError) -> Response {
         let status = error.status.as_u16();
-        self.gateway.metrics.error(
-            &self.tenant,
-            self.route.as_ref().map_or("unknown", |r| r.model_name.as_str()),
-            error.code,
-        );
+        self.error_code = Some(error.code);
         let answer = Answer {
             status,
             ..Answer::default()
@@ -515,6 +516,17 @@ impl Call {
         let prompt = answer
             .prompt_tokens
             .unwrap_or(if reached { self.prompt_estimate } else { 0 });
+        if answer.status >= 400 {
+            // Every error answer is counted once, here: the gateway's own by its code, the
+            // rest by what happened.
+            let code = self.error_code.unwrap_or(match answer.status {
+                499 => "client_closed_request",
+                _ if answer.upstream_error => "upstream_interrupted",
+                _ => "runtime_error",
+            });
+            let model = self.route.as_ref().map_or("unknown", |r| r.model_name.as_str());
+            self.gateway.metrics.error(&self.tenant, model, code);
+        }
         self.gateway.metrics.observe(
             &self.labels(slot),
             Observation {
@@ -816,6 +828,7 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
         prompt_estimate: 0,
         streaming: false,
         routing_span: None,
+        error_code: None,
         finished: false,
     };
     let (tenant, key_id) = match authenticate(&gateway, &headers).await {
@@ -823,7 +836,7 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
         Err(e) => {
             // Unauthenticated calls are counted, not audited (they are no tenant's calls,
             // and a flood of them must not fill the audit log).
-            gateway.metrics.error("-", "-", e.code);
+            gateway.metrics.error("-", "unknown", e.code);
             let mut response = e.into_response();
             lineage(response.headers_mut(), &call.request_id, None, None, None);
             return response;
@@ -835,7 +848,7 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
         // Not audited: the audit log is what cannot be written.
         call.finished = true;
         gateway.metrics.audit_refusals.fetch_add(1, Ordering::Relaxed);
-        gateway.metrics.error(&call.tenant, "-", "audit_unavailable");
+        gateway.metrics.error(&call.tenant, "unknown", "audit_unavailable");
         let mut response = ApiError::unavailable("audit_unavailable", reason).into_response();
         lineage(response.headers_mut(), &call.request_id, Some(&call.tenant), None, None);
         return response;
@@ -1063,9 +1076,7 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
                     Some(&route),
                     Some(&slot),
                 );
-                gateway
-                    .metrics
-                    .error(&call.tenant, &route.model_name, "upstream_unreachable");
+                call.error_code = Some("upstream_unreachable");
                 call.finish(Some(&slot), answer, Some(&message));
                 return response;
             }
@@ -1132,9 +1143,7 @@ fn silent_replica(
         Some(route),
         Some(slot),
     );
-    call.gateway
-        .metrics
-        .error(&call.tenant, &route.model_name, "upstream_timeout");
+    call.error_code = Some("upstream_timeout");
     let answer = Answer {
         status: 504,
         upstream_start_nanos,
@@ -1605,6 +1614,9 @@ impl http_body::Body for Tracked {
                     "the replica sent nothing for {} (gateway.upstream_timeout); the answer was cut off",
                     humantime::format_duration(silence)
                 );
+                if let Some((call, _, _)) = &mut this.finish {
+                    call.error_code = Some("upstream_timeout");
+                }
                 this.done(Some(message.clone()), false);
                 Poll::Ready(Some(Err(message.into())))
             }

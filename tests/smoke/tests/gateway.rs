@@ -1297,10 +1297,25 @@ spec:
     let audited = |model: &str, status: u64| records.iter().any(|r| r["model"] == model && r["status"] == status);
     assert!(audited("mute", 504), "{records:#?}");
     assert!(audited("stall", 502), "{records:#?}");
+    // Every error answer is counted once by its code, whoever made it.
+    let metrics = fleet.metrics();
+    for (series, want) in [
+        ("tenant=\"acme\",model=\"mute\",code=\"upstream_timeout\"", 1.0),
+        ("tenant=\"acme\",model=\"stall\",code=\"upstream_timeout\"", 1.0),
+        ("tenant=\"acme\",model=\"mute\",code=\"invalid_request\"", 1.0),
+        ("tenant=\"acme\",model=\"unknown\",code=\"invalid_request\"", 1.0),
+        ("tenant=\"acme\",model=\"unknown\",code=\"client_closed_request\"", 1.0),
+    ] {
+        let name = format!("pyxis_gateway_errors_total{{{series}}}");
+        assert_eq!(metric(&metrics, &name), want, "{name}\n{metrics}");
+    }
+    // An unauthenticated model listing is counted too.
+    let anonymous = request("GET", &format!("{gateway}/v1/models"), &[], None);
+    assert_eq!(anonymous.status, 401);
     assert!(
         metric(
             &fleet.metrics(),
-            "pyxis_gateway_errors_total{tenant=\"acme\",model=\"mute\",code=\"upstream_timeout\"}"
+            "pyxis_gateway_errors_total{tenant=\"-\",model=\"unknown\",code=\"invalid_api_key\"}"
         ) >= 1.0
     );
     fleet.stop().await;
