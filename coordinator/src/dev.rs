@@ -170,8 +170,12 @@ fn agent_config(
         gce_metadata_url: pyxis_agent::tpu::DEFAULT_METADATA_URL.into(),
         rocm_library: None,
         host_paths: Default::default(),
+        // Loopback only: dev mode's runtimes are reached through its gateway, never
+        // directly from the network (which would skip keys, budgets and the audit log).
         supervisor: pyxis_agent::runtime::supervisor::SupervisorConfig {
             runtime_ports,
+            runtime_host: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            advertise_host: Some("127.0.0.1".into()),
             ..Default::default()
         },
         health: Default::default(),

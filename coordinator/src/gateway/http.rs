@@ -1363,6 +1363,23 @@ fn starting(gateway: &Gateway, route: &Route) -> bool {
     })
 }
 
+/// Why placement cannot start a replica of the deployment, once a whole placement pass
+/// ran after the call's demand was noted (`passes_before`) and placed none of it.
+fn unplaceable(gateway: &Gateway, route: &Route, passes_before: u64) -> Option<String> {
+    let state = gateway.shared.placement_state();
+    // The pass running when the demand was noted may have missed it: wait for the next.
+    if state.passes < passes_before + 2 {
+        return None;
+    }
+    let placement = state.placement.as_ref()?;
+    let mine = |tenant: &str, deployment: &str| tenant == route.tenant && deployment == route.deployment;
+    if placement.replicas.iter().any(|r| mine(&r.tenant, &r.deployment)) {
+        return None; // placed: it is starting
+    }
+    let explanation = placement.explanations.iter().find(|e| mine(&e.tenant, &e.deployment))?;
+    (explanation.placed == 0 && explanation.pending > 0).then(|| crate::reconciler::summary(explanation))
+}
+
 /// Waits, up to `timeout`, for the deployment to have a ready replica (scaling from zero,
 /// or replicas starting).
 async fn wait_for_replica(
@@ -1372,6 +1389,10 @@ async fn wait_for_replica(
 ) -> Result<Arc<Route>, ApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut updates = gateway.subscribe();
+    let passes_before = gateway.shared.placement_state().passes;
+    // Placement passes that place nothing change no route: look at them too.
+    let mut look = tokio::time::interval(Duration::from_millis(250));
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let current = gateway
             .table()
@@ -1390,23 +1411,36 @@ async fn wait_for_replica(
             return Ok(current);
         }
         gateway.note_demand(&current);
-        match tokio::time::timeout_at(deadline, updates.changed()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => {
-                let mut error = ApiError::unavailable(
-                    "no_ready_replica",
-                    format!(
-                        "deployment {}/{} had no ready replica and none became ready within {}; `pyxis explain deployment {} -n {}` says why",
-                        route.tenant,
-                        route.deployment,
-                        humantime::format_duration(timeout),
-                        route.deployment,
-                        route.tenant
-                    ),
-                );
-                error.retry_after = Some(10);
-                return Err(error);
-            }
+        if let Some(why) = unplaceable(gateway, &current, passes_before) {
+            let mut error = ApiError::unavailable(
+                "no_ready_replica",
+                format!(
+                    "deployment {}/{} has no ready replica and placement cannot start one now ({why}); `pyxis explain deployment {} -n {}` says why, node by node",
+                    route.tenant, route.deployment, route.deployment, route.tenant
+                ),
+            );
+            error.retry_after = Some(10);
+            return Err(error);
+        }
+        let woken = tokio::select! {
+            changed = updates.changed() => changed.is_ok(),
+            _ = look.tick() => true,
+            _ = tokio::time::sleep_until(deadline) => false,
+        };
+        if !woken {
+            let mut error = ApiError::unavailable(
+                "no_ready_replica",
+                format!(
+                    "deployment {}/{} had no ready replica and none became ready within {}; `pyxis explain deployment {} -n {}` says why",
+                    route.tenant,
+                    route.deployment,
+                    humantime::format_duration(timeout),
+                    route.deployment,
+                    route.tenant
+                ),
+            );
+            error.retry_after = Some(10);
+            return Err(error);
         }
     }
 }

@@ -512,8 +512,53 @@ pub fn processes_with(marker: &str) -> std::collections::BTreeMap<u32, String> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(marker) {
+        // A runtime's command line rarely names the data dir, but it runs in its replica
+        // directory under it.
+        let cwd = std::fs::read_link(entry.path().join("cwd"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if cmdline.contains(marker) || cwd.contains(marker) {
             found.insert(pid, cmdline);
+        }
+    }
+    found
+}
+
+/// The addresses TCP sockets listen on at `port` on this machine (from `/proc/net/tcp` and
+/// `tcp6`): what a server really bound, whatever it was told.
+pub fn listening_on(port: u16) -> Vec<std::net::IpAddr> {
+    let mut found = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ...; st 0A is LISTEN.
+            let (Some(local), Some("0A")) = (fields.get(1), fields.get(3).copied()) else {
+                continue;
+            };
+            let Some((addr, p)) = local.split_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() != Some(port) {
+                continue;
+            }
+            // The kernel prints each 32-bit word of the address in host (little-endian) order.
+            let mut bytes = Vec::new();
+            for word in addr.as_bytes().chunks(8) {
+                let word = u32::from_str_radix(std::str::from_utf8(word).unwrap_or("0"), 16).unwrap_or(0);
+                bytes.extend_from_slice(&word.to_le_bytes());
+            }
+            match bytes.len() {
+                4 => found.push(std::net::IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
+                16 => {
+                    let mut v6 = [0u8; 16];
+                    v6.copy_from_slice(&bytes);
+                    found.push(std::net::IpAddr::from(v6));
+                }
+                _ => {}
+            }
         }
     }
     found

@@ -571,6 +571,55 @@ fn dev_mode_prints_commands_that_work() {
         "{:?}",
         small.headers
     );
+    // A call for a deployment placement cannot start (llama-70b) is answered at once with
+    // why, not after the scale-from-zero wait (5 minutes).
+    let asked = Instant::now();
+    let unplaceable = pyxis_smoke::request(
+        "POST",
+        gateway,
+        &[("Authorization", &auth)],
+        Some(r#"{"model": "llama-70b", "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}"#),
+    );
+    assert_eq!(unplaceable.status, 503, "{}", unplaceable.body);
+    assert!(
+        unplaceable.body.contains("placement cannot start one now") && unplaceable.body.contains("pyxis explain"),
+        "{}",
+        unplaceable.body
+    );
+    assert!(asked.elapsed() < Duration::from_secs(30), "{:?}", asked.elapsed());
+    // Embeddings are served in dev mode (bge-embeddings, on vLLM), with a product key.
+    let created = cli.json(&["apikey", "create", "--tenant", "product", "-o", "json"]);
+    let product = format!("Bearer {}", created["key"].as_str().unwrap());
+    let embedded = pyxis_smoke::request(
+        "POST",
+        &gateway.replace("/chat/completions", "/embeddings"),
+        &[("Authorization", &product)],
+        Some(r#"{"model": "bge-embeddings", "input": "hello"}"#),
+    );
+    assert_eq!(embedded.status, 200, "{}", embedded.body);
+    assert!(embedded.body.contains("\"embedding\""), "{}", embedded.body);
+    // Dev mode's runtimes listen on loopback only: the gateway is the way in.
+    let replicas = cli.json(&["get", "replicas", "-A", "-o", "json"]);
+    let mut checked = 0;
+    for replica in replicas["items"].as_array().unwrap() {
+        let Some(endpoint) = replica["endpoint"].as_str() else {
+            continue;
+        };
+        let port: u16 = endpoint
+            .trim_start_matches("http://")
+            .split(['/', ':'])
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {endpoint}"));
+        let bound = pyxis_smoke::listening_on(port);
+        assert!(
+            !bound.is_empty() && bound.iter().all(|a| a.is_loopback()),
+            "{} listens on {bound:?}",
+            replica["name"]
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "{replicas}");
     let audited = cli.ok(&["audit", "--since", "1h"]);
     assert!(audited.contains("qwen-7b"), "{audited}");
     let explain = cli.ok(&["explain", "deployment", "llama-70b", "-n", "research"]);
