@@ -94,10 +94,10 @@ pub enum Command {
         #[arg(long, value_name = "MODEL")]
         model: Option<String>,
         /// Only calls in this window back from now: 15m, 1h, 7d.
-        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_since, allow_hyphen_values = true)]
         since: Option<String>,
-        /// At most this many records.
-        #[arg(long, value_name = "N", default_value_t = 50)]
+        /// At most this many records (1 or more).
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = parse_limit, allow_hyphen_values = true)]
         limit: usize,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
@@ -217,7 +217,7 @@ pub enum Command {
         tenant: Option<String>,
         /// The window, back from now: 90m, 24h, 7d, 30d. Usage is kept per hour, so the
         /// window starts at the top of an hour.
-        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_since)]
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_since, allow_hyphen_values = true)]
         since: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
@@ -246,7 +246,19 @@ fn parse_ttl(text: &str) -> Result<String, String> {
 }
 
 /// `--since`: a positive humantime duration (`30m`, `24h`, `7d`).
+fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a count of records: give 1 or more")),
+    }
+}
+
 fn parse_since(text: &str) -> Result<String, String> {
+    if text.trim().starts_with('-') {
+        return Err(format!(
+            "{text:?} is negative: give how far back to look, like 90m, 24h or 7d"
+        ));
+    }
     let since =
         humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 90m, 24h or 7d ({e})"))?;
     if since.is_zero() {
@@ -366,6 +378,9 @@ pub enum GetKind {
         alias = "md"
     )]
     Deployments,
+    /// Batch inference jobs (BatchInferenceJob): not served by this version yet.
+    #[value(alias = "job", alias = "batchinferencejob", alias = "batchinferencejobs")]
+    Jobs,
 }
 
 /// Kinds `explain` knows.
@@ -845,6 +860,9 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
                 Output::Wide => write(out, replicas_table(&items, true)),
             }
         }
+        Command::Get {
+            kind: GetKind::Jobs, ..
+        } => Err(objects::jobs_not_served()),
         Command::Get {
             kind: kind @ (GetKind::Tenants | GetKind::HardwareClasses | GetKind::Deployments),
             name,

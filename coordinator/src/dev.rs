@@ -286,7 +286,7 @@ pub async fn start_fleet(coordinator: &Coordinator) -> Result<DevFleet, Box<dyn 
     println!();
     println!("Pyxis dev mode is running.");
     println!(
-        "  data dir:    {} (a temporary one is removed on exit)",
+        "  data dir:    {} (removed on exit when dev mode made it, kept when given with --data-dir)",
         coordinator.shared.config.data_dir.display()
     );
     println!("  agent link:  {} (QUIC, mutual TLS)", coordinator.quic_addr);

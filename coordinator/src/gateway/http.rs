@@ -326,16 +326,29 @@ async fn authenticate(gateway: &Arc<Gateway>, headers: &HeaderMap) -> Result<(St
 }
 
 /// The model list's endpoints: authenticate, answer for the tenant, add lineage.
-async fn model_listing(state: &GatewayState, headers: &HeaderMap, answer: impl FnOnce(&str) -> Response) -> Response {
+async fn model_listing(
+    state: &GatewayState,
+    headers: &HeaderMap,
+    answer: impl FnOnce(&str) -> (Response, Option<Arc<Route>>),
+) -> Response {
     let request_id = new_request_id();
-    let (mut response, tenant) = match authenticate(&state.gateway, headers).await {
-        Ok((tenant, _)) => (answer(&tenant), Some(tenant)),
+    let (mut response, tenant, route) = match authenticate(&state.gateway, headers).await {
+        Ok((tenant, _)) => {
+            let (response, route) = answer(&tenant);
+            (response, Some(tenant), route)
+        }
         Err(e) => {
             state.gateway.metrics.error("-", "unknown", e.code);
-            (e.into_response(), None)
+            (e.into_response(), None, None)
         }
     };
-    lineage(response.headers_mut(), &request_id, tenant.as_deref(), None, None);
+    lineage(
+        response.headers_mut(),
+        &request_id,
+        tenant.as_deref(),
+        route.as_deref(),
+        None,
+    );
     response
 }
 
@@ -348,7 +361,10 @@ async fn models(State(state): State<GatewayState>, headers: HeaderMap) -> Respon
             .iter()
             .map(|r| model_json(r, tenant))
             .collect();
-        axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+        (
+            axum::Json(serde_json::json!({"object": "list", "data": data})).into_response(),
+            None,
+        )
     })
     .await
 }
@@ -360,8 +376,8 @@ async fn model(
 ) -> Response {
     let gateway = state.gateway.clone();
     model_listing(&state, &headers, |tenant| match gateway.table().resolve(tenant, &id) {
-        Some(route) => axum::Json(model_json(&route, tenant)).into_response(),
-        None => unknown_model(&gateway, tenant, &id).into_response(),
+        Some(route) => (axum::Json(model_json(&route, tenant)).into_response(), Some(route)),
+        None => (unknown_model(&gateway, tenant, &id).into_response(), None),
     })
     .await
 }

@@ -1309,6 +1309,17 @@ spec:
         let name = format!("pyxis_gateway_errors_total{{{series}}}");
         assert_eq!(metric(&metrics, &name), want, "{name}\n{metrics}");
     }
+    // One model's listing names its deployment in the lineage.
+    let auth = format!("Bearer {key}");
+    let one = request(
+        "GET",
+        &format!("{gateway}/v1/models/mute"),
+        &[("Authorization", &auth)],
+        None,
+    );
+    assert_eq!(one.status, 200, "{}", one.body);
+    assert_eq!(one.header("x-pyxis-deployment"), Some("mute"));
+    assert_eq!(one.header("x-pyxis-model-version"), Some("1"));
     // An unauthenticated model listing is counted too.
     let anonymous = request("GET", &format!("{gateway}/v1/models"), &[], None);
     assert_eq!(anonymous.status, 401);
