@@ -14,6 +14,7 @@ use crate::api_types::{
     TokenRequest, TokenResponse,
 };
 
+mod bench;
 mod objects;
 
 /// Default admin API URL.
@@ -79,6 +80,16 @@ pub enum Command {
         #[command(subcommand)]
         action: ApiKeyAction,
     },
+    /// Throughput and latency of an OpenAI-compatible endpoint: the gateway (broken down
+    /// by the runtime, hardware class and node that served each call) or a runtime directly.
+    ///
+    ///   pyxis bench --base-url http://127.0.0.1:8080/v1 --model qwen-7b --api-key KEY
+    ///   pyxis bench --base-url http://gpu-1:8000/v1 --model Qwen/Qwen2.5-7B-Instruct -o md
+    ///
+    /// Needs no admin token. Exit code 1 when any request failed (the report is printed
+    /// first).
+    #[command(verbatim_doc_comment)]
+    Bench(bench::BenchArgs),
     /// Gateway audit records, newest first; `pyxis audit verify` checks the hash chain.
     #[command(args_conflicts_with_subcommands = true)]
     Audit {
@@ -944,6 +955,7 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
             namespace,
             output,
         } => objects::explain(client, &name, namespace.as_deref(), output, out),
+        Command::Bench(args) => bench::run(&args, out),
         Command::Usage { tenant, since, output } => objects::usage(client, tenant.as_deref(), &since, output, out),
         Command::Node { action, name, output } => {
             let verb = match action {

@@ -557,6 +557,7 @@ fn dev_mode_prints_commands_that_work() {
     // it is installed (.ci/run caches it), the mock otherwise: either way through the gateway.
     let key = curl.split("Bearer ").nth(1).unwrap().split('\'').next().unwrap();
     let gateway = curl.split_whitespace().find(|w| w.starts_with("http://")).unwrap();
+    let base_url = gateway.split("/v1/").next().unwrap();
     let auth = format!("Bearer {key}");
     let small = pyxis_smoke::request(
         "POST",
@@ -570,6 +571,39 @@ fn dev_mode_prints_commands_that_work() {
         small.header("x-pyxis-runtime").unwrap().starts_with("llama-cpp/"),
         "{:?}",
         small.headers
+    );
+    // `pyxis bench` through the gateway: figures broken down by what served the calls.
+    let benched = cli.json(&[
+        "bench",
+        "--base-url",
+        &format!("{base_url}/v1"),
+        "--model",
+        "qwen-7b",
+        "--api-key",
+        key,
+        "--requests",
+        "12",
+        "--concurrency",
+        "3",
+        "--max-tokens",
+        "4",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(benched["succeeded"], 12, "{benched}");
+    assert!(benched["ttft_ms"]["p50"].as_f64().unwrap() > 0.0, "{benched}");
+    let served: Vec<&str> = benched["served_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["runtime"].as_str().unwrap())
+        .collect();
+    assert!(
+        !served.is_empty()
+            && served
+                .iter()
+                .all(|r| r.starts_with("vllm/") || r.starts_with("sglang/")),
+        "{benched}"
     );
     // A call for a deployment placement cannot start (llama-70b) is answered at once with
     // why, not after the scale-from-zero wait (5 minutes).
