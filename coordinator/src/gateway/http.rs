@@ -1257,7 +1257,27 @@ async fn acquire(
             None
         };
         match wait {
-            Some(limit) => route = wait_for_replica(gateway, &route, limit).await?,
+            Some(limit) => {
+                // Bounded per tenant, as queued calls are: one tenant's flood of calls to
+                // a deployment that is starting cannot pile up without end.
+                let Some(_waiting) = gateway.start_waiting(&call.tenant, &route, super::queue::DEFAULT_MAX_PER_TENANT)
+                else {
+                    let mut error = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "requests",
+                        "queue_full",
+                        format!(
+                            "{} has no ready replica yet and tenant {} already has {} calls waiting for one to start; retry later",
+                            route.id_for(&call.tenant),
+                            call.tenant,
+                            super::queue::DEFAULT_MAX_PER_TENANT
+                        ),
+                    );
+                    error.retry_after = Some(1);
+                    return Err(error);
+                };
+                route = wait_for_replica(gateway, &route, limit).await?;
+            }
             None => return Err(no_ready_replica(gateway, &route)),
         }
     }

@@ -331,9 +331,64 @@ pub struct Gateway {
     updated: watch::Sender<u64>,
     /// Last call per deployment that may scale to zero (read by the reconciler).
     demand: Mutex<HashMap<(String, String), Instant>>,
+    /// Calls waiting for a replica to start, by (caller, owner, deployment).
+    waiting: WaitCounts,
     started: Instant,
     refreshed: Mutex<Option<Instant>>,
     rebuilding: Mutex<()>,
+}
+
+/// (caller, owner, deployment).
+type WaitKey = (String, String, String);
+
+/// Calls waiting for a replica to start, by [`WaitKey`].
+#[derive(Debug, Default)]
+struct WaitCounts(Arc<Mutex<HashMap<WaitKey, usize>>>);
+
+impl WaitCounts {
+    /// Counts one more call under `key`, unless `limit` already wait there.
+    fn enter(&self, key: WaitKey, limit: usize) -> Option<WaitingCall> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.clone()).or_default();
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(WaitingCall {
+            counts: self.0.clone(),
+            key,
+        })
+    }
+
+    #[cfg(test)]
+    fn count(&self, key: &WaitKey) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// One call counted as waiting for a replica to start ([`Gateway::start_waiting`]); the
+/// count drops with it.
+#[derive(Debug)]
+pub struct WaitingCall {
+    counts: Arc<Mutex<HashMap<WaitKey, usize>>>,
+    key: WaitKey,
+}
+
+impl Drop for WaitingCall {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Gateway {
@@ -356,6 +411,7 @@ impl Gateway {
             metrics: super::metrics::GatewayMetrics::default(),
             updated: watch::channel(0).0,
             demand: Mutex::new(HashMap::new()),
+            waiting: WaitCounts::default(),
             started: Instant::now(),
             refreshed: Mutex::new(None),
             rebuilding: Mutex::new(()),
@@ -658,6 +714,16 @@ impl Gateway {
         }
     }
 
+    /// Counts a call of `tenant` waiting for a replica of `route` to start, up to
+    /// `limit` per tenant and deployment (as queued calls are bounded); `None` when the
+    /// tenant already has that many waiting. The count drops with the returned guard.
+    pub fn start_waiting(&self, tenant: &str, route: &Route, limit: usize) -> Option<WaitingCall> {
+        self.waiting.enter(
+            (tenant.to_string(), route.tenant.clone(), route.deployment.clone()),
+            limit,
+        )
+    }
+
     /// Forgets a cached key (it was revoked).
     pub fn forget_key(&self, id: &str) {
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -752,6 +818,25 @@ fn merge(route: &Route, replicas: Vec<ReplicaInfo>, kv: &HashMap<String, Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_waiting_for_a_start_are_bounded_per_tenant_and_deployment() {
+        let counts = WaitCounts::default();
+        let key = |t: &str| (t.to_string(), "owner".to_string(), "chat".to_string());
+        let held: Vec<WaitingCall> = (0..3).filter_map(|_| counts.enter(key("a"), 3)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(
+            counts.enter(key("a"), 3).is_none(),
+            "a fourth call of the same tenant waits no more"
+        );
+        let other = counts.enter(key("b"), 3);
+        assert!(other.is_some(), "another tenant has its own bound");
+        drop(held);
+        assert_eq!(counts.count(&key("a")), 0);
+        assert!(counts.enter(key("a"), 3).is_some(), "a freed place is taken again");
+        drop(other);
+        assert_eq!(counts.count(&key("b")), 0);
+    }
 
     fn a_route() -> Route {
         Route {
