@@ -716,14 +716,19 @@ async fn revoke_api_key(
     let writer = shared.clone();
     let key = id.clone();
     let found = tokio::task::spawn_blocking(move || {
+        // Revoked before: said as it is, with no new event.
+        if let Some(row) = writer.store.api_key(&key)?.filter(|r| r.revoked_ms.is_some()) {
+            return Ok::<_, crate::store::StoreError>((false, Some(row)));
+        }
         let found = writer.store.revoke_api_key(&key, now_ms())?;
         let rows = writer.store.api_keys(None)?;
-        Ok::<_, crate::store::StoreError>((found, rows.into_iter().find(|r| r.id == key)))
+        Ok((found, rows.into_iter().find(|r| r.id == key)))
     })
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
     match found {
+        (false, Some(row)) => Ok(Json(key_info(&row))),
         (true, Some(row)) => {
             if let Some(gateway) = shared.gateway() {
                 gateway.forget_key(&row.id);

@@ -811,7 +811,14 @@ fn execute(client: &Client, command: Command, out: &mut impl Write) -> Result<()
         } => {
             let revoked: crate::api_types::ApiKeyInfo =
                 client.call("DELETE", &format!("/api/v1/apikeys/{}", encode(&id)), None::<&()>)?;
-            write(out, format!("API key {} ({}, tenant {}) revoked\n", revoked.id, revoked.name, revoked.tenant))
+            let at = revoked.revoked_at.as_deref().unwrap_or("now");
+            write(
+                out,
+                format!(
+                    "API key {} ({}, tenant {}) revoked at {at}\n",
+                    revoked.id, revoked.name, revoked.tenant
+                ),
+            )
         }
         Command::Token {
             action: TokenAction::Delete { id },

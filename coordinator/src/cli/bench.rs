@@ -494,6 +494,11 @@ fn table(rows: &[Vec<String>], markdown: bool) -> String {
     out
 }
 
+/// A header row.
+fn cells(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
 fn ms(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
@@ -527,13 +532,7 @@ fn render(r: &BenchReport, markdown: bool) -> String {
         r.duration_s
     ));
     heading(&mut out, "Summary");
-    let mut rows = vec![vec![
-        "metric".to_string(),
-        "p50".into(),
-        "p90".into(),
-        "p99".into(),
-        "max".into(),
-    ]];
+    let mut rows = vec![cells(&["metric", "p50", "p90", "p99", "max"])];
     let push = |rows: &mut Vec<Vec<String>>, name: &str, m: &Millis| {
         rows.push(vec![name.to_string(), ms(m.p50), ms(m.p90), ms(m.p99), ms(m.max)]);
     };
@@ -558,15 +557,15 @@ fn render(r: &BenchReport, markdown: bool) -> String {
     }
     if !r.served_by.is_empty() {
         heading(&mut out, "Served by");
-        let mut rows = vec![vec![
-            "runtime".to_string(),
-            "hardware class".into(),
-            "node".into(),
-            "requests".into(),
-            "latency p50 ms".into(),
-            "ttft p50 ms".into(),
-            "tokens/s p50".into(),
-        ]];
+        let mut rows = vec![cells(&[
+            "runtime",
+            "hardware class",
+            "node",
+            "requests",
+            "latency p50 ms",
+            "ttft p50 ms",
+            "tokens/s p50",
+        ])];
         for b in &r.served_by {
             rows.push(vec![
                 b.served_by.runtime.clone(),
@@ -582,7 +581,7 @@ fn render(r: &BenchReport, markdown: bool) -> String {
     }
     if !r.errors.is_empty() {
         heading(&mut out, "Errors");
-        let mut rows = vec![vec!["status".to_string(), "count".into(), "first message".into()]];
+        let mut rows = vec![cells(&["status", "count", "first message"])];
         for e in &r.errors {
             rows.push(vec![
                 if e.status == 0 {

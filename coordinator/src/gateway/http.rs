@@ -1381,14 +1381,20 @@ fn no_ready_replica(gateway: &Gateway, route: &Route) -> ApiError {
     } else {
         format!("replicas: {}", placed.join(", "))
     };
+    no_replica(route, &format!("({detail})"), 5)
+}
+
+/// 503 `no_ready_replica`: `deployment T/D has no ready replica {why}`, pointing to
+/// `pyxis explain`, with `Retry-After`.
+fn no_replica(route: &Route, why: &str, retry_after: u64) -> ApiError {
     let mut error = ApiError::unavailable(
         "no_ready_replica",
         format!(
-            "deployment {}/{} has no ready replica ({detail}); `pyxis explain deployment {} -n {}` says why",
+            "deployment {}/{} has no ready replica {why}; `pyxis explain deployment {} -n {}` says why, node by node",
             route.tenant, route.deployment, route.deployment, route.tenant
         ),
     );
-    error.retry_after = Some(5);
+    error.retry_after = Some(retry_after);
     error
 }
 
@@ -1448,15 +1454,11 @@ async fn wait_for_replica(
         }
         gateway.note_demand(&current);
         if let Some(why) = unplaceable(gateway, &current, passes_before) {
-            let mut error = ApiError::unavailable(
-                "no_ready_replica",
-                format!(
-                    "deployment {}/{} has no ready replica and placement cannot start one now ({why}); `pyxis explain deployment {} -n {}` says why, node by node",
-                    route.tenant, route.deployment, route.deployment, route.tenant
-                ),
-            );
-            error.retry_after = Some(10);
-            return Err(error);
+            return Err(no_replica(
+                route,
+                &format!("and placement cannot start one now ({why})"),
+                10,
+            ));
         }
         let woken = tokio::select! {
             changed = updates.changed() => changed.is_ok(),
@@ -1464,19 +1466,8 @@ async fn wait_for_replica(
             _ = tokio::time::sleep_until(deadline) => false,
         };
         if !woken {
-            let mut error = ApiError::unavailable(
-                "no_ready_replica",
-                format!(
-                    "deployment {}/{} had no ready replica and none became ready within {}; `pyxis explain deployment {} -n {}` says why",
-                    route.tenant,
-                    route.deployment,
-                    humantime::format_duration(timeout),
-                    route.deployment,
-                    route.tenant
-                ),
-            );
-            error.retry_after = Some(10);
-            return Err(error);
+            let why = format!("and none became ready within {}", humantime::format_duration(timeout));
+            return Err(no_replica(route, &why, 10));
         }
     }
 }

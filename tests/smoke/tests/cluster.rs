@@ -670,7 +670,10 @@ fn dev_mode_prints_commands_that_work() {
         listed.contains(id) && !listed.contains(key),
         "the secret is never listed: {listed}"
     );
-    assert!(cli.ok(&["apikey", "revoke", id]).contains("revoked"));
+    let first = cli.ok(&["apikey", "revoke", id]);
+    assert!(first.contains("revoked at 20"), "{first}");
+    // Revoking again says when it was revoked, not a new time.
+    assert_eq!(cli.ok(&["apikey", "revoke", id]), first);
     let listed = cli.json(&["apikey", "list", "--tenant", "research", "-o", "json"]);
     let revoked = listed["items"]
         .as_array()
