@@ -100,6 +100,21 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutd
     }
 }
 
+/// Largest request body the admin API takes (manifests for `apply`, for the most part).
+pub const ADMIN_BODY_LIMIT: usize = 16 << 20;
+
+/// 413 in the API's error shape.
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "bad_request",
+        format!(
+            "the request body is larger than the admin API takes ({} MiB); apply the manifests in several parts",
+            ADMIN_BODY_LIMIT >> 20
+        ),
+    )
+}
+
 /// The full router.
 pub fn router(shared: Arc<Shared>) -> Router {
     let admin = Router::new()
@@ -113,6 +128,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(crate::api_objects::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(shared.clone(), require_admin));
     Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
@@ -148,7 +164,16 @@ async fn require_admin(State(shared): State<Arc<Shared>>, request: Request, next
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     match presented {
+        // Refused before a byte of it is read.
+        Some(token) if shared.check_admin_token(token) && declared.is_some_and(|n| n > ADMIN_BODY_LIMIT as u64) => {
+            Err(body_too_large())
+        }
         Some(token) if shared.check_admin_token(token) => Ok(next.run(request).await),
         Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

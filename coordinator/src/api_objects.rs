@@ -296,12 +296,22 @@ async fn commit(shared: &Arc<Shared>, plan: Plan, verb: &str) -> Result<(), ApiE
     Ok(())
 }
 
+/// A body that could not be read: too large (413), or cut off.
+fn body_error(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        crate::api::body_too_large()
+    } else {
+        bad_request(format!("cannot read the request body: {}", e.body_text()))
+    }
+}
+
 async fn apply(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<ApplyQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
+    let body = body.map_err(body_error)?;
     let Query(query) = query.map_err(query_error)?;
     let (sources, dry_run) = sources(&headers, &body, query.dry_run.unwrap_or(false))?;
     apply_sources(&shared, &sources, dry_run).await.map(Json)
@@ -355,8 +365,9 @@ async fn delete_manifests(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<ApplyQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<ApplyResponse>, ApiError> {
+    let body = body.map_err(body_error)?;
     let Query(query) = query.map_err(query_error)?;
     let (sources, dry_run) = sources(&headers, &body, query.dry_run.unwrap_or(false))?;
     let located = parse_sources(&sources).map_err(invalid)?;

@@ -719,7 +719,7 @@ async fn blocking<T: Send + 'static>(
 /// Maps a registry refusal of an enrollment to what the agent is told.
 fn enroll_refusal(node: Option<&str>, e: RegistryError) -> Refused {
     match e {
-        RegistryError::AlreadyConnected { .. } => {
+        RegistryError::AlreadyConnected { .. } | RegistryError::NameTaken(_) => {
             Refused::new(Refusal::Duplicate, ErrorCode::Conflict, node, e.to_string())
         }
         RegistryError::Revoked(_) => Refused::new(Refusal::Revoked, ErrorCode::Revoked, node, e.to_string()),

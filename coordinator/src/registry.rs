@@ -350,6 +350,10 @@ pub enum RegistryError {
         /// Action attempted.
         action: &'static str,
     },
+    /// The name belongs to an enrolled node that is not connected: a join under it would
+    /// take the node over.
+    #[error("node name {0:?} is already registered to another certificate (that node is offline, not deleted); if this host replaces it, run `pyxis delete node {0}` and join again")]
+    NameTaken(String),
     /// The certificate does not belong to any known node.
     #[error(
         "the client certificate belongs to no registered node (was the node removed?); join again with a new token"
@@ -638,6 +642,8 @@ impl Registry {
                     node: name.to_string(),
                     from,
                 }),
+                // Enrolled before and not deleted: the name is not free, connected or not.
+                None if !node.fingerprint.is_empty() => Err(RegistryError::NameTaken(name.to_string())),
                 None => Ok(()),
             },
             None => Ok(()),
@@ -1274,5 +1280,22 @@ mod tests {
             registry.act("ghost", NodeAction::Cordon),
             Err(RegistryError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn an_enrolled_name_is_not_taken_over_until_deleted() {
+        let mut registry = Registry::default();
+        let busy = Duration::from_secs(3);
+        registry.enroll("n1", "fp1", Instant::now(), 0, busy).unwrap();
+        // Offline (it never reported), not deleted: a join under its name is refused.
+        let taken = registry.enroll("n1", "fp2", Instant::now(), 0, busy).err();
+        assert_eq!(taken, Some(RegistryError::NameTaken("n1".into())));
+        assert!(taken.unwrap().to_string().contains("pyxis delete node n1"));
+        assert_eq!(registry.identify("fp1"), Ok("n1".into()), "the node keeps its identity");
+        // Deleted: the name is free for a new host.
+        registry.delete("n1").unwrap();
+        registry.enroll("n1", "fp2", Instant::now(), 0, busy).unwrap();
+        assert_eq!(registry.identify("fp2"), Ok("n1".into()));
+        assert_eq!(registry.identify("fp1"), Err(RegistryError::UnknownCertificate));
     }
 }

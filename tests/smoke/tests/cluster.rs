@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
+    io::{Read, Write},
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -621,6 +622,24 @@ fn dev_mode_prints_commands_that_work() {
         unplaceable.body
     );
     assert!(asked.elapsed() < Duration::from_secs(30), "{:?}", asked.elapsed());
+    // The admin API refuses an oversized body in its own error shape, before reading it.
+    let host = cli.server.trim_start_matches("http://").to_string();
+    let mut declared = std::net::TcpStream::connect(&host).unwrap();
+    declared.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        declared,
+        "POST /api/v1/apply HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nContent-Type: application/yaml\r\nContent-Length: 99999999\r\n\r\n",
+        cli.token
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = declared.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 413") && answer.contains("\"bad_request\""),
+        "{answer}"
+    );
+    assert!(answer.contains("16 MiB"), "{answer}");
+
     // Embeddings are served in dev mode (bge-embeddings, on vLLM), with a product key.
     let created = cli.json(&["apikey", "create", "--tenant", "product", "-o", "json"]);
     let product = format!("Bearer {}", created["key"].as_str().unwrap());
