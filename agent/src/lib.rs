@@ -243,6 +243,36 @@ pub enum AgentError {
     /// The runtime supervisor could not start (its ledger or directory is unusable).
     #[error(transparent)]
     Supervisor(#[from] runtime::supervisor::SupervisorError),
+    /// Another agent holds the data directory.
+    #[error("another pyxis-agent is running with data directory {path} (it holds {path}/agent.lock); one agent per data dir, or both would supervise the same runtimes: stop the other, or give this one its own --data-dir")]
+    Locked {
+        /// Path.
+        path: std::path::PathBuf,
+    },
+}
+
+/// Takes `DATA_DIR/agent.lock` exclusively, without waiting.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, AgentError> {
+    let path = dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AgentError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AgentError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(AgentError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// A running agent.
@@ -256,6 +286,9 @@ pub struct Agent {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Stops the probe thread when dropped.
     _probe_thread: Option<prober::ProbeThread>,
+    /// `DATA_DIR/agent.lock`, held (an exclusive lock) for the agent's life: one agent per
+    /// data dir, or two supervisors would restart the same runtimes.
+    _lock: std::fs::File,
 }
 
 impl Agent {
@@ -265,6 +298,8 @@ impl Agent {
             path: config.data_dir.clone(),
             source,
         })?;
+        // Before anything reads the ledger or touches a runtime.
+        let lock = lock_data_dir(&config.data_dir)?;
         let stored = identity::Identity::load(&config.data_dir)?;
         // Simulated devices replace probing entirely, so the two are never mixed up.
         let (devices, backends) = match &config.simulate {
@@ -352,6 +387,7 @@ impl Agent {
             shutdown,
             tasks,
             _probe_thread: probe_thread,
+            _lock: lock,
         })
     }
 

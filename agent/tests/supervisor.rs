@@ -795,6 +795,14 @@ async fn an_agent_restart_keeps_its_runtimes_and_stop_replicas_stops_them() {
     let first = agent_replica(&agent, "custom-web", "Ready", |r| r.phase == ReplicaPhase::Ready).await;
     let pid = first.pid.unwrap();
     assert!(first.endpoint.as_deref().unwrap().ends_with("/v1"), "{first:#?}");
+    // One agent per data dir: a second would supervise (and restart) the same runtimes.
+    match pyxis_agent::Agent::start(agent_config(&data_dir, 12)).await {
+        Err(e @ pyxis_agent::AgentError::Locked { .. }) => {
+            assert!(e.to_string().contains("another pyxis-agent is running"), "{e}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a second agent started on the same data dir"),
+    }
     agent.stop().await;
     let alive = process::read_stat(pid).unwrap();
     assert!(!alive.is_zombie(), "the runtime stopped with the agent");
