@@ -145,7 +145,7 @@ pub struct BenchReport {
     pub base_url: String,
     /// The model asked for.
     pub model: String,
-    /// Workers.
+    /// Requests in flight at once (`--concurrency`, at most `--requests`).
     pub concurrency: u32,
     /// Whether answers were streamed.
     pub stream: bool,
@@ -453,7 +453,7 @@ fn report(args: &BenchArgs, samples: &[Sample], elapsed: Duration) -> BenchRepor
     BenchReport {
         base_url: args.base_url.clone(),
         model: args.model.clone(),
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.min(args.requests),
         stream: args.stream,
         max_tokens: args.max_tokens,
         requests: samples.len() as u64,
@@ -653,6 +653,12 @@ mod tests {
         };
         let r = report(&args, &samples, Duration::from_secs(2));
         assert_eq!((r.requests, r.succeeded, r.failed), (102, 101, 1));
+        assert_eq!(r.concurrency, 4);
+        let few = BenchArgs {
+            requests: 2,
+            ..args.clone()
+        };
+        assert_eq!(report(&few, &samples[..2], Duration::from_secs(1)).concurrency, 2);
         assert_eq!(r.latency_ms.max, 1000.0);
         assert_eq!(r.served_by.len(), 2);
         assert_eq!(r.served_by[0].requests, 100);
