@@ -1068,33 +1068,12 @@ async fn call(State(state): State<GatewayState>, operation: Operation, headers: 
                     attempt += 1;
                     continue;
                 }
-                let answer = Answer {
-                    status: 502,
-                    upstream_start_nanos,
-                    upstream_error: true,
-                    ..Answer::default()
-                };
                 let message = format!(
                     "replica {} on node {} did not answer: {e}",
                     slot.replica.name, slot.replica.node
                 );
-                let mut response = ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "server_error",
-                    "upstream_unreachable",
-                    message.clone(),
-                )
-                .into_response();
-                lineage(
-                    response.headers_mut(),
-                    &call.request_id,
-                    Some(&call.tenant),
-                    Some(&route),
-                    Some(&slot),
-                );
-                call.error_code = Some("upstream_unreachable");
-                call.finish(Some(&slot), answer, Some(&message));
-                return response;
+                let error = ApiError::new(StatusCode::BAD_GATEWAY, "server_error", "upstream_unreachable", message);
+                return upstream_failed(call, &route, &slot, upstream_start_nanos, error);
             }
             Ok(upstream) => {
                 let status = upstream.status();
@@ -1133,7 +1112,7 @@ fn too_large() -> ApiError {
 
 /// 504 for a replica that sent no answer within `gateway.upstream_timeout`.
 fn silent_replica(
-    mut call: Call,
+    call: Call,
     route: &Arc<Route>,
     slot: &Slot,
     upstream_start_nanos: u64,
@@ -1145,13 +1124,28 @@ fn silent_replica(
         slot.replica.node,
         humantime::format_duration(silence)
     );
-    let mut response = ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "server_error",
-        "upstream_timeout",
-        message.clone(),
-    )
-    .into_response();
+    let error = ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", "upstream_timeout", message);
+    upstream_failed(call, route, slot, upstream_start_nanos, error)
+}
+
+/// Answers `error` for a call the replica failed before its answer began, with the
+/// replica's lineage, and records it as the replica's failure.
+fn upstream_failed(
+    mut call: Call,
+    route: &Arc<Route>,
+    slot: &Slot,
+    upstream_start_nanos: u64,
+    error: ApiError,
+) -> Response {
+    let answer = Answer {
+        status: error.status.as_u16(),
+        upstream_start_nanos,
+        upstream_error: true,
+        ..Answer::default()
+    };
+    call.error_code = Some(error.code);
+    let message = error.message.clone();
+    let mut response = error.into_response();
     lineage(
         response.headers_mut(),
         &call.request_id,
@@ -1159,13 +1153,6 @@ fn silent_replica(
         Some(route),
         Some(slot),
     );
-    call.error_code = Some("upstream_timeout");
-    let answer = Answer {
-        status: 504,
-        upstream_start_nanos,
-        upstream_error: true,
-        ..Answer::default()
-    };
     call.finish(Some(slot), answer, Some(&message));
     response
 }
