@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pyxis_smoke::{bin, http, log_field, Daemon};
+use pyxis_smoke::{bin, http, log_field, Daemon, Reaper};
 use serde_json::Value;
 
 const START: Duration = Duration::from_secs(30);
@@ -478,6 +478,9 @@ fn dev_mode_prints_commands_that_work() {
     ]);
     let dir = tempfile::tempdir().unwrap();
     cmd.arg("--data-dir").arg(dir.path());
+    // A failing assertion kills dev mode without its graceful stop: its runtimes (running in
+    // replica directories under the data dir) are reaped then too.
+    let _reaper = Reaper(dir.path().display().to_string());
     let mut dev = Daemon::spawn("dev", cmd);
     let export = dev.wait_for_line("export PYXIS_SERVER=", START);
     let mut server = String::new();
