@@ -63,6 +63,17 @@ struct NodeSpec {
     runtimes: Vec<(String, String)>,
 }
 
+impl NodeSpec {
+    /// A node whose only runtime is the mock's vLLM flavour.
+    fn vllm(name: &'static str, simulate: &'static str) -> Self {
+        Self {
+            name,
+            simulate,
+            runtimes: vec![("vllm".into(), mock("vllm"))],
+        }
+    }
+}
+
 /// A coordinator in this process and real agents.
 struct Fleet {
     agents: Vec<Daemon>,
@@ -421,11 +432,7 @@ async fn the_openai_sdk_gets_lineage_and_every_call_is_audited() {
                     ("llama-cpp".into(), llama.display().to_string()),
                 ],
             },
-            NodeSpec {
-                name: "node-b",
-                simulate: "1xA100-40GB",
-                runtimes: vec![("vllm".into(), mock("vllm"))],
-            },
+            NodeSpec::vllm("node-b", "1xA100-40GB"),
             NodeSpec {
                 name: "node-c",
                 simulate: "1xA100-40GB",
@@ -713,15 +720,9 @@ async fn the_openai_sdk_gets_lineage_and_every_call_is_audited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn queued_calls_go_by_band_expire_at_their_deadline_and_scale_from_zero() {
-    let fleet = Fleet::start(
-        23400,
-        vec![NodeSpec {
-            name: "node-q",
-            simulate: "3xH100-80GB",
-            runtimes: vec![("vllm".into(), mock("vllm"))],
-        }],
-        |config| config.gateway.scale_to_zero_after = Duration::from_secs(3),
-    )
+    let fleet = Fleet::start(23400, vec![NodeSpec::vllm("node-q", "3xH100-80GB")], |config| {
+        config.gateway.scale_to_zero_after = Duration::from_secs(3)
+    })
     .await;
     fleet.apply(
         r#"apiVersion: pyxis.dev/v1alpha1
@@ -922,11 +923,7 @@ async fn audit_required_refuses_and_best_effort_serves_when_the_log_cannot_be_wr
     for (i, best_effort) in [false, true].into_iter().enumerate() {
         let fleet = Fleet::start(
             23700 + 100 * i as u16,
-            vec![NodeSpec {
-                name: "node-x",
-                simulate: "1xH100-80GB",
-                runtimes: vec![("vllm".into(), mock("vllm"))],
-            }],
+            vec![NodeSpec::vllm("node-x", "1xH100-80GB")],
             |config| {
                 if best_effort {
                     config.gateway.audit_mode = pyxis_coordinator::audit::AuditMode::BestEffort;
@@ -1000,21 +997,9 @@ async fn kv_aware_and_latency_budget_route_by_what_they_measure() {
     let fleet = Fleet::start(
         23900,
         vec![
-            NodeSpec {
-                name: "node-k1",
-                simulate: "1xH100-80GB",
-                runtimes: vec![("vllm".into(), mock("vllm"))],
-            },
-            NodeSpec {
-                name: "node-k2",
-                simulate: "1xH100-80GB",
-                runtimes: vec![("vllm".into(), mock("vllm"))],
-            },
-            NodeSpec {
-                name: "node-fast",
-                simulate: "1xA100-40GB",
-                runtimes: vec![("vllm".into(), mock("vllm"))],
-            },
+            NodeSpec::vllm("node-k1", "1xH100-80GB"),
+            NodeSpec::vllm("node-k2", "1xH100-80GB"),
+            NodeSpec::vllm("node-fast", "1xA100-40GB"),
             NodeSpec {
                 name: "node-slow",
                 simulate: "1xA100-40GB",
@@ -1157,15 +1142,9 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn failures_are_answered_and_audited_for_what_they_are() {
-    let fleet = Fleet::start(
-        24400,
-        vec![NodeSpec {
-            name: "node-s",
-            simulate: "2xH100-80GB",
-            runtimes: vec![("vllm".into(), mock("vllm"))],
-        }],
-        |config| config.gateway.upstream_timeout = Duration::from_millis(500),
-    )
+    let fleet = Fleet::start(24400, vec![NodeSpec::vllm("node-s", "2xH100-80GB")], |config| {
+        config.gateway.upstream_timeout = Duration::from_millis(500)
+    })
     .await;
     fleet.apply(
         r#"apiVersion: pyxis.dev/v1alpha1
